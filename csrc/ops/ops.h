@@ -1,0 +1,106 @@
+// C++ entry points of every infinilm op: per-backend kernels and device-generic wrappers the engine calls.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+namespace infinilm {
+
+// ---- CPU kernels (csrc/ops/*_cpu.cpp) -------------------------------------------------------------
+at::Tensor rms_norm_cpu(const at::Tensor& input, const at::Tensor& weight, double eps);
+void fused_add_rms_norm_cpu(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
+void rotary_embedding_cpu(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                          const at::Tensor& cos_sin_cache, bool is_neox);
+at::Tensor silu_and_mul_cpu(const at::Tensor& input);
+void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                           at::Tensor& value_cache, const at::Tensor& slot_mapping);
+at::Tensor paged_attention_decode_cpu(const at::Tensor& query, const at::Tensor& key_cache,
+                                      const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                      const at::Tensor& seq_lens, double scale,
+                                      std::optional<int64_t> max_seq_len);
+at::Tensor paged_attention_prefill_cpu(const at::Tensor& query, const at::Tensor& key_cache,
+                                       const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                       const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
+                                       double scale, std::optional<int64_t> max_query_len,
+                                       std::optional<int64_t> max_seq_len);
+at::Tensor sample_cpu(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                      const at::Tensor& top_p, const at::Tensor& seeds);
+
+// ---- CUDA kernels (csrc/ops/*_cuda.cu), present when built with INFINILM_WITH_CUDA -----------------
+#ifdef INFINILM_WITH_CUDA
+at::Tensor rms_norm_cuda(const at::Tensor& input, const at::Tensor& weight, double eps);
+void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
+void rotary_embedding_cuda(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                           const at::Tensor& cos_sin_cache, bool is_neox);
+at::Tensor silu_and_mul_cuda(const at::Tensor& input);
+void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                            at::Tensor& value_cache, const at::Tensor& slot_mapping);
+at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor& key_cache,
+                                       const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                       const at::Tensor& seq_lens, double scale,
+                                       std::optional<int64_t> max_seq_len);
+at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tensor& key_cache,
+                                        const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                        const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
+                                        double scale, std::optional<int64_t> max_query_len,
+                                        std::optional<int64_t> max_seq_len);
+at::Tensor sample_cuda(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                       const at::Tensor& top_p, const at::Tensor& seeds);
+#define INFINILM_DISPATCH_DEVICE(t, name, ...) \
+  ((t).is_cuda() ? name##_cuda(__VA_ARGS__) : name##_cpu(__VA_ARGS__))
+#else
+#define INFINILM_DISPATCH_DEVICE(t, name, ...)                                                       \
+  ([&] {                                                                                              \
+    TORCH_CHECK((t).is_cpu(), "infinilm: " #name " on ", (t).device(),                                \
+                " needs a CUDA build of infinilm_torch (INFINILM_CUDA=1)");                            \
+    return name##_cpu(__VA_ARGS__);                                                                   \
+  }())
+#endif
+
+// ---- backend-independent ----------------------------------------------------------------------------
+// float32 [max_position, rotary_dim]: columns [0, rotary_dim/2) cos, [rotary_dim/2, rotary_dim) sin.
+at::Tensor rope_cos_sin_cache(int64_t max_position, int64_t rotary_dim, double base, std::string rope_type,
+                              double factor, double low_freq_factor, double high_freq_factor,
+                              int64_t original_max_position);
+
+// ---- device-generic wrappers: the engine calls these, never the dispatcher ---------------------------
+inline at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
+  return INFINILM_DISPATCH_DEVICE(input, rms_norm, input, weight, eps);
+}
+inline void fused_add_rms_norm(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps) {
+  INFINILM_DISPATCH_DEVICE(input, fused_add_rms_norm, input, residual, weight, eps);
+}
+inline void rotary_embedding(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                             const at::Tensor& cos_sin_cache, bool is_neox) {
+  INFINILM_DISPATCH_DEVICE(query, rotary_embedding, positions, query, key, cos_sin_cache, is_neox);
+}
+inline at::Tensor silu_and_mul(const at::Tensor& input) {
+  return INFINILM_DISPATCH_DEVICE(input, silu_and_mul, input);
+}
+inline void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
+                              at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  INFINILM_DISPATCH_DEVICE(key, reshape_and_cache, key, value, key_cache, value_cache, slot_mapping);
+}
+inline at::Tensor paged_attention_decode(const at::Tensor& query, const at::Tensor& key_cache,
+                                         const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                         const at::Tensor& seq_lens, double scale,
+                                         std::optional<int64_t> max_seq_len = std::nullopt) {
+  return INFINILM_DISPATCH_DEVICE(query, paged_attention_decode, query, key_cache, value_cache, block_tables,
+                                  seq_lens, scale, max_seq_len);
+}
+inline at::Tensor paged_attention_prefill(const at::Tensor& query, const at::Tensor& key_cache,
+                                          const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                          const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
+                                          double scale, std::optional<int64_t> max_query_len = std::nullopt,
+                                          std::optional<int64_t> max_seq_len = std::nullopt) {
+  return INFINILM_DISPATCH_DEVICE(query, paged_attention_prefill, query, key_cache, value_cache, block_tables,
+                                  query_start_loc, seq_lens, scale, max_query_len, max_seq_len);
+}
+inline at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                         const at::Tensor& top_p, const at::Tensor& seeds) {
+  return INFINILM_DISPATCH_DEVICE(logits, sample, logits, temperature, top_k, top_p, seeds);
+}
+
+}  // namespace infinilm

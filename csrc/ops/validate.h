@@ -1,0 +1,216 @@
+// Argument validation shared by the CPU and CUDA glue of every op: shapes, dtypes, devices, and
+// (for host-resident data) index ranges and values. Every message names the argument and the values.
+#pragma once
+
+#include <optional>
+
+#include "csrc/ops/checks.h"
+
+namespace infinilm {
+
+inline void check_rms_norm_args(const at::Tensor& input, const at::Tensor& weight, double eps) {
+  INFINILM_CHECK_FLOAT(input);
+  INFINILM_CHECK_FLOAT(weight);
+  INFINILM_CHECK_SAME_DEVICE(input, weight);
+  TORCH_CHECK_VALUE(input.dim() >= 1, "infinilm: 'input' must have at least 1 dimension, got shape ", input.sizes());
+  INFINILM_CHECK_DIM(weight, 1);
+  TORCH_CHECK_VALUE(weight.size(0) == input.size(-1), "infinilm: 'weight' has ", weight.size(0),
+                    " elements but 'input' has hidden size ", input.size(-1), " (shape ", input.sizes(), ")");
+  TORCH_CHECK_VALUE(eps >= 0.0, "infinilm: 'eps' must be >= 0, got ", eps);
+}
+
+inline void check_fused_add_rms_norm_args(const at::Tensor& input, const at::Tensor& residual,
+                                          const at::Tensor& weight, double eps) {
+  check_rms_norm_args(input, weight, eps);
+  INFINILM_CHECK_SAME_DTYPE(input, residual);
+  INFINILM_CHECK_SAME_DEVICE(input, residual);
+  TORCH_CHECK_VALUE(input.sizes() == residual.sizes(), "infinilm: 'input' ", input.sizes(), " and 'residual' ",
+                    residual.sizes(), " must have the same shape");
+}
+
+inline void check_rotary_embedding_args(const at::Tensor& positions, const at::Tensor& query,
+                                        const at::Tensor& key, const at::Tensor& cos_sin_cache) {
+  INFINILM_CHECK_INDEX(positions);
+  INFINILM_CHECK_FLOAT(query);
+  INFINILM_CHECK_SAME_DTYPE(query, key);
+  INFINILM_CHECK_FLOAT(cos_sin_cache);
+  INFINILM_CHECK_SAME_DEVICE(query, key);
+  INFINILM_CHECK_SAME_DEVICE(query, positions);
+  INFINILM_CHECK_SAME_DEVICE(query, cos_sin_cache);
+  INFINILM_CHECK_DIM(query, 3);
+  INFINILM_CHECK_DIM(key, 3);
+  INFINILM_CHECK_DIM(cos_sin_cache, 2);
+  INFINILM_CHECK_LAST_DIM_CONTIGUOUS(query);
+  INFINILM_CHECK_LAST_DIM_CONTIGUOUS(key);
+  INFINILM_CHECK_CONTIGUOUS(cos_sin_cache);
+  const int64_t T = query.size(0);
+  TORCH_CHECK_VALUE(positions.numel() == T, "infinilm: 'positions' has ", positions.numel(),
+                    " elements but 'query' has ", T, " tokens (shape ", query.sizes(), ")");
+  TORCH_CHECK_VALUE(key.size(0) == T, "infinilm: 'key' has ", key.size(0), " tokens but 'query' has ", T);
+  TORCH_CHECK_VALUE(key.size(2) == query.size(2), "infinilm: head_dim mismatch: 'query' ", query.sizes(),
+                    " vs 'key' ", key.sizes());
+  const int64_t rot = cos_sin_cache.size(1);
+  TORCH_CHECK_VALUE(rot > 0 && rot % 2 == 0 && rot <= query.size(2), "infinilm: 'cos_sin_cache' rotary dim ",
+                    rot, " must be even and at most head_dim ", query.size(2));
+}
+
+// positions must index rows of the cos/sin cache (host data only).
+inline void check_positions_values(const at::Tensor& positions, int64_t max_position) {
+  if (!positions.device().is_cpu() || positions.numel() == 0) return;
+  auto p = positions.to(at::kLong);
+  const int64_t lo = p.min().item<int64_t>(), hi = p.max().item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= 0 && hi < max_position, "infinilm: 'positions' must lie in [0, ", max_position,
+                    ") (rows of 'cos_sin_cache'), got values in [", lo, ", ", hi, "]");
+}
+
+inline void check_silu_and_mul_args(const at::Tensor& input) {
+  INFINILM_CHECK_FLOAT(input);
+  TORCH_CHECK_VALUE(input.dim() >= 1 && input.size(-1) % 2 == 0, "infinilm: 'input' last dimension must be even (",
+                    "[..., 2*d]), got shape ", input.sizes());
+}
+
+inline void check_reshape_and_cache_args(const at::Tensor& key, const at::Tensor& value, const at::Tensor& key_cache,
+                                         const at::Tensor& value_cache, const at::Tensor& slot_mapping) {
+  INFINILM_CHECK_FLOAT(key);
+  INFINILM_CHECK_SAME_DTYPE(key, value);
+  INFINILM_CHECK_SAME_DTYPE(key, key_cache);
+  INFINILM_CHECK_SAME_DTYPE(key, value_cache);
+  INFINILM_CHECK_INDEX(slot_mapping);
+  INFINILM_CHECK_SAME_DEVICE(key, value);
+  INFINILM_CHECK_SAME_DEVICE(key, key_cache);
+  INFINILM_CHECK_SAME_DEVICE(key, value_cache);
+  INFINILM_CHECK_SAME_DEVICE(key, slot_mapping);
+  INFINILM_CHECK_DIM(key, 3);
+  INFINILM_CHECK_DIM(value, 3);
+  INFINILM_CHECK_DIM(key_cache, 4);
+  INFINILM_CHECK_DIM(slot_mapping, 1);
+  INFINILM_CHECK_LAST_DIM_CONTIGUOUS(key);
+  INFINILM_CHECK_LAST_DIM_CONTIGUOUS(value);
+  INFINILM_CHECK_CONTIGUOUS(key_cache);
+  INFINILM_CHECK_CONTIGUOUS(value_cache);
+  TORCH_CHECK_VALUE(key.sizes() == value.sizes(), "infinilm: 'key' ", key.sizes(), " and 'value' ", value.sizes(),
+                    " must have the same shape");
+  TORCH_CHECK_VALUE(key_cache.sizes() == value_cache.sizes(), "infinilm: 'key_cache' ", key_cache.sizes(),
+                    " and 'value_cache' ", value_cache.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(key.size(1) == key_cache.size(1) && key.size(2) == key_cache.size(3),
+                    "infinilm: 'key' [tokens, kv_heads, head_dim] = ", key.sizes(),
+                    " does not match 'key_cache' [num_blocks, kv_heads, block_size, head_dim] = ", key_cache.sizes());
+  TORCH_CHECK_VALUE(slot_mapping.size(0) == key.size(0), "infinilm: 'slot_mapping' has ", slot_mapping.size(0),
+                    " entries but 'key' has ", key.size(0), " tokens");
+}
+
+// Every slot is -1 (skip) or a valid cache slot; host data only.
+inline void check_slot_values(const at::Tensor& slot_mapping, int64_t num_slots) {
+  if (!slot_mapping.device().is_cpu() || slot_mapping.numel() == 0) return;
+  auto s = slot_mapping.to(at::kLong);
+  const int64_t lo = s.min().item<int64_t>(), hi = s.max().item<int64_t>();
+  TORCH_CHECK_INDEX(lo >= -1 && hi < num_slots, "infinilm: 'slot_mapping' values must be -1 or in [0, ", num_slots,
+                    ") (num_blocks * block_size), got values in [", lo, ", ", hi, "]");
+}
+
+// Shared by decode and prefill: query [*, Hq, D], caches [num_blocks, Hk, block_size, D], block_tables [n, max_blocks].
+inline void check_paged_attention_args(const at::Tensor& query, const at::Tensor& key_cache,
+                                       const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                       const at::Tensor& seq_lens, double scale) {
+  INFINILM_CHECK_FLOAT(query);
+  INFINILM_CHECK_SAME_DTYPE(query, key_cache);
+  INFINILM_CHECK_SAME_DTYPE(query, value_cache);
+  INFINILM_CHECK_INDEX(block_tables);
+  INFINILM_CHECK_INDEX(seq_lens);
+  INFINILM_CHECK_SAME_DEVICE(query, key_cache);
+  INFINILM_CHECK_SAME_DEVICE(query, value_cache);
+  INFINILM_CHECK_SAME_DEVICE(query, block_tables);
+  INFINILM_CHECK_SAME_DEVICE(query, seq_lens);
+  INFINILM_CHECK_DIM(query, 3);
+  INFINILM_CHECK_DIM(key_cache, 4);
+  INFINILM_CHECK_DIM(block_tables, 2);
+  INFINILM_CHECK_DIM(seq_lens, 1);
+  INFINILM_CHECK_LAST_DIM_CONTIGUOUS(query);
+  INFINILM_CHECK_CONTIGUOUS(key_cache);
+  INFINILM_CHECK_CONTIGUOUS(value_cache);
+  INFINILM_CHECK_CONTIGUOUS(block_tables);
+  TORCH_CHECK_VALUE(key_cache.sizes() == value_cache.sizes(), "infinilm: 'key_cache' ", key_cache.sizes(),
+                    " and 'value_cache' ", value_cache.sizes(), " must have the same shape");
+  TORCH_CHECK_VALUE(query.size(2) == key_cache.size(3), "infinilm: head_dim mismatch: 'query' ", query.sizes(),
+                    " has head_dim ", query.size(2), " but 'key_cache' ", key_cache.sizes(), " has ",
+                    key_cache.size(3));
+  const int64_t hq = query.size(1), hk = key_cache.size(1);
+  TORCH_CHECK_VALUE(hk > 0 && hq % hk == 0, "infinilm: query heads (", hq, ") must be a multiple of kv heads (", hk,
+                    ")");
+  TORCH_CHECK_VALUE(block_tables.size(0) == seq_lens.size(0), "infinilm: 'block_tables' has ", block_tables.size(0),
+                    " rows but 'seq_lens' has ", seq_lens.size(0), " entries");
+  TORCH_CHECK_VALUE(scale > 0.0, "infinilm: 'scale' must be > 0, got ", scale);
+}
+
+// seq_lens within what each block table row can hold; block ids within the cache (host data only).
+inline void check_paged_attention_values(const at::Tensor& key_cache, const at::Tensor& block_tables,
+                                         const at::Tensor& seq_lens, std::optional<int64_t> max_seq_len) {
+  if (!seq_lens.device().is_cpu() || seq_lens.numel() == 0) return;
+  const int64_t block_size = key_cache.size(2), num_blocks = key_cache.size(0);
+  const int64_t capacity = block_tables.size(1) * block_size;
+  auto sl = seq_lens.to(at::kLong);
+  auto bt = block_tables.to(at::kLong);
+  const int64_t* s = sl.data_ptr<int64_t>();
+  const int64_t* b = bt.data_ptr<int64_t>();
+  for (int64_t r = 0; r < sl.numel(); ++r) {
+    TORCH_CHECK_VALUE(s[r] >= 0 && s[r] <= capacity, "infinilm: 'seq_lens'[", r, "] = ", s[r],
+                      " exceeds what 'block_tables' rows hold (", block_tables.size(1), " blocks x ", block_size,
+                      " = ", capacity, " tokens)");
+    if (max_seq_len.has_value()) {
+      TORCH_CHECK_VALUE(s[r] <= *max_seq_len, "infinilm: 'seq_lens'[", r, "] = ", s[r], " exceeds 'max_seq_len' = ",
+                        *max_seq_len);
+    }
+    const int64_t used = (s[r] + block_size - 1) / block_size;
+    for (int64_t j = 0; j < used; ++j) {
+      const int64_t id = b[r * block_tables.size(1) + j];
+      TORCH_CHECK_INDEX(id >= 0 && id < num_blocks, "infinilm: 'block_tables'[", r, ", ", j, "] = ", id,
+                        " is out of range [0, ", num_blocks, ")");
+    }
+  }
+}
+
+inline void check_sample_args(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                              const at::Tensor& top_p, const at::Tensor& seeds) {
+  INFINILM_CHECK_FLOAT(logits);
+  INFINILM_CHECK_DIM(logits, 2);
+  INFINILM_CHECK_LAST_DIM_CONTIGUOUS(logits);
+  TORCH_CHECK_VALUE(logits.size(1) > 0, "infinilm: 'logits' must have a non-empty vocab dimension, got shape ",
+                    logits.sizes());
+  INFINILM_CHECK_FLOAT(temperature);
+  INFINILM_CHECK_INDEX(top_k);
+  INFINILM_CHECK_FLOAT(top_p);
+  INFINILM_CHECK_INDEX(seeds);
+  const int64_t B = logits.size(0);
+  for (const at::Tensor* t : {&temperature, &top_k, &top_p, &seeds}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B, "infinilm: sampling parameters must be 1-D with one entry ",
+                      "per row of 'logits' (", B, "), got shape ", t->sizes());
+    TORCH_CHECK_VALUE(t->device() == logits.device(), "infinilm: sampling parameters must be on ", logits.device(),
+                      ", got ", t->device());
+  }
+}
+
+// temperature >= 0, top_k >= 0, top_p in (0, 1], logits free of NaN and +inf (host data only).
+inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                                const at::Tensor& top_p) {
+  if (!logits.device().is_cpu() || logits.size(0) == 0) return;
+  const double tmin = temperature.min().item<double>();
+  TORCH_CHECK_VALUE(tmin >= 0.0, "infinilm: 'temperature' must be >= 0, got ", tmin);
+  const int64_t kmin = top_k.min().item<int64_t>();
+  TORCH_CHECK_VALUE(kmin >= 0, "infinilm: 'top_k' must be >= 0 (0 disables it), got ", kmin);
+  const double pmin = top_p.min().item<double>(), pmax = top_p.max().item<double>();
+  TORCH_CHECK_VALUE(pmin > 0.0 && pmax <= 1.0, "infinilm: 'top_p' must lie in (0, 1], got values in [", pmin, ", ",
+                    pmax, "]");
+  auto bad = at::isnan(logits).logical_or_(at::isposinf(logits));
+  if (bad.any().item<bool>()) {
+    auto idx = bad.nonzero()[0];
+    TORCH_CHECK_VALUE(false, "infinilm: 'logits' contain NaN or +inf, first at [", idx[0].item<int64_t>(), ", ",
+                      idx[1].item<int64_t>(), "]");
+  }
+  auto row_dead = at::isneginf(logits).all(1);
+  if (row_dead.any().item<bool>()) {
+    TORCH_CHECK_VALUE(false, "infinilm: 'logits' row ", row_dead.nonzero()[0][0].item<int64_t>(),
+                      " is -inf everywhere: no token can be drawn");
+  }
+}
+
+}  // namespace infinilm

@@ -1,0 +1,199 @@
+"""Typed Python wrappers of torch.ops.infinilm.* and their fake (meta) kernels.
+
+Every op runs on CPU and (in a CUDA build) on CUDA, for float32, float16 and bfloat16 inputs, and
+works in eager mode, under torch.compile(fullgraph=True) and inside CUDA graphs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from infinilm_torch.lib import _infinilm  # noqa: F401  (registers the operators)
+
+_ops = torch.ops.infinilm
+
+
+def rms_norm(input: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``y = x / sqrt(mean(x**2, -1) + eps) * weight`` with fp32 accumulation.
+
+    input: ``[..., H]`` (last dim dense); weight: ``[H]``. Returns a new tensor shaped like ``input``.
+    """
+    return _ops.rms_norm(input, weight, eps)
+
+
+def fused_add_rms_norm(input: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> None:
+    """In place: ``residual += input; input = rms_norm(residual, weight, eps)``. Both ``[..., H]``."""
+    _ops.fused_add_rms_norm(input, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor, is_neox: bool = True
+) -> None:
+    """In-place rotary embedding.
+
+    positions: ``[T]`` int32/int64; query ``[T, Hq, D]``, key ``[T, Hk, D]`` (token and head strides free,
+    last dim dense); cos_sin_cache ``[max_pos, rot_dim]`` with cos in the first half of each row and sin in
+    the second (see :func:`rope_cos_sin_cache`); the first ``rot_dim`` features of each head are rotated.
+    ``is_neox``: rotate pairs ``(i, i + rot_dim/2)`` (Llama/HF layout); else GPT-J pairs ``(2i, 2i+1)``.
+    """
+    _ops.rotary_embedding(positions, query, key, cos_sin_cache, is_neox)
+
+
+def rope_cos_sin_cache(
+    max_position: int,
+    rotary_dim: int,
+    base: float = 10000.0,
+    rope_type: str = "default",
+    factor: float = 1.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_position: int = 8192,
+) -> torch.Tensor:
+    """float32 ``[max_position, rotary_dim]`` table ``cos(p * f_i) | sin(p * f_i)``, ``f_i = base**(-2i/rotary_dim)``.
+
+    rope_type ``"linear"`` divides positions by ``factor``; ``"llama3"`` rescales frequency bands as Llama 3.1.
+    Built once on the host (outside compiled regions) and moved to the device by the caller.
+    """
+    return _ops.rope_cos_sin_cache(
+        max_position, rotary_dim, base, rope_type, factor, low_freq_factor, high_freq_factor, original_max_position
+    )
+
+
+def rope_cache_from_hf_config(config, max_position: Optional[int] = None) -> torch.Tensor:
+    """The cos/sin table for a transformers Llama/Qwen2/Mistral config (rope_theta and rope_scaling honoured)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    rot = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+    scaling = dict(getattr(config, "rope_scaling", None) or {})
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        scaling = {**params, **scaling}
+    theta = scaling.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+    return rope_cos_sin_cache(
+        max_position or config.max_position_embeddings,
+        rot,
+        float(theta),
+        rope_type,
+        float(scaling.get("factor", 1.0) or 1.0),
+        float(scaling.get("low_freq_factor", 1.0)),
+        float(scaling.get("high_freq_factor", 4.0)),
+        int(scaling.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def silu_and_mul(input: torch.Tensor) -> torch.Tensor:
+    """``[..., 2d] -> [..., d]``: ``silu(x[..., :d]) * x[..., d:]``."""
+    return _ops.silu_and_mul(input)
+
+
+def reshape_and_cache(
+    key: torch.Tensor, value: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Write key/value ``[T, Hk, D]`` into the paged caches ``[num_blocks, Hk, block_size, D]``.
+
+    slot_mapping ``[T]``: ``block_id * block_size + offset`` per token; ``-1`` skips the token.
+    """
+    _ops.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+
+
+def paged_attention_decode(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    max_seq_len: Optional[int] = None,
+) -> torch.Tensor:
+    """One query token per request over the paged KV cache (GQA).
+
+    query ``[B, Hq, D]``; caches ``[num_blocks, Hk, block_size, D]``; block_tables ``[B, max_blocks]``;
+    seq_lens ``[B]`` cached tokens per request (the current token included). Returns ``[B, Hq, D]``:
+    ``softmax(scale * q K^T) V`` over the first ``seq_lens[b]`` tokens of request b.
+    """
+    return _ops.paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len)
+
+
+def paged_attention_prefill(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    max_query_len: Optional[int] = None,
+    max_seq_len: Optional[int] = None,
+) -> torch.Tensor:
+    """Causal variable-length attention over the paged cache, with a cached prefix (chunked prefill).
+
+    query ``[T, Hq, D]``: request r owns rows ``query_start_loc[r]:query_start_loc[r+1]`` (``[n+1]``);
+    its new tokens sit at positions ``seq_lens[r] - q_len ... seq_lens[r] - 1`` and their K/V are already in
+    the cache. Query i of request r sees cached tokens ``0 .. seq_lens[r] - q_len + i``. Returns ``[T, Hq, D]``.
+    """
+    return _ops.paged_attention_prefill(
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, max_query_len, max_seq_len
+    )
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    seeds: torch.Tensor,
+) -> torch.Tensor:
+    """Draw one token per row of ``logits [B, V]``.
+
+    Per row: ``p = softmax(logits / temperature)``; keep the ``top_k`` most likely tokens (0 = all), then the
+    smallest most-likely set whose mass reaches ``top_p`` of what is left (1 = all); draw from the kept tokens
+    with a counter-based generator keyed on ``seeds[b]`` (same seed, same token). Greedy (argmax) where
+    temperature is 0 or top_k is 1. temperature/top_p: float ``[B]``; top_k/seeds: int ``[B]``. Returns int64 ``[B]``.
+    """
+    return _ops.sample(logits, temperature, top_k, top_p, seeds)
+
+
+# ---- fake kernels: shapes and dtypes only, for torch.compile / meta tensors --------------------------------
+
+
+@torch.library.register_fake("infinilm::rms_norm")
+def _rms_norm_fake(input, weight, eps):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("infinilm::silu_and_mul")
+def _silu_and_mul_fake(input):
+    torch._check(input.shape[-1] % 2 == 0)
+    return input.new_empty((*input.shape[:-1], input.shape[-1] // 2))
+
+
+@torch.library.register_fake("infinilm::paged_attention_decode")
+def _paged_attention_decode_fake(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len=None):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("infinilm::paged_attention_prefill")
+def _paged_attention_prefill_fake(
+    query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, max_query_len=None, max_seq_len=None
+):
+    return torch.empty_like(query, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("infinilm::sample")
+def _sample_fake(logits, temperature, top_k, top_p, seeds):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+__all__ = [
+    "rms_norm",
+    "fused_add_rms_norm",
+    "rotary_embedding",
+    "rope_cos_sin_cache",
+    "rope_cache_from_hf_config",
+    "silu_and_mul",
+    "reshape_and_cache",
+    "paged_attention_decode",
+    "paged_attention_prefill",
+    "sample",
+]

@@ -1,0 +1,100 @@
+// Torch-free CPU helpers: 16-bit float storage types, their float conversions, and a parallel-for.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace infinilm::cpu {
+
+// Storage-only 16-bit floats; all arithmetic happens in float.
+struct bf16_t { uint16_t bits; };
+struct fp16_t { uint16_t bits; };
+
+inline float to_float(float x) { return x; }
+
+inline float to_float(bf16_t x) {
+  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float to_float(fp16_t x) {
+  // IEEE half -> single, exact, including subnormals, inf and NaN.
+  const uint32_t h = x.bits;
+  const uint32_t sign = (h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    u = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    u = sign;
+  } else {  // subnormal: normalise
+    int e = -1;
+    do { mant <<= 1; ++e; } while ((mant & 0x400u) == 0);
+    u = sign | ((112u - e) << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <typename T> inline T from_float(float f);
+
+template <> inline float from_float<float>(float f) { return f; }
+
+template <> inline bf16_t from_float<bf16_t>(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{static_cast<uint16_t>((u >> 16) | 0x40u)};  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return bf16_t{static_cast<uint16_t>(u >> 16)};
+}
+
+template <> inline fp16_t from_float<fp16_t>(float f) {
+  // single -> half, round to nearest even, with overflow to inf and gradual underflow.
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t absu = u & 0x7fffffffu;
+  if (absu > 0x7f800000u) return fp16_t{static_cast<uint16_t>(sign | 0x7e00u)};
+  if (absu >= 0x477ff000u) return fp16_t{static_cast<uint16_t>(sign | 0x7c00u)};  // rounds to >= 65520 -> inf
+  if (absu >= 0x38800000u) {  // normal half
+    uint32_t m = absu + 0xc8000fffu + ((absu >> 13) & 1u);  // rebias exponent (-112 << 23) and round
+    return fp16_t{static_cast<uint16_t>(sign | (m >> 13))};
+  }
+  if (absu < 0x33000001u) return fp16_t{static_cast<uint16_t>(sign)};  // underflow to zero
+  // subnormal half
+  const uint32_t e = absu >> 23;
+  uint32_t m = (absu & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - e;  // half subnormals count units of 2^-24
+  const uint32_t full = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1u);
+  const uint32_t half = 1u << (shift - 1u);
+  uint32_t r = full;
+  if (rem > half || (rem == half && (full & 1u))) ++r;
+  return fp16_t{static_cast<uint16_t>(sign | r)};
+}
+
+// Runs body(i) for i in [0, n), split over OpenMP threads when the work is large enough.
+template <typename F>
+inline void parallel_for(int64_t n, int64_t work_per_item, F&& body) {
+#ifdef _OPENMP
+  if (n > 1 && n * work_per_item >= 32768 && !omp_in_parallel()) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+}  // namespace infinilm::cpu

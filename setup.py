@@ -1,0 +1,66 @@
+"""Build script for infinilm_torch: one extension, infinilm_torch/lib/_infinilm.
+
+CPU-only when torch has no CUDA or nvcc is absent; CUDA sources (csrc/**/*.cu) are added when both
+are present. INFINILM_CUDA=1 forces the CUDA build, INFINILM_CUDA=0 forces CPU-only.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    forced = os.environ.get("INFINILM_CUDA")
+    if forced is not None:
+        return forced not in ("0", "", "false", "False")
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def _sources(with_cuda: bool):
+    cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
+    cu = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
+    return cpp + cu
+
+
+def _extension():
+    with_cuda = _want_cuda()
+    openmp = ["-fopenmp"]
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno", "-Wno-unknown-pragmas"] + openmp
+    define = [("INFINILM_WITH_CUDA", "1")] if with_cuda else []
+    kw = dict(
+        name="infinilm_torch.lib._infinilm",
+        sources=_sources(with_cuda),
+        include_dirs=[ROOT, os.path.join(ROOT, "kernels")],
+        define_macros=define,
+        extra_link_args=openmp,
+        py_limited_api=False,
+    )
+    if with_cuda:
+        arch = os.environ.get("INFINILM_CUDA_ARCH", "90")
+        nvcc = [
+            "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+            f"-gencode=arch=compute_{arch},code=sm_{arch}",
+            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__",
+        ]
+        return cpp_extension.CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kw)
+    return cpp_extension.CppExtension(extra_compile_args={"cxx": cxx}, **kw)
+
+
+setup(
+    name="infinilm_torch",
+    version="0.1.0",
+    description="PyTorch-native LLM inference: Llama-family kernels as torch.ops and a C++ engine",
+    packages=find_packages(include=["infinilm_torch", "infinilm_torch.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "safetensors", "numpy"],
+    extras_require={"test": ["pytest", "transformers>=4.45", "scipy"], "hf": ["transformers>=4.45"]},
+    entry_points={"console_scripts": ["infinilm-torch=infinilm_torch.__main__:main"]},
+)
