@@ -32,9 +32,9 @@ def make_hf(model_type="llama", hidden=64, layers=2, heads=4, kv_heads=4, head_d
             elif p.dim() == 1:
                 p.copy_(0.5 * torch.randn_like(p))
             elif "embed" in name:
-                p.copy_(torch.randn_like(p))
+                p.copy_(0.3 * torch.randn_like(p))
             else:
-                p.copy_(torch.randn_like(p) * 1.5 / math.sqrt(p.shape[1]))
+                p.copy_(torch.randn_like(p) * 2.5 / math.sqrt(p.shape[1]))
     return model.to(dtype)
 
 

@@ -36,37 +36,37 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, i
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     Layer L;
     L.input_norm = at::empty({H}, opts);
-    add_param(layer_name(i, "input_layernorm.weight"), L.input_norm, -1);
-    L.qkv_w = at::empty({q + 2 * kv, H}, opts);
-    add_param(layer_name(i, "self_attn.q_proj.weight"), L.qkv_w.narrow(0, 0, q), 0);
-    add_param(layer_name(i, "self_attn.k_proj.weight"), L.qkv_w.narrow(0, q, kv), 0);
-    add_param(layer_name(i, "self_attn.v_proj.weight"), L.qkv_w.narrow(0, q + kv, kv), 0);
-    if (c.attention_bias) {
-      L.qkv_b = at::empty({q + 2 * kv}, opts);
-      add_param(layer_name(i, "self_attn.q_proj.bias"), L.qkv_b.narrow(0, 0, q), 0);
-      add_param(layer_name(i, "self_attn.k_proj.bias"), L.qkv_b.narrow(0, q, kv), 0);
-      add_param(layer_name(i, "self_attn.v_proj.bias"), L.qkv_b.narrow(0, q + kv, kv), 0);
-    }
-    L.o_w = at::empty({H, q}, opts);
-    add_param(layer_name(i, "self_attn.o_proj.weight"), L.o_w, 1);
-    if (c.o_proj_bias()) {
-      L.o_b = at::empty({H}, opts);
-      add_param(layer_name(i, "self_attn.o_proj.bias"), L.o_b, -1);
-    }
     L.post_norm = at::empty({H}, opts);
-    add_param(layer_name(i, "post_attention_layernorm.weight"), L.post_norm, -1);
+    L.qkv_w = at::empty({q + 2 * kv, H}, opts);
+    if (c.attention_bias) L.qkv_b = at::empty({q + 2 * kv}, opts);
+    L.o_w = at::empty({H, q}, opts);
+    if (c.o_proj_bias()) L.o_b = at::empty({H}, opts);
     L.gate_up_w = at::empty({2 * inter_, H}, opts);
-    add_param(layer_name(i, "mlp.gate_proj.weight"), L.gate_up_w.narrow(0, 0, inter_), 0);
-    add_param(layer_name(i, "mlp.up_proj.weight"), L.gate_up_w.narrow(0, inter_, inter_), 0);
     L.down_w = at::empty({H, inter_}, opts);
-    add_param(layer_name(i, "mlp.down_proj.weight"), L.down_w, 1);
     if (c.mlp_bias) {
       L.gate_up_b = at::empty({2 * inter_}, opts);
-      add_param(layer_name(i, "mlp.gate_proj.bias"), L.gate_up_b.narrow(0, 0, inter_), 0);
-      add_param(layer_name(i, "mlp.up_proj.bias"), L.gate_up_b.narrow(0, inter_, inter_), 0);
       L.down_b = at::empty({H}, opts);
-      add_param(layer_name(i, "mlp.down_proj.bias"), L.down_b, -1);
     }
+    // HF names in HF's state_dict order; q/k/v and gate/up are views into the fused buffers.
+    const int64_t qkv_off[3] = {0, q, q + kv}, qkv_len[3] = {q, kv, kv};
+    const char* qkv_names[3] = {"q_proj", "k_proj", "v_proj"};
+    for (int j = 0; j < 3; ++j) {
+      const std::string base = std::string("self_attn.") + qkv_names[j];
+      add_param(layer_name(i, (base + ".weight").c_str()), L.qkv_w.narrow(0, qkv_off[j], qkv_len[j]), 0);
+      if (L.qkv_b.defined()) add_param(layer_name(i, (base + ".bias").c_str()), L.qkv_b.narrow(0, qkv_off[j], qkv_len[j]), 0);
+    }
+    add_param(layer_name(i, "self_attn.o_proj.weight"), L.o_w, 1);
+    if (L.o_b.defined()) add_param(layer_name(i, "self_attn.o_proj.bias"), L.o_b, -1);
+    const char* mlp_names[2] = {"gate_proj", "up_proj"};
+    for (int j = 0; j < 2; ++j) {
+      const std::string base = std::string("mlp.") + mlp_names[j];
+      add_param(layer_name(i, (base + ".weight").c_str()), L.gate_up_w.narrow(0, j * inter_, inter_), 0);
+      if (L.gate_up_b.defined()) add_param(layer_name(i, (base + ".bias").c_str()), L.gate_up_b.narrow(0, j * inter_, inter_), 0);
+    }
+    add_param(layer_name(i, "mlp.down_proj.weight"), L.down_w, 1);
+    if (L.down_b.defined()) add_param(layer_name(i, "mlp.down_proj.bias"), L.down_b, -1);
+    add_param(layer_name(i, "input_layernorm.weight"), L.input_norm, -1);
+    add_param(layer_name(i, "post_attention_layernorm.weight"), L.post_norm, -1);
     layers_.push_back(std::move(L));
   }
   norm_ = at::empty({H}, opts);
