@@ -4,12 +4,15 @@
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --batch 1 8 64
 """
 import argparse
+import os
+import sys
 import time
 
 import torch
 import transformers
 
-from infinilm_torch.lib import _infinilm
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from infinilm_torch.lib import _infinilm  # noqa: E402
 
 
 def parse_args():
@@ -37,18 +40,25 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def hf_decode_tok_s(model, ids, n_new, device):
-    """generate() twice (1 and n_new tokens); the difference is n_new - 1 decode steps."""
-    def run(n):
-        sync(device)
-        t = time.perf_counter()
-        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-        sync(device)
-        return time.perf_counter() - t
+class _StepClock(transformers.LogitsProcessor):
+    """Records when generate() reaches each step's logits: the gaps are whole decode steps."""
 
+    def __init__(self, device):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids, scores):
+        sync(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def hf_decode_tok_s(model, ids, n_new, device):
+    """HF generate (greedy, KV cache); tokens/s over its decode steps (the prefill step excluded)."""
+    clock = _StepClock(device)
     with torch.no_grad():
-        run(2)  # warm-up
-        return ids.shape[0] * (n_new - 1) / (run(n_new) - run(1))
+        model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, eos_token_id=None,
+                       pad_token_id=0, logits_processor=transformers.LogitsProcessorList([clock]))
+    return ids.shape[0] * (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
 
 
 def engine_decode_tok_s(engine, ids, n_new):
