@@ -11,6 +11,15 @@ namespace infinilm::models::llama {
 
 namespace {
 std::string layer_name(int64_t i, const char* suffix) { return "model.layers." + std::to_string(i) + "." + suffix; }
+
+// A linear weight [out, in]. On the CPU in float32 it is stored transposed ([in, out] row-major, seen through
+// .t()): at::linear then hands BLAS a plain (non-transposed) matrix, and MKL's sgemv/sgemm for small batches
+// streams that layout markedly faster than the [out, in] one (decode is weight-bandwidth bound).
+at::Tensor weight(std::initializer_list<int64_t> shape, const at::TensorOptions& opts) {
+  const std::vector<int64_t> s(shape);
+  if (opts.device().is_cpu() && opts.dtype() == at::kFloat) return at::empty({s[1], s[0]}, opts).t();
+  return at::empty(s, opts);
+}
 }  // namespace
 
 LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, int64_t tp_size, at::Device device,
@@ -37,12 +46,12 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, i
     Layer L;
     L.input_norm = at::empty({H}, opts);
     L.post_norm = at::empty({H}, opts);
-    L.qkv_w = at::empty({q + 2 * kv, H}, opts);
+    L.qkv_w = weight({q + 2 * kv, H}, opts);
     if (c.attention_bias) L.qkv_b = at::empty({q + 2 * kv}, opts);
-    L.o_w = at::empty({H, q}, opts);
+    L.o_w = weight({H, q}, opts);
     if (c.o_proj_bias()) L.o_b = at::empty({H}, opts);
-    L.gate_up_w = at::empty({2 * inter_, H}, opts);
-    L.down_w = at::empty({H, inter_}, opts);
+    L.gate_up_w = weight({2 * inter_, H}, opts);
+    L.down_w = weight({H, inter_}, opts);
     if (c.mlp_bias) {
       L.gate_up_b = at::empty({2 * inter_}, opts);
       L.down_b = at::empty({H}, opts);
@@ -72,7 +81,7 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, i
   norm_ = at::empty({H}, opts);
   add_param("model.norm.weight", norm_, -1);
   if (!c.tie_word_embeddings) {
-    lm_head_ = at::empty({V, H}, opts);
+    lm_head_ = weight({V, H}, opts);
     add_param("lm_head.weight", lm_head_, -1);
   }
   rope_ = infinilm::rope_cos_sin_cache(c.max_position_embeddings, D, c.rope_theta, c.rope_type, c.rope_factor,
