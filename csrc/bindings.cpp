@@ -267,8 +267,13 @@ void bind_engine(py::module_& m) {
        }, py::arg("name"), py::arg("param"),
        "Full (unsharded) HF-named tensor; converted to the model dtype and device.");
   e.def("state_dict", [](const InferEngine& self) {
+         std::vector<InferEngine::StateDict> sds;
+         {
+           py::gil_scoped_release nogil;  // waits for a forward in another thread, whose hooks need the GIL
+           sds = self.state_dict();
+         }
          py::list ranks;
-         for (const auto& sd : self.state_dict()) {
+         for (const auto& sd : sds) {
            py::dict d;
            for (const auto& [name, t] : sd) d[py::str(name)] = t;
            ranks.append(d);
@@ -283,6 +288,7 @@ void bind_engine(py::module_& m) {
        }, py::arg("cache_config") = py::none(),
        "None clears the cache (same configuration); a config reallocates it.");
   e.def("set_hook_registry", &InferEngine::set_hook_registry, py::arg("registry"),
+        py::call_guard<py::gil_scoped_release>(),
         "Attach a HookRegistry (None detaches); rank 0 calls its hooks during forward.");
   e.def_property_readonly("config", &InferEngine::config);
   e.def_property_readonly("tp_size", &InferEngine::tp_size);

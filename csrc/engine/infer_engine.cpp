@@ -80,16 +80,19 @@ void InferEngine::run_on_all(const std::function<void(Rank&)>& command) {
 }
 
 void InferEngine::load_param(const std::string& name, const at::Tensor& param) {
+  std::lock_guard<std::mutex> lock(call_mu_);
   run_on_all([&](Rank& rank) { rank.model->load_param(name, param); });
 }
 
 std::vector<InferEngine::StateDict> InferEngine::state_dict() const {
+  std::lock_guard<std::mutex> lock(call_mu_);
   std::vector<StateDict> out;
   for (const auto& rank : ranks_) out.push_back(rank.model->state_dict());
   return out;
 }
 
 InferEngine::Output InferEngine::forward(const Input& input) {
+  std::lock_guard<std::mutex> lock(call_mu_);
   // Every check happens here, on the host, before any rank writes its cache.
   const models::llama::ForwardBatch host = build_batch(input, config_, *ranks_[0].cache);
   const int64_t n = host.seq_lens.size(0);
@@ -110,6 +113,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
 }
 
 void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_config) {
+  std::lock_guard<std::mutex> lock(call_mu_);
   if (!cache_config) {
     run_on_all([](Rank& rank) { rank.cache->clear(); });
     return;
@@ -130,7 +134,8 @@ void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_co
 }
 
 void InferEngine::set_hook_registry(std::shared_ptr<models::debug_utils::HookRegistry> registry) {
-  hooks_ = std::move(registry);
+  std::lock_guard<std::mutex> lock(call_mu_);
+  hooks_.swap(registry);
 }
 
 }  // namespace infinilm::engine

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,6 +60,8 @@ class InferEngine {
   // Runs command(rank) on every rank's thread; waits for all, then rethrows the first failure.
   void run_on_all(const std::function<void(Rank&)>& command);
 
+  // Serialises the public calls: ranks must see commands in the same order (their collectives pair up).
+  mutable std::mutex call_mu_;
   models::llama::LlamaConfig config_;
   distributed::DistConfig dist_;
   std::shared_ptr<const cache::CacheConfig> cache_config_;
