@@ -23,9 +23,9 @@ at::Tensor silu_and_mul_cuda(const at::Tensor& input) {
   const at::Tensor x = input.dim() == 2 && input.stride(1) == 1 ? input : input.contiguous();
   const int64_t rows = out.numel() / d;
   const int64_t in_stride = x.dim() == 2 ? x.stride(0) : 2 * d;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   INFINILM_DISPATCH_FLOAT_CUDA(x.scalar_type(), "silu_and_mul", [&] {
-    INFINILM_CUDA_CHECK(
+    cuda_check(
         cuda::silu_and_mul<scalar_t>(cuda_ptr<scalar_t>(out), cuda_ptr<scalar_t>(x), rows, d, in_stride, stream),
         "silu_and_mul");
   });

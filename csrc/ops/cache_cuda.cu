@@ -15,10 +15,10 @@ void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::
   const c10::cuda::CUDAGuard guard(key.device());
   // Device slots cannot be range-checked without a sync: the kernel skips slots outside the cache.
   const at::Tensor slots = slot_mapping.contiguous();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   INFINILM_DISPATCH_FLOAT_CUDA(key.scalar_type(), "reshape_and_cache", [&] {
     INFINILM_DISPATCH_INDEX_CUDA(slots.scalar_type(), "reshape_and_cache", [&] {
-      INFINILM_CUDA_CHECK(cuda::reshape_and_cache<scalar_t, index_t>(
+      cuda_check(cuda::reshape_and_cache<scalar_t, index_t>(
                               cuda_ptr<scalar_t>(key), cuda_ptr<scalar_t>(value), cuda_ptr<scalar_t>(key_cache),
                               cuda_ptr<scalar_t>(value_cache), cuda_ptr<index_t>(slots), key.size(0), key.size(1),
                               key.size(2), key_cache.size(0), key_cache.size(2), key.stride(0), key.stride(1),

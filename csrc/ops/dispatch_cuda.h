@@ -2,13 +2,18 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 namespace infinilm {
+
+// A launcher's cudaError_t becomes a c10::Error naming the op.
+inline void cuda_check(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "infinilm: ", op, " CUDA launch failed: ", cudaGetErrorString(err));
+}
 
 template <typename T>
 inline T* cuda_ptr(const at::Tensor& t) {
@@ -38,10 +43,3 @@ inline T* cuda_ptr(const at::Tensor& t) {
     }                                                                                          \
   }()
 
-// A launcher's cudaError_t becomes a c10::Error naming the op.
-#define INFINILM_CUDA_CHECK(expr, name)                                                         \
-  do {                                                                                         \
-    const cudaError_t err_ = (expr);                                                           \
-    TORCH_CHECK(err_ == cudaSuccess, "infinilm: ", name, " CUDA launch failed: ",              \
-                cudaGetErrorString(err_));                                                     \
-  } while (0)

@@ -45,9 +45,9 @@ at::Tensor rms_norm_cuda(const at::Tensor& input, const at::Tensor& weight, doub
   const at::Tensor w = weight_as(weight, x);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t rows = H == 0 ? 0 : input.numel() / H;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   INFINILM_DISPATCH_FLOAT_CUDA(x.scalar_type(), "rms_norm", [&] {
-    INFINILM_CUDA_CHECK(cuda::rms_norm<scalar_t>(cuda_ptr<scalar_t>(out), cuda_ptr<scalar_t>(x),
+    cuda_check(cuda::rms_norm<scalar_t>(cuda_ptr<scalar_t>(out), cuda_ptr<scalar_t>(x),
                                                  cuda_ptr<scalar_t>(w), rows, H, in_stride, H,
                                                  static_cast<float>(eps), stream),
                         "rms_norm");
@@ -64,9 +64,9 @@ void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::
   const int64_t r_stride = row_stride_of(residual, "residual");
   const at::Tensor w = weight_as(weight, input);
   const int64_t rows = H == 0 ? 0 : input.numel() / H;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   INFINILM_DISPATCH_FLOAT_CUDA(input.scalar_type(), "fused_add_rms_norm", [&] {
-    INFINILM_CUDA_CHECK(cuda::fused_add_rms_norm<scalar_t>(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(residual),
+    cuda_check(cuda::fused_add_rms_norm<scalar_t>(cuda_ptr<scalar_t>(input), cuda_ptr<scalar_t>(residual),
                                                            cuda_ptr<scalar_t>(w), rows, H, x_stride, r_stride,
                                                            static_cast<float>(eps), stream),
                         "fused_add_rms_norm");

@@ -16,10 +16,10 @@ void rotary_embedding_cuda(const at::Tensor& positions, at::Tensor& query, at::T
   // Device positions cannot be range-checked without a sync: the kernel skips tokens outside the table.
   const at::Tensor pos = positions.reshape({-1}).contiguous();
   const at::Tensor cs = cos_sin_cache.to(at::kFloat).contiguous();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   INFINILM_DISPATCH_FLOAT_CUDA(query.scalar_type(), "rotary_embedding", [&] {
     INFINILM_DISPATCH_INDEX_CUDA(pos.scalar_type(), "rotary_embedding", [&] {
-      INFINILM_CUDA_CHECK(
+      cuda_check(
           cuda::rotary_embedding<scalar_t, index_t>(
               cuda_ptr<index_t>(pos), cuda_ptr<scalar_t>(query), cuda_ptr<scalar_t>(key), cs.data_ptr<float>(),
               query.size(0), query.size(1), key.size(1), cs.size(1), cs.size(0), query.stride(0), query.stride(1),
