@@ -133,6 +133,36 @@ __device__ __forceinline__ T block_max(T v, T* scratch, T lowest) {
   return v;
 }
 
+// Exclusive prefix sum over the block in thread order; `total` gets the block-wide sum. `scratch` holds
+// kWarpSize values; blockDim.x must be a multiple of the warp size. Ends with a barrier (scratch reusable).
+template <typename T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* scratch, T& total) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = blockDim.x / kWarpSize;
+  T incl = v;
+#pragma unroll
+  for (int o = 1; o < kWarpSize; o <<= 1) {
+    const T t = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += t;
+  }
+  if (lane == kWarpSize - 1) scratch[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < warps ? scratch[lane] : T(0);
+#pragma unroll
+    for (int o = 1; o < kWarpSize; o <<= 1) {
+      const T t = __shfl_up_sync(kFullMask, w, o);
+      if (lane >= o) w += t;
+    }
+    scratch[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  const T before = warp > 0 ? scratch[warp - 1] : T(0);
+  total = scratch[warps - 1];
+  __syncthreads();
+  return before + incl - v;
+}
+
 inline int ceil_div(int64_t a, int64_t b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace infinilm::cuda
