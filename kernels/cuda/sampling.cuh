@@ -260,7 +260,19 @@ __global__ void sample_partial_max_kernel(const T* __restrict__ logits,  // [B, 
   const T* row = logits + blockIdx.y * row_stride;
   const int lo = blockIdx.x * slice, hi = min(V, lo + slice);
   ArgMax a{-INFINITY, 0x7fffffff};
-  for (int i = lo + threadIdx.x * VEC; i < hi; i += blockDim.x * VEC) {
+  constexpr int U = 4;
+  const int step = blockDim.x * VEC;
+  int i = lo + threadIdx.x * VEC;
+  for (; i + (U - 1) * step < hi; i += U * step) {
+    Pack<T, VEC> p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) p[u] = load_pack_ro<T, VEC>(row + i + u * step);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) a = better(a, ArgMax{to_float(p[u].v[e]), i + u * step + e});
+  }
+  for (; i < hi; i += step) {
     const Pack<T, VEC> p = load_pack_ro<T, VEC>(row + i);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) a = better(a, ArgMax{to_float(p.v[e]), i + e});
@@ -307,27 +319,35 @@ __global__ void __launch_bounds__(sampling_detail::kThreads)
   const uint64_t seed = static_cast<uint64_t>(seeds[b]);
   int tok;
   if (n_k <= static_cast<u64>(kCap)) {
-    // Ordered compaction of {key >= key_k} into shared memory, weights computed once.
+    // Ordered compaction of {key >= key_k} into shared memory, weights computed once. Each thread owns
+    // U contiguous packs of a tile (U loads in flight), so one block scan orders a whole tile.
+    constexpr int U = 4;
     int n = 0;
-    const int tile = blockDim.x * VEC;
+    const int tile = blockDim.x * VEC * U;
     for (int base = 0; base < V; base += tile) {
-      const int b0 = base + threadIdx.x * VEC;
-      float x[VEC];
-      int t[VEC];
+      const int b0 = base + threadIdx.x * VEC * U;
+      float x[U][VEC];
+      int t[U][VEC];
       int c = 0;
-      if (b0 < V) {
-        row.chunk(b0, x, t);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) c += order_key(x[e]) >= key_k;
+      for (int u = 0; u < U; ++u) {
+        if (b0 + u * VEC < V) {
+          row.chunk(b0 + u * VEC, x[u], t[u]);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) c += order_key(x[u][e]) >= key_k;
+        }
       }
       u64 total;
       int pos = n + static_cast<int>(block_exclusive_scan(static_cast<u64>(c), sh.scan, total));
       if (c > 0) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          if (order_key(x[e]) >= key_k && pos < kCap) {
-            sh.cval[pos] = x[e], sh.ctok[pos] = t[e], sh.cw[pos] = fixed_weight(x[e], m, temp);
-            ++pos;
+        for (int u = 0; u < U; ++u) {
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            if (b0 + u * VEC < V && order_key(x[u][e]) >= key_k && pos < kCap) {
+              sh.cval[pos] = x[u][e], sh.ctok[pos] = t[u][e], sh.cw[pos] = fixed_weight(x[u][e], m, temp);
+              ++pos;
+            }
           }
         }
       }
@@ -349,7 +369,19 @@ __global__ void __launch_bounds__(sampling_detail::kThreads)
     uint32_t key_p = key_k;
     u64 w_p = 0;
     if (use_p) {
-      key_p = radix_select<true>(row, key_k, 0, p > 0.f ? p : 1e-30f, sh, w_p);
+      // W_K in one pass, then the floor: tokens with w < (1 - p) W_K / V hold less than (1 - p) W_K together,
+      // so none is in P; only tokens above it (halved for rounding) enter the mass histograms and their exp.
+      u64 local = 0, w_k = 0;
+      row.visit([&](float x, int j) {
+        if (order_key(x) >= key_k) local += row.weight(x, j);
+      });
+      block_exclusive_scan(local, sh.scan, w_k);
+      const double tgt = ceil(static_cast<double>(p > 0.f ? p : 0.f) * static_cast<double>(w_k));
+      const u64 target = tgt < 1.0 ? 1 : (tgt > static_cast<double>(w_k) ? w_k : static_cast<u64>(tgt));
+      const double eps = 0.5 * (1.0 - static_cast<double>(p)) * static_cast<double>(w_k) / kFixedScale / V;
+      uint32_t floor_key = key_k;
+      if (eps > 0.0) floor_key = max(floor_key, order_key(m + temp * static_cast<float>(log(eps))));
+      key_p = radix_select<true>(row, floor_key, target, 0.f, sh, w_p);
     } else {
       u64 local = 0;
       row.visit([&](float x, int j) {
@@ -366,9 +398,10 @@ __global__ void __launch_bounds__(sampling_detail::kThreads)
 inline size_t sample_workspace_bytes(int64_t B, int64_t V, int* slices_out = nullptr) {
   int dev = 0, sms = 132;
   if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  // Enough slices that a small batch covers about two blocks per SM, each slice at least 4096 logits.
+  // Enough slices that a small batch covers about two blocks per SM, each slice at least 1024 logits
+  // (one 16-byte load per thread of a 256-thread block: a greedy row costs about one memory latency).
   int64_t g = B > 0 ? (2 * sms + B - 1) / B : 1;
-  g = std::max<int64_t>(1, std::min<int64_t>(g, (V + 4095) / 4096));
+  g = std::max<int64_t>(1, std::min<int64_t>(g, (V + 1023) / 1024));
   if (slices_out) *slices_out = static_cast<int>(g);
   return static_cast<size_t>(B * g) * (sizeof(float) + sizeof(int));
 }
