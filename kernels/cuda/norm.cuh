@@ -3,7 +3,7 @@
 // Napkin math: rms_norm moves 2*T*H elements, the fused form 4*T*H (read x and residual, write both);
 // bf16 T=4096 H=4096 fused is 134 MB, 44 us at 3 TB/s. To stay at one pass, each thread keeps its
 // ITEMS 16-byte packs of the row in registers between the sum of squares and the scaling; rows too long
-// for that (H > 1024 * 8 packs) take a two-pass loop whose second read mostly hits L2.
+// for that (H > 2048 packs: 16384 bf16, 8192 fp32) take a two-pass loop whose second read mostly hits L2.
 #pragma once
 
 #include "kernels/cuda/common.cuh"
@@ -11,71 +11,60 @@
 namespace infinilm::cuda {
 
 // FUSED: residual += in (rounded to T), then out = rms_norm(residual). Otherwise out = rms_norm(in).
-// The row lives in registers: thread t holds packs t, t + blockDim.x, ... (ITEMS of them). A block handles
-// R consecutive rows at once (R = 2 for large T): twice the loads in flight and one weight load per R rows.
-template <typename T, int VEC, int ITEMS, bool FUSED, int R = 1>
+// The row lives in registers: thread t holds packs t, t + blockDim.x, ... (ITEMS of them).
+template <typename T, int VEC, int ITEMS, bool FUSED>
 __global__ void rms_norm_kernel(T* out,                        // [rows, H], row stride out_stride
                                 const T* in,                    // [rows, H], row stride in_stride (may alias out)
                                 T* __restrict__ residual,       // [rows, H], row stride res_stride (FUSED only)
                                 const T* __restrict__ weight,   // [H]
-                                int64_t rows, int H, int64_t in_stride, int64_t out_stride, int64_t res_stride,
-                                float eps) {
+                                int H, int64_t in_stride, int64_t out_stride, int64_t res_stride, float eps) {
   __shared__ float scratch[kWarpSize];
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * R;
+  const int64_t row = blockIdx.x;
   const int npack = H / VEC;
+  const T* x = in + row * in_stride;
   Pack<T, VEC> w[ITEMS];
-  // Issue every load of the rows before the first use, so R * ITEMS (x2 when fused) accesses are in flight.
-  Pack<T, VEC> a[R][ITEMS], r[R][ITEMS];
+  // Issue every load of the row before the first use, so ITEMS (x2 when fused) accesses are in flight.
+  Pack<T, VEC> a[ITEMS], r[ITEMS];
 #pragma unroll
   for (int k = 0; k < ITEMS; ++k) {
     const int j = threadIdx.x + k * blockDim.x;
     if (j < npack) {
+      a[k] = load_pack<T, VEC>(x + j * VEC);
+      if constexpr (FUSED) r[k] = load_pack<T, VEC>(residual + row * res_stride + j * VEC);
       w[k] = load_pack_ro<T, VEC>(weight + j * VEC);
-#pragma unroll
-      for (int q = 0; q < R; ++q) {
-        if (row0 + q < rows) {
-          a[q][k] = load_pack<T, VEC>(in + (row0 + q) * in_stride + j * VEC);
-          if constexpr (FUSED) r[q][k] = load_pack<T, VEC>(residual + (row0 + q) * res_stride + j * VEC);
-        }
-      }
     }
   }
+  float ss = 0.f;
 #pragma unroll
-  for (int q = 0; q < R; ++q) {
-    if (row0 + q >= rows) break;  // uniform across the block
-    const int64_t row = row0 + q;
-    float ss = 0.f;
+  for (int k = 0; k < ITEMS; ++k) {
+    const int j = threadIdx.x + k * blockDim.x;
+    if (j < npack) {
 #pragma unroll
-    for (int k = 0; k < ITEMS; ++k) {
-      const int j = threadIdx.x + k * blockDim.x;
-      if (j < npack) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          float s = to_float(a[q][k].v[i]);
-          if constexpr (FUSED) {
-            const T sum = from_float<T>(s + to_float(r[q][k].v[i]));
-            r[q][k].v[i] = sum;
-            s = to_float(sum);
-          }
-          ss += s * s;
+      for (int i = 0; i < VEC; ++i) {
+        float s = to_float(a[k].v[i]);
+        if constexpr (FUSED) {
+          const T sum = from_float<T>(s + to_float(r[k].v[i]));
+          r[k].v[i] = sum;
+          s = to_float(sum);
         }
-        if constexpr (FUSED) store_pack(residual + row * res_stride + j * VEC, r[q][k]);
+        ss += s * s;
       }
+      if constexpr (FUSED) store_pack(residual + row * res_stride + j * VEC, r[k]);
     }
-    ss = block_sum(ss, scratch);
-    const float inv = rsqrtf(ss / static_cast<float>(H) + eps);
-    T* y = out + row * out_stride;
+  }
+  ss = block_sum(ss, scratch);
+  const float inv = rsqrtf(ss / static_cast<float>(H) + eps);
+  T* y = out + row * out_stride;
 #pragma unroll
-    for (int k = 0; k < ITEMS; ++k) {
-      const int j = threadIdx.x + k * blockDim.x;
-      if (j < npack) {
-        // Registers hold the row as T (half the space of float); T -> float is exact.
-        const Pack<T, VEC>& src = FUSED ? r[q][k] : a[q][k];
-        float o[VEC];
+  for (int k = 0; k < ITEMS; ++k) {
+    const int j = threadIdx.x + k * blockDim.x;
+    if (j < npack) {
+      // Registers hold the row as T (half the space of float); T -> float is exact.
+      const Pack<T, VEC>& src = FUSED ? r[k] : a[k];
+      float o[VEC];
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) o[i] = to_float(src.v[i]) * inv * to_float(w[k].v[i]);
-        store_pack(y + j * VEC, pack_from_float<T, VEC>(o));
-      }
+      for (int i = 0; i < VEC; ++i) o[i] = to_float(src.v[i]) * inv * to_float(w[k].v[i]);
+      store_pack(y + j * VEC, pack_from_float<T, VEC>(o));
     }
   }
 }
@@ -119,18 +108,11 @@ cudaError_t launch_rms_norm_vec(T* out, const T* in, T* residual, const T* weigh
   while (items < 8 && ceil_div(npack, items) > (items >= 4 ? 256 : 128)) items *= 2;
   const int threads = ceil_div(ceil_div(npack, items), kWarpSize) * kWarpSize;
   if (threads > 1024) return cudaErrorInvalidValue;
-  // Two rows per block once there are enough rows to fill the GPU several times over (non-fused only: the
-  // fused form already has two tensors' loads in flight per row).
-  const bool two = !FUSED && rows >= 2048 && items <= 4;
-  const dim3 grid(static_cast<unsigned>(two ? (rows + 1) / 2 : rows));
-#define INFINILM_RMS_CASE(I)                                                                                   \
-  case I:                                                                                                      \
-    if (I <= 4 && two)                                                                                         \
-      rms_norm_kernel<T, VEC, I, FUSED, (I <= 4 && !FUSED ? 2 : 1)><<<grid, threads, 0, stream>>>(out, in, residual, weight, rows, H,   \
-                                                                         in_stride, out_stride, res_stride, eps); \
-    else                                                                                                       \
-      rms_norm_kernel<T, VEC, I, FUSED, 1><<<grid, threads, 0, stream>>>(out, in, residual, weight, rows, H,   \
-                                                                         in_stride, out_stride, res_stride, eps); \
+  const dim3 grid(static_cast<unsigned>(rows));
+#define INFINILM_RMS_CASE(I)                                                                                  \
+  case I:                                                                                                     \
+    rms_norm_kernel<T, VEC, I, FUSED>                                                                         \
+        <<<grid, threads, 0, stream>>>(out, in, residual, weight, H, in_stride, out_stride, res_stride, eps); \
     break;
   switch (items) {
     INFINILM_RMS_CASE(1)
@@ -152,10 +134,12 @@ cudaError_t launch_rms_norm(T* out, const T* in, T* residual, const T* weight, i
                       aligned_to(out, 16) && aligned_to(in, 16) && aligned_to(weight, 16) &&
                       (!FUSED || aligned_to(residual, 16));
   const int h = static_cast<int>(H);
-  if (vec_ok && H / V <= 1024 * 8)
+  // One pass while a row is at most 2048 packs (<= 256 threads of <= 8 packs: even the 200-register
+  // variants stay far inside the register file); longer rows take the two-pass loop.
+  if (vec_ok && H / V <= 2048)
     return launch_rms_norm_vec<T, V, FUSED>(out, in, residual, weight, rows, h, in_stride, out_stride, res_stride,
                                             eps, stream);
-  if (H <= 1024 * 8)
+  if (H <= 2048)
     return launch_rms_norm_vec<T, 1, FUSED>(out, in, residual, weight, rows, h, in_stride, out_stride, res_stride,
                                             eps, stream);
   rms_norm_loop_kernel<T, FUSED><<<static_cast<unsigned>(rows), 1024, 0, stream>>>(

@@ -1,8 +1,8 @@
 // CUDA sampling: greedy, temperature, top-k and top-p by value thresholds (radix select, no sort), then an
 // inverse-CDF draw with the counter-based uniform of kernels/common/counter_rng.h. Same definition as
 // kernels/cpu/sampling.h (read it for the semantics); the differences are only in rounding: weights
-// w = exp((l - m) / T) are summed as exact 2^-40 fixed-point integers (deterministic, order-free), where the
-// CPU sums them in fp64, so the two agree except when u * W lands within ~1e-12 of a CDF step.
+// w = exp((l - m) / T) are summed as exact 2^-31 fixed-point integers (deterministic, order-free), where the
+// CPU sums them in fp64, so the two agree except when u * W lands within ~1e-9 of a CDF step.
 //
 // Two launches, no host synchronisation, no allocation (the caller passes a small workspace):
 //   1. sample_partial_max_kernel: G blocks per row each find (max, first argmax) of a slice, so greedy rows
@@ -10,7 +10,7 @@
 //   2. sample_row_kernel: one 1024-thread block per row merges the slices; greedy rows stop there. Else a
 //      3-level radix select (11 + 11 + 10 bits of an order-preserving key) finds the top-k threshold (counts)
 //      with one histogram pass over the row per level; when the top-k set fits kCap it is compacted into
-//      shared memory in index order, and the top-p select (fixed-point mass histograms) and the draw (a block
+//      shared memory in index order, and the top-p select (fixed-point mass histograms, 2^-31 units) and the draw (a block
 //      scan in index order) run there; otherwise they stream the row.
 // Napkin math (V = 128256, fp32 logits 0.5 MB/row): top-k + top-p reads a row 5 times, from L2 at batch 1
 // (~5 us a pass for one SM) and from DRAM at large batch (B=256: 5 x 131 MB = 0.22 ms at 3 TB/s).
@@ -29,7 +29,7 @@ namespace sampling_detail {
 constexpr int kThreads = 1024;   // threads of the per-row block
 constexpr int kCap = 1024;       // top-k sets up to this size are compacted into shared memory
 constexpr int kBins = 2048;      // histogram bins per radix level
-constexpr float kFixedScale = 1099511627776.0f;  // 2^40: weight w in [0, 1] -> integer mass
+constexpr float kFixedScale = 2147483648.0f;  // 2^31: weight w in [0, 1] -> integer mass (< 2^48 a row)
 
 typedef unsigned long long u64;
 
@@ -120,9 +120,13 @@ struct SmemSource {
 };
 
 struct Shared {
+  // Masses are 64-bit sums kept as two 32-bit words, so every update is a native 32-bit shared atomic
+  // (a 64-bit shared atomicAdd is a compare-and-swap loop, slow when the top bins are contended).
   union {
     uint32_t cnt[kBins];
-    u64 mass[kBins];
+    struct {
+      uint32_t lo[kBins], hi[kBins];
+    } mass;
   } hist;
   float cval[kCap];
   int ctok[kCap];
@@ -133,6 +137,10 @@ struct Shared {
   u64 found_above, found_bin;
   int found_digit, found_tok;
 };
+
+__device__ __forceinline__ u64 bin_mass(const Shared& sh, int d) {
+  return (static_cast<u64>(sh.hist.mass.hi[d]) << 32) | sh.hist.mass.lo[d];
+}
 
 // The largest key t such that the weight (count, or fixed-point mass when WEIGHTED) of elements with
 // key >= t and key >= floor_key reaches the target. With frac > 0 the target is ceil(frac * total weight),
@@ -150,7 +158,7 @@ __device__ uint32_t radix_select(const Src& src, uint32_t floor_key, u64 target,
     const uint32_t mask = kMask[level];
     const int nb = static_cast<int>(mask) + 1;
     for (int d = threadIdx.x; d < nb; d += blockDim.x) {
-      if (WEIGHTED) sh.hist.mass[d] = 0;
+      if (WEIGHTED) sh.hist.mass.lo[d] = sh.hist.mass.hi[d] = 0;
       else sh.hist.cnt[d] = 0;
     }
     __syncthreads();
@@ -158,8 +166,13 @@ __device__ uint32_t radix_select(const Src& src, uint32_t floor_key, u64 target,
       const uint32_t key = order_key(x);
       if ((key & pmask) == prefix && key >= floor_key) {
         const uint32_t d = (key >> shift) & mask;
-        if (WEIGHTED) atomicAdd(&sh.hist.mass[d], src.weight(x, j));
-        else atomicAdd(&sh.hist.cnt[d], 1u);
+        if (WEIGHTED) {
+          const uint32_t v = static_cast<uint32_t>(src.weight(x, j));  // <= 2^31
+          const uint32_t old = atomicAdd(&sh.hist.mass.lo[d], v);
+          if (old + v < old) atomicAdd(&sh.hist.mass.hi[d], 1u);  // this add wrapped the low word: carry
+        } else {
+          atomicAdd(&sh.hist.cnt[d], 1u);
+        }
       }
     });
     __syncthreads();
@@ -168,7 +181,7 @@ __device__ uint32_t radix_select(const Src& src, uint32_t floor_key, u64 target,
     u64 local = 0;
     for (int q = 0; q < per; ++q) {
       const int d = nb - 1 - threadIdx.x * per - q;
-      if (d >= 0) local += WEIGHTED ? sh.hist.mass[d] : sh.hist.cnt[d];
+      if (d >= 0) local += WEIGHTED ? bin_mass(sh, d) : sh.hist.cnt[d];
     }
     u64 total;
     u64 a = block_exclusive_scan(local, sh.scan, total);
@@ -181,7 +194,7 @@ __device__ uint32_t radix_select(const Src& src, uint32_t floor_key, u64 target,
     for (int q = 0; q < per; ++q) {
       const int d = nb - 1 - threadIdx.x * per - q;
       if (d < 0) break;
-      const u64 h = WEIGHTED ? sh.hist.mass[d] : sh.hist.cnt[d];
+      const u64 h = WEIGHTED ? bin_mass(sh, d) : sh.hist.cnt[d];
       if (h > 0 && a < target && a + h >= target) {
         sh.found_digit = d;
         sh.found_above = a;
