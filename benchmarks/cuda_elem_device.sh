@@ -11,6 +11,9 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --fo
 t0=$(date +%s)
 python setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
+if [ -n "${VARIANTS:-}" ]; then
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -I. benchmarks/rms_norm_variants.cu -o /tmp/rmsv && /tmp/rmsv | tee "$OUT/variants.log"
+fi
 [ -n "${DIAG:-}" ] && bash benchmarks/cuda_elem_diag.sh 2>&1 | tee "$OUT/diag.log"
 python -m pytest tests -q -k "${TESTS:-cuda}" -p no:cacheprovider --maxfail=30 -W ignore > "$OUT/test.log" 2>&1
 echo "tests rc=$? ($(( $(date +%s) - t0 )) s): $(grep -o '\.' "$OUT/test.log" | wc -l) dots; $(grep -E "passed|failed" "$OUT/test.log" | tail -1)"
