@@ -139,7 +139,12 @@ def test_sample_frequencies_chisquare(device, case):
     """Draw frequencies over many seeds match the filtered, renormalised distribution (p-value > 1e-4)."""
     T, k, p, tied = case
     V, N = 16, 20000
-    row = torch.randint(-3, 3, (V,)).float() if tied else torch.randn(V) * 1.5
+    if tied:  # one 2.0, four 1.0 (tied across the top-k 4 and the top-p boundaries), the rest in [-3, 0]
+        row = torch.randint(-3, 1, (V,)).float()
+        perm = torch.randperm(V)
+        row[perm[0]], row[perm[1:5]] = 2.0, 1.0
+    else:
+        row = torch.randn(V) * 1.5
     logits = row.to(device).expand(N, V)
     seeds = torch.randint(0, 2**62, (1,)) + torch.arange(N)
     full = lambda x, dt=None: torch.full((N,), x, device=device, dtype=dt)  # noqa: E731
