@@ -13,12 +13,17 @@
 
 namespace infinilm::cuda {
 
-#if defined(__HIP_PLATFORM_AMD__) && defined(__GFX9__)
+#if defined(__HIP_PLATFORM_AMD__)
+#if defined(__GFX9__)
 constexpr int kWarpSize = 64;
 #else
 constexpr int kWarpSize = 32;
 #endif
+constexpr unsigned long long kFullMask = ~0ull;  // HIP's *_sync intrinsics take a 64-bit lane mask
+#else
+constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
+#endif
 
 // ---- scalar conversions: all arithmetic is in float --------------------------------------------------
 __device__ __forceinline__ float to_float(float x) { return x; }
