@@ -23,7 +23,6 @@
 
 namespace infinilm::cuda {
 
-
 // Pass 1: (max, first argmax) of slice blockIdx.x of row blockIdx.y.
 template <typename T, int VEC>
 __global__ void sample_partial_max_kernel(const T* __restrict__ logits,  // [B, V], row stride row_stride
