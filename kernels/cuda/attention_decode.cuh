@@ -1,0 +1,296 @@
+// Paged decode attention (flash-decoding): one CTA per (query row, KV head, head chunk, sequence split),
+// the query heads of one KV head sharing every K/V load; a second kernel merges the splits.
+//
+// Napkin math: a step reads K and V once, 2 * len * Hk * D * sizeof(T) bytes per row (Llama-3-8B, 32k
+// context, bf16: 128 MiB, ~44 us at 3 TB/s); the arithmetic (2 * G FMAs per loaded element) and the split
+// partials (rows * Hq * splits * (D + 2) floats) are small beside it, so the kernel is memory-bound.
+#pragma once
+
+#include "attention_common.cuh"
+
+namespace infinilm {
+namespace cuda {
+namespace attn {
+
+struct DecodeParams {
+  const void* q;                // [rows, Hq, D], last dim dense, 16-byte aligned rows
+  int64_t q_stride_row;         // elements
+  int64_t q_stride_head;        // elements
+  const void* k_cache;          // [num_blocks, Hk, block_size, D]
+  const void* v_cache;          // [num_blocks, Hk, block_size, D]
+  const void* block_tables;     // [num_reqs, max_blocks] int32/int64
+  const void* seq_lens;         // [num_reqs] int32/int64
+  const void* query_start_loc;  // [num_reqs + 1], or null: then row r is request r (decode)
+  void* out;                    // [rows, Hq, D] contiguous
+  float* part_o;                // [rows, Hq, splits, D], used when splits > 1
+  float* part_ml;               // [rows, Hq, splits, 2] (running max in log2 units, sum of exponentials)
+  int64_t num_blocks;
+  int rows, num_reqs, hq, hk, log_bs, max_blocks, splits, part_size;
+  bool bt64, sl64, qsl64;
+  float scale_log2;  // scale * log2(e): scores live in base-2 units so exp2f does the exponentials
+};
+
+struct RowInfo {
+  int req;
+  int64_t len;  // cache tokens this row attends to, clamped to what its block-table row can hold
+};
+
+// In prefill mode (query_start_loc set) row = flattened query token, which sees its request's cache
+// up to and including its own position.
+__device__ __forceinline__ RowInfo decode_row_info(const DecodeParams& p, int row) {
+  RowInfo ri{row, 0};
+  if (p.query_start_loc == nullptr) {
+    ri.len = load_index(p.seq_lens, p.sl64, row);
+  } else {
+    int lo = 0, hi = p.num_reqs;  // last request whose start is <= row
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (load_index(p.query_start_loc, p.qsl64, mid) <= row) lo = mid; else hi = mid;
+    }
+    const int64_t start = load_index(p.query_start_loc, p.qsl64, lo);
+    const int64_t end = load_index(p.query_start_loc, p.qsl64, lo + 1);
+    ri.req = lo;
+    ri.len = (row >= start && row < end) ? load_index(p.seq_lens, p.sl64, lo) - (end - start) + (row - start) + 1 : 0;
+  }
+  const int64_t cap = static_cast<int64_t>(p.max_blocks) << p.log_bs;
+  ri.len = ri.len < 0 ? 0 : (ri.len > cap ? cap : ri.len);
+  return ri;
+}
+
+// THREADS threads; TPT = D / VEC threads own one token (16 bytes each), NT = THREADS / TPT tokens are
+// in flight per pass and each thread takes U of them per iteration (2U 16-byte loads outstanding).
+template <typename T, int D, int HPC, int THREADS>
+__global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParams p) {
+  constexpr int VEC = Vec<T>::kN;
+  constexpr int TPT = D / VEC;
+  static_assert(TPT <= 32 && 32 % TPT == 0, "a token's threads must sit inside one warp");
+  constexpr int NT = THREADS / TPT;
+  constexpr int U = HPC >= 8 ? 2 : 4;  // 8 heads keep 2x the accumulators: fewer tokens per thread
+  constexpr int TILE = NT * U;
+
+  const int row = blockIdx.x, split = blockIdx.z;
+  const int group = p.hq / p.hk, chunks = (group + HPC - 1) / HPC;
+  const int kvh = blockIdx.y / chunks, chunk = blockIdx.y % chunks;
+  const int h0 = kvh * group + chunk * HPC;
+  const int nh = min(HPC, group - chunk * HPC);
+  const RowInfo ri = decode_row_info(p, row);
+  const int64_t t_begin = static_cast<int64_t>(split) * p.part_size;
+  const int64_t t_end = min(ri.len, t_begin + p.part_size);
+  if (p.splits > 1 && t_begin >= ri.len) return;  // the merge reads only the splits a row uses
+
+  const int tid = threadIdx.x, g = tid / TPT, li = tid % TPT;
+  const T* qp = static_cast<const T*>(p.q) + row * p.q_stride_row + li * VEC;
+  float q[HPC][VEC];
+#pragma unroll
+  for (int j = 0; j < HPC; ++j) {
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (j < nh) raw = *reinterpret_cast<const uint4*>(qp + (h0 + j) * p.q_stride_head);
+    to_floats<T>(raw, q[j]);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) q[j][i] *= p.scale_log2;
+  }
+
+  float m[HPC], l[HPC], acc[HPC][VEC];
+#pragma unroll
+  for (int j = 0; j < HPC; ++j) {
+    m[j] = -INFINITY;
+    l[j] = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[j][i] = 0.f;
+  }
+
+  const T* kc = static_cast<const T*>(p.k_cache);
+  const T* vc = static_cast<const T*>(p.v_cache);
+  const int64_t bt_row = static_cast<int64_t>(ri.req) * p.max_blocks;
+  const int64_t bs_mask = (int64_t{1} << p.log_bs) - 1;
+  // Cache offset of token t's 16 bytes for this thread, or -1 when t is past the split or its block id
+  // is out of range (such tokens are masked: bad ids never reach memory).
+  auto token_offset = [&](int64_t t) -> int64_t {
+    if (t >= t_end) return -1;
+    const int64_t b = load_index(p.block_tables, p.bt64, bt_row + (t >> p.log_bs));
+    if (b < 0 || b >= p.num_blocks) return -1;
+    return (((b * p.hk + kvh) << p.log_bs) + (t & bs_mask)) * D + li * VEC;
+  };
+
+  int64_t off[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) off[u] = token_offset(t_begin + u * NT + g);
+
+  for (int64_t base = t_begin; base < t_end; base += TILE) {
+    uint4 kr[U], vr[U];
+    bool valid[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      valid[u] = off[u] >= 0;
+      kr[u] = valid[u] ? *reinterpret_cast<const uint4*>(kc + off[u]) : make_uint4(0, 0, 0, 0);
+      vr[u] = valid[u] ? *reinterpret_cast<const uint4*>(vc + off[u]) : make_uint4(0, 0, 0, 0);
+    }
+    // The next tile's block ids load while this tile's K/V are in flight.
+#pragma unroll
+    for (int u = 0; u < U; ++u) off[u] = token_offset(base + TILE + u * NT + g);
+
+    float s[U][HPC];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[VEC];
+      to_floats<T>(kr[u], kf);
+#pragma unroll
+      for (int j = 0; j < HPC; ++j) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) d = fmaf(q[j][i], kf[i], d);
+        s[u][j] = d;
+      }
+    }
+#pragma unroll
+    for (int o = TPT / 2; o > 0; o /= 2) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int j = 0; j < HPC; ++j) s[u][j] += __shfl_xor_sync(0xffffffffu, s[u][j], o);
+      }
+    }
+    float vf[U][VEC];
+#pragma unroll
+    for (int u = 0; u < U; ++u) to_floats<T>(vr[u], vf[u]);
+#pragma unroll
+    for (int j = 0; j < HPC; ++j) {
+      float mx = m[j];
+#pragma unroll
+      for (int u = 0; u < U; ++u) mx = valid[u] ? fmaxf(mx, s[u][j]) : mx;
+      if (mx == -INFINITY) continue;  // nothing valid yet (uniform across the token's threads)
+      const float alpha = exp2f(m[j] - mx);
+      l[j] *= alpha;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[j][i] *= alpha;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pe = valid[u] ? exp2f(s[u][j] - mx) : 0.f;
+        l[j] += pe;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[j][i] = fmaf(pe, vf[u][i], acc[j][i]);
+      }
+      m[j] = mx;
+    }
+  }
+
+  // Merge the NT token groups of this CTA.
+  __shared__ float sm_ml[NT][HPC][2];
+  __shared__ __align__(16) float sm_acc[NT][HPC][D];
+#pragma unroll
+  for (int j = 0; j < HPC; ++j) {
+    if (li == 0) {
+      sm_ml[g][j][0] = m[j];
+      sm_ml[g][j][1] = l[j];
+    }
+#pragma unroll
+    for (int i = 0; i < VEC; i += 4) {
+      *reinterpret_cast<float4*>(&sm_acc[g][j][li * VEC + i]) =
+          make_float4(acc[j][i], acc[j][i + 1], acc[j][i + 2], acc[j][i + 3]);
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < nh * D; idx += THREADS) {
+    const int j = idx / D, d = idx % D, h = h0 + j;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int gg = 0; gg < NT; ++gg) mx = fmaxf(mx, sm_ml[gg][j][0]);
+    float lsum = 0.f, o = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int gg = 0; gg < NT; ++gg) {
+        const float w = exp2f(sm_ml[gg][j][0] - mx);
+        lsum += sm_ml[gg][j][1] * w;
+        o += sm_acc[gg][j][d] * w;
+      }
+    }
+    const int64_t rh = static_cast<int64_t>(row) * p.hq + h;
+    if (p.splits == 1) {
+      static_cast<T*>(p.out)[rh * D + d] = from_float<T>(lsum > 0.f ? o / lsum : 0.f);
+    } else {
+      const int64_t ps = rh * p.splits + split;
+      p.part_o[ps * D + d] = o;
+      if (d == 0) {
+        p.part_ml[ps * 2] = mx;
+        p.part_ml[ps * 2 + 1] = lsum;
+      }
+    }
+  }
+}
+
+// Merges the splits of one (row, head): out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+template <typename T, int D>
+__global__ void __launch_bounds__(D) paged_decode_merge_kernel(const DecodeParams p) {
+  const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const RowInfo ri = decode_row_info(p, row);
+  const int64_t used64 = (ri.len + p.part_size - 1) / p.part_size;
+  const int used = static_cast<int>(used64 < p.splits ? used64 : p.splits);
+  const int64_t rh = static_cast<int64_t>(row) * p.hq + h;
+  const float* ml = p.part_ml + rh * p.splits * 2;
+  const float* po = p.part_o + rh * p.splits * D + d;
+  float mx = -INFINITY;
+  for (int s = 0; s < used; ++s) mx = fmaxf(mx, ml[2 * s]);
+  float lsum = 0.f, o = 0.f;
+  if (mx != -INFINITY) {
+    for (int s = 0; s < used; ++s) {
+      const float w = exp2f(ml[2 * s] - mx);
+      lsum += ml[2 * s + 1] * w;
+      o += po[static_cast<int64_t>(s) * D] * w;
+    }
+  }
+  static_cast<T*>(p.out)[rh * D + d] = from_float<T>(lsum > 0.f ? o / lsum : 0.f);
+}
+
+// Query heads per CTA: the GQA group rounded up to a power of two, at most 8 (larger groups are chunked).
+inline int decode_heads_per_cta(int group) { return group >= 8 ? 8 : group > 2 ? 4 : group; }
+
+// Splits so that the grid has about 4 CTAs per SM (enough loads in flight), none shorter than 128 tokens.
+inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
+                              int* part_size) {
+  const int64_t base = rows * ctas_per_row;
+  int64_t s = (4 * static_cast<int64_t>(num_sms) + base - 1) / (base > 0 ? base : 1);
+  const int64_t cap = (max_len + 127) / 128;
+  s = s > cap ? cap : s;
+  s = s > 256 ? 256 : (s < 1 ? 1 : s);
+  int64_t part = (max_len + s - 1) / s;
+  part = ((part + 63) / 64) * 64;
+  if (part < 64) part = 64;
+  s = (max_len + part - 1) / part;
+  *splits = static_cast<int>(s < 1 ? 1 : s);
+  *part_size = static_cast<int>(part);
+}
+
+template <typename T, int D, int HPC>
+inline cudaError_t launch_decode_d_h(const DecodeParams& p, cudaStream_t stream) {
+  constexpr int kThreads = 128;
+  const int chunks = (p.hq / p.hk + HPC - 1) / HPC;
+  const dim3 grid(p.rows, p.hk * chunks, p.splits);
+  paged_decode_kernel<T, D, HPC, kThreads><<<grid, kThreads, 0, stream>>>(p);
+  if (p.splits > 1) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), D, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+inline cudaError_t launch_decode_d(const DecodeParams& p, cudaStream_t stream) {
+  switch (decode_heads_per_cta(p.hq / p.hk)) {
+    case 1: return launch_decode_d_h<T, D, 1>(p, stream);
+    case 2: return launch_decode_d_h<T, D, 2>(p, stream);
+    case 4: return launch_decode_d_h<T, D, 4>(p, stream);
+    default: return launch_decode_d_h<T, D, 8>(p, stream);
+  }
+}
+
+// head_dim must be 64 or 128 (checked by the caller); rows, hq, hk > 0.
+template <typename T>
+inline cudaError_t launch_paged_decode(const DecodeParams& p, int head_dim, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  switch (head_dim) {
+    case 64: return launch_decode_d<T, 64>(p, stream);
+    case 128: return launch_decode_d<T, 128>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace infinilm
