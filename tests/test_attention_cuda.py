@@ -174,17 +174,6 @@ def test_bad_block_ids_do_not_fault():
     assert torch.isfinite(out).all() and torch.isfinite(outp).all()
 
 
-def test_cuda_errors():
-    kc, vc, bt = make_cache([10], 2, 96, 16, torch.float16)
-    q = torch.randn(1, 4, 96, device="cuda", dtype=torch.float16)
-    sl = torch.tensor([10], device="cuda")
-    with pytest.raises(ValueError, match="head_dim"):
-        ops.paged_attention_decode(q, kc, vc, bt, sl, 0.1)
-    kc, vc, bt = make_cache([10], 2, 64, 12, torch.float16)
-    with pytest.raises(ValueError, match="block_size"):
-        ops.paged_attention_decode(q[..., :64].contiguous(), kc, vc, bt, sl, 0.1)
-
-
 def _graph(fn):
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -229,3 +218,14 @@ def test_prefill_cuda_graph():
         sl.copy_(torch.tensor(new_lens, device="cuda"))
         g.replay()
         _check(out, ref_prefill(q, kc, vc, bt, qsl, sl, 0.088), dtype)
+
+
+def test_cuda_errors():
+    kc, vc, bt = make_cache([10], 2, 96, 16, torch.float16)
+    q = torch.randn(1, 4, 96, device="cuda", dtype=torch.float16)
+    sl = torch.tensor([10], device="cuda")
+    with pytest.raises(ValueError, match="head_dim"):
+        ops.paged_attention_decode(q, kc, vc, bt, sl, 0.1)
+    kc, vc, bt = make_cache([10], 2, 64, 12, torch.float16)
+    with pytest.raises(ValueError, match="block_size"):
+        ops.paged_attention_decode(q[..., :64].contiguous(), kc, vc, bt, sl, 0.1)

@@ -20,7 +20,6 @@ namespace infinilm {
 namespace cuda {
 namespace attn {
 
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Index tensors may be int32 or int64; the flag is uniform across the grid, so the branch is free.
 __device__ __forceinline__ int64_t load_index(const void* p, bool is64, int64_t i) {

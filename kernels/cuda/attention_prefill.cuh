@@ -7,32 +7,18 @@
 #pragma once
 
 #include "attention_common.cuh"
+#include "attention_params.h"
 
 namespace infinilm {
 namespace cuda {
 namespace attn {
-
-struct PrefillParams {
-  const void* q;                // [T, Hq, D], last dim dense, 16-byte aligned rows
-  int64_t q_stride_tok;         // elements
-  int64_t q_stride_head;        // elements
-  const void* k_cache;          // [num_blocks, Hk, block_size, D]
-  const void* v_cache;          // [num_blocks, Hk, block_size, D]
-  const void* block_tables;     // [num_reqs, max_blocks] int32/int64
-  const void* seq_lens;         // [num_reqs]
-  const void* query_start_loc;  // [num_reqs + 1]
-  void* out;                    // [T, Hq, D] contiguous
-  int64_t num_blocks;
-  int num_reqs, hq, hk, log_bs, max_blocks, tiles_upper;
-  bool bt64, sl64, qsl64;
-  float scale_log2;
-};
 
 template <int D>
 struct PrefillShape {
   static constexpr int kWarps = 4;
   static constexpr int kWM = 2;                    // 16-row MMA tiles per warp: B fragments serve both
   static constexpr int kBM = kWarps * 16 * kWM;    // 128 queries per CTA
+  static_assert(kBM == kPrefillBlockM, "attention_params.h promises this tile height");
   static constexpr int kBN = 64;                   // cache tokens per K/V tile
   static constexpr int kStride = D + 8;            // padded smem row: ldmatrix rows hit distinct banks
   template <typename T>
@@ -284,11 +270,6 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
   }
 }
 
-// Queries per CTA tile; a launch needs at most T / BM + num_reqs tiles (tiles_upper).
-inline int prefill_block_m(int head_dim) {
-  return head_dim == 64 ? PrefillShape<64>::kBM : PrefillShape<128>::kBM;
-}
-
 template <typename T, int D>
 inline cudaError_t launch_prefill_d(const PrefillParams& p, cudaStream_t stream) {
   constexpr int smem = PrefillShape<D>::template smem_bytes<T>();
@@ -300,7 +281,7 @@ inline cudaError_t launch_prefill_d(const PrefillParams& p, cudaStream_t stream)
 
 // T is __half or __nv_bfloat16; head_dim 64 or 128 (checked by the caller).
 template <typename T>
-inline cudaError_t launch_paged_prefill(const PrefillParams& p, int head_dim, cudaStream_t stream) {
+inline cudaError_t launch_paged_prefill_t(const PrefillParams& p, int head_dim, cudaStream_t stream) {
   if (p.tiles_upper == 0 || p.num_reqs == 0) return cudaSuccess;
   switch (head_dim) {
     case 64: return launch_prefill_d<T, 64>(p, stream);

@@ -1,29 +1,34 @@
-// CUDA glue for paged attention: decode (flash-decoding with split-K) and prefill (tensor cores; fp32
-// takes the decode kernel once per query token). No host synchronisation: grids are sized from shapes.
+// CUDA glue for paged attention (host C++; the kernels sit in attention_launch.cu): decode (flash-decoding
+// with split-K) and prefill (tensor cores; fp32 takes the decode kernel once per query token).
+// No host synchronisation: grids are sized from shapes and the optional max_* hints.
+#ifdef INFINILM_WITH_CUDA
+
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "csrc/ops/ops.h"
 #include "csrc/ops/validate.h"
-#include "kernels/cuda/attention_decode.cuh"
-#include "kernels/cuda/attention_prefill.cuh"
+#include "kernels/cuda/attention_params.h"
 
 namespace infinilm {
 namespace {
 
 namespace ka = ::infinilm::cuda::attn;
 
-// Runs the body with `kernel_t` bound to the CUDA storage type of dtype `st`.
-#define INFINILM_DISPATCH_FLOAT_CUDA(st, name, ...)                                                \
-  [&] {                                                                                           \
-    switch (st) {                                                                                 \
-      case at::kFloat: { using kernel_t = float; return __VA_ARGS__(); }                          \
-      case at::kHalf: { using kernel_t = __half; return __VA_ARGS__(); }                          \
-      case at::kBFloat16: { using kernel_t = __nv_bfloat16; return __VA_ARGS__(); }               \
-      default: TORCH_CHECK_TYPE(false, "infinilm: ", name, " does not support dtype ", st);       \
-    }                                                                                             \
-  }()
+ka::DType kernel_dtype(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return ka::DType::kFloat32;
+    case at::kHalf: return ka::DType::kFloat16;
+    case at::kBFloat16: return ka::DType::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, "infinilm: paged attention does not support dtype ", st);
+  return ka::DType::kFloat32;
+}
 
 // The kernels read 16-byte vectors of each query row: rows must start 16-byte aligned, else copy.
 at::Tensor aligned_rows(const at::Tensor& q) {
@@ -126,9 +131,8 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   }
   p.out = out.data_ptr();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  INFINILM_DISPATCH_FLOAT_CUDA(q.scalar_type(), "paged_attention_decode", [&] {
-    check_launch(ka::launch_paged_decode<kernel_t>(p, static_cast<int>(d), stream), "paged_attention_decode");
-  });
+  check_launch(ka::launch_paged_decode(p, kernel_dtype(q.scalar_type()), static_cast<int>(d), stream),
+               "paged_attention_decode");
   return out;
 }
 
@@ -163,7 +167,8 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
     p.splits = 1;
     p.part_size = static_cast<int>(std::min<int64_t>(block_tables.size(1) * key_cache.size(2), INT32_MAX));
     p.out = out.data_ptr();
-    check_launch(ka::launch_paged_decode<float>(p, static_cast<int>(d), stream), "paged_attention_prefill");
+    check_launch(ka::launch_paged_decode(p, ka::DType::kFloat32, static_cast<int>(d), stream),
+                 "paged_attention_prefill");
     return out;
   }
 
@@ -187,17 +192,14 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
   p.sl64 = sl.scalar_type() == at::kLong;
   p.qsl64 = qsl.scalar_type() == at::kLong;
   p.scale_log2 = static_cast<float>(scale) * ka::kLog2e;
-  const int64_t bm = ka::prefill_block_m(static_cast<int>(d));
+  const int64_t bm = ka::kPrefillBlockM;
   int64_t tiles = (T + bm - 1) / bm + n;  // sum over requests of ceil(q_len / BM) never exceeds this
   if (max_query_len.has_value()) tiles = std::min(tiles, (*max_query_len + bm - 1) / bm * n);
   TORCH_CHECK_VALUE(tiles <= 65535, "infinilm: paged_attention_prefill: too many query tiles (", tiles,
                     ") for one launch; split the batch");
   p.tiles_upper = static_cast<int>(tiles);
-  if (q.scalar_type() == at::kHalf) {
-    check_launch(ka::launch_paged_prefill<__half>(p, static_cast<int>(d), stream), "paged_attention_prefill");
-  } else {
-    check_launch(ka::launch_paged_prefill<__nv_bfloat16>(p, static_cast<int>(d), stream), "paged_attention_prefill");
-  }
+  check_launch(ka::launch_paged_prefill(p, kernel_dtype(q.scalar_type()), static_cast<int>(d), stream),
+               "paged_attention_prefill");
   return out;
 }
 
@@ -207,3 +209,5 @@ TORCH_LIBRARY_IMPL(infinilm, CUDA, m) {
   m.impl("paged_attention_decode", &infinilm::paged_attention_decode_cuda);
   m.impl("paged_attention_prefill", &infinilm::paged_attention_prefill_cuda);
 }
+
+#endif  // INFINILM_WITH_CUDA
