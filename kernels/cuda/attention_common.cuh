@@ -118,6 +118,14 @@ __device__ __forceinline__ void cp_async_commit() {
 #endif
 }
 
+// Wait until at most N of this thread's committed copy groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if INFINILM_ATTN_PTX
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
 __device__ __forceinline__ void cp_async_wait_all() {
 #if INFINILM_ATTN_PTX
   asm volatile("cp.async.wait_group 0;\n" ::);

@@ -40,6 +40,16 @@ __device__ __forceinline__ RowInfo decode_row_info(const DecodeParams& p, int ro
   return ri;
 }
 
+template <typename T, int D, int HPC, int THREADS>
+struct DecodeShape {
+  static constexpr int kU = HPC >= 8 ? 2 : 4;  // 8 heads keep 2x the accumulators: fewer tokens per thread
+  static constexpr int kStages = 4;            // tiles in flight per CTA: 3 ahead of the one computed
+  static constexpr int kTile = THREADS / (D / Vec<T>::kN) * kU;
+  static constexpr int kRingBytes = 2 * kStages * kTile * D * static_cast<int>(sizeof(T));
+  static constexpr int kMergeBytes = (THREADS / (D / Vec<T>::kN)) * HPC * (D + 2) * 4;
+  static constexpr int kSmemBytes = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
+};
+
 // THREADS threads; TPT = D / VEC threads own one token (16 bytes each), NT = THREADS / TPT tokens are
 // in flight per pass and each thread takes U of them per iteration (2U 16-byte loads outstanding).
 template <typename T, int D, int HPC, int THREADS>
@@ -48,8 +58,9 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
   constexpr int TPT = D / VEC;
   static_assert(TPT <= 32 && 32 % TPT == 0, "a token's threads must sit inside one warp");
   constexpr int NT = THREADS / TPT;
-  constexpr int U = HPC >= 8 ? 2 : 4;  // 8 heads keep 2x the accumulators: fewer tokens per thread
+  constexpr int U = DecodeShape<T, D, HPC, THREADS>::kU;
   constexpr int TILE = NT * U;
+  constexpr int STAGES = DecodeShape<T, D, HPC, THREADS>::kStages;
 
   const int row = blockIdx.x, split = blockIdx.z;
   const int group = p.hq / p.hk, chunks = (group + HPC - 1) / HPC;
@@ -95,22 +106,66 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
     return (((b * p.hk + kvh) << p.log_bs) + (t & bs_mask)) * D + li * VEC;
   };
 
-  int64_t off[U];
+  // K/V stream through a STAGES-deep cp.async ring in shared memory. Thread (g, li) copies exactly the
+  // 16-byte pieces it later reads (token u*NT + g of a tile, piece li), so no barrier is needed: each
+  // thread's own wait_group orders its copies before its reads. Masked slots are zero-filled.
+  extern __shared__ __align__(16) unsigned char decode_smem[];
+  T* ring_k = reinterpret_cast<T*>(decode_smem);  // [STAGES][TILE][D]
+  T* ring_v = ring_k + STAGES * TILE * D;         // [STAGES][TILE][D]
+  const int slot0 = g * D + li * VEC;
+  const int64_t span = t_end - t_begin;
+  const int n_tiles = span > 0 ? static_cast<int>((span + TILE - 1) / TILE) : 0;
+  int64_t off[U];  // cache offsets of the next tile to issue (block ids fetched one tile ahead)
+  uint32_t valid_ring = 0;  // bit stage*U + u: token u of the tile in that stage is real
+  auto fetch_offsets = [&](int tile) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) off[u] = token_offset(t_begin + u * NT + g);
+    for (int u = 0; u < U; ++u) off[u] = token_offset(t_begin + static_cast<int64_t>(tile) * TILE + u * NT + g);
+  };
+  auto issue = [&](int tile) {
+    const int st = tile % STAGES;
+    T* dk = ring_k + st * TILE * D + slot0;
+    T* dv = ring_v + st * TILE * D + slot0;
+    valid_ring &= ~(((1u << U) - 1) << (st * U));
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (off[u] >= 0) {
+        cp_async16(dk + u * NT * D, kc + off[u]);
+        cp_async16(dv + u * NT * D, vc + off[u]);
+        valid_ring |= 1u << (st * U + u);
+      } else {
+        *reinterpret_cast<uint4*>(dk + u * NT * D) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dv + u * NT * D) = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  fetch_offsets(0);
+#pragma unroll
+  for (int j = 0; j < STAGES - 1; ++j) {
+    if (j < n_tiles) {
+      issue(j);
+      fetch_offsets(j + 1);
+    }
+    cp_async_commit();
+  }
 
-  for (int64_t base = t_begin; base < t_end; base += TILE) {
+  for (int it = 0; it < n_tiles; ++it) {
+    if (it + STAGES - 1 < n_tiles) {
+      issue(it + STAGES - 1);
+      fetch_offsets(it + STAGES);  // block ids load while the ring drains
+    }
+    cp_async_commit();
+    cp_async_wait<STAGES - 1>();  // this thread's copies for tile `it` have landed
+    const int st = it % STAGES;
+    const T* ks = ring_k + st * TILE * D + slot0;
+    const T* vs = ring_v + st * TILE * D + slot0;
     uint4 kr[U], vr[U];
     bool valid[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      valid[u] = off[u] >= 0;
-      kr[u] = valid[u] ? *reinterpret_cast<const uint4*>(kc + off[u]) : make_uint4(0, 0, 0, 0);
-      vr[u] = valid[u] ? *reinterpret_cast<const uint4*>(vc + off[u]) : make_uint4(0, 0, 0, 0);
+      valid[u] = (valid_ring >> (st * U + u)) & 1u;
+      kr[u] = *reinterpret_cast<const uint4*>(ks + u * NT * D);
+      vr[u] = *reinterpret_cast<const uint4*>(vs + u * NT * D);
     }
-    // The next tile's block ids load while this tile's K/V are in flight.
-#pragma unroll
-    for (int u = 0; u < U; ++u) off[u] = token_offset(base + TILE + u * NT + g);
 
     float s[U][HPC];
 #pragma unroll
@@ -157,9 +212,11 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
     }
   }
 
-  // Merge the NT token groups of this CTA.
-  __shared__ float sm_ml[NT][HPC][2];
-  __shared__ __align__(16) float sm_acc[NT][HPC][D];
+  // Merge the NT token groups of this CTA (the drained ring's memory holds the per-group partials).
+  cp_async_wait<0>();
+  __syncthreads();
+  auto sm_ml = reinterpret_cast<float(*)[HPC][2]>(decode_smem);                        // [NT][HPC][2]
+  auto sm_acc = reinterpret_cast<float(*)[HPC][D]>(decode_smem + NT * HPC * 2 * sizeof(float));  // [NT][HPC][D]
 #pragma unroll
   for (int j = 0; j < HPC; ++j) {
     if (li == 0) {
@@ -229,7 +286,11 @@ inline cudaError_t launch_decode_d_h(const DecodeParams& p, cudaStream_t stream)
   constexpr int kThreads = 128;
   const int chunks = (p.hq / p.hk + HPC - 1) / HPC;
   const dim3 grid(p.rows, p.hk * chunks, p.splits);
-  paged_decode_kernel<T, D, HPC, kThreads><<<grid, kThreads, 0, stream>>>(p);
+  constexpr int smem = DecodeShape<T, D, HPC, kThreads>::kSmemBytes;
+  const cudaError_t err =
+      cudaFuncSetAttribute(paged_decode_kernel<T, D, HPC, kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  paged_decode_kernel<T, D, HPC, kThreads><<<grid, kThreads, smem, stream>>>(p);
   if (p.splits > 1) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), D, 0, stream>>>(p);
   return cudaGetLastError();
 }

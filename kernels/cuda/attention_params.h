@@ -54,18 +54,34 @@ constexpr int kPrefillBlockM = 128;
 // Query heads per CTA: the GQA group rounded up to a power of two, at most 8 (larger groups are chunked).
 inline int decode_heads_per_cta(int group) { return group >= 8 ? 8 : group > 2 ? 4 : group; }
 
-// Splits so that the grid has about 4 CTAs per SM (enough loads in flight), none shorter than 128 tokens.
+// Splits per row: enough CTAs to fill every SM (about 3 resident each), in near-whole waves so that no
+// last partial wave idles most of the chip; no split shorter than 128 tokens.
 inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
                               int* part_size) {
-  const int64_t base = rows * ctas_per_row;
-  int64_t s = (4 * static_cast<int64_t>(num_sms) + base - 1) / (base > 0 ? base : 1);
-  const int64_t cap = (max_len + 127) / 128;
-  s = s > cap ? cap : s;
-  s = s > 256 ? 256 : (s < 1 ? 1 : s);
-  int64_t part = (max_len + s - 1) / s;
+  const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
+  const int64_t slots = 3 * static_cast<int64_t>(num_sms);
+  int64_t cap = (max_len + 127) / 128;
+  cap = cap > 256 ? 256 : (cap < 1 ? 1 : cap);
+  int64_t best = 1;
+  double best_eff = -1.0;
+  for (int64_t s = 1; s <= cap; ++s) {
+    const int64_t ctas = base * s;
+    const int64_t waves = (ctas + slots - 1) / slots;
+    // A part-filled single wave is as good as its fill; past one wave, the last wave's fill matters.
+    const double eff = static_cast<double>(ctas) / static_cast<double>(waves * slots);
+    if (ctas >= slots && eff >= 0.85) {
+      best = s;
+      break;
+    }
+    if (eff > best_eff + 1e-9) {
+      best_eff = eff;
+      best = s;
+    }
+  }
+  int64_t part = (max_len + best - 1) / best;
   part = ((part + 63) / 64) * 64;
   if (part < 64) part = 64;
-  s = (max_len + part - 1) / part;
+  const int64_t s = (max_len + part - 1) / part;
   *splits = static_cast<int>(s < 1 ? 1 : s);
   *part_size = static_cast<int>(part);
 }
