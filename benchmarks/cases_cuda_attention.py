@@ -75,21 +75,25 @@ def measure_ceilings():
     return {"copy_gbps": copy_gbps, "matmul_tflops": mm_tflops, "device": torch.cuda.get_device_name()}
 
 
-def _paged(B, L, sets, dtype=torch.bfloat16):
+def _paged(B, L, sets, dtype=torch.bfloat16, sequential=False):
+    """Block tables over shuffled blocks (the hard case: no two neighbours adjacent), or in order."""
     nb = (L + BS - 1) // BS
-    bt = torch.randperm(B * nb, device="cuda", dtype=torch.int32).view(B, nb)
+    ids = torch.arange(B * nb, device="cuda", dtype=torch.int32) if sequential else torch.randperm(
+        B * nb, device="cuda", dtype=torch.int32)
+    bt = ids.view(B, nb)
     caches = [(torch.randn(B * nb, HK, BS, D, device="cuda", dtype=dtype),
                torch.randn(B * nb, HK, BS, D, device="cuda", dtype=dtype)) for _ in range(sets)]
     return bt, caches
 
 
 def bench_paged_attention_decode(ceil, configs=((1, 512), (1, 4096), (1, 32768), (8, 4096), (32, 4096),
-                                                (64, 8192), (128, 2048), (256, 2048), (256, 512))):
+                                                (64, 8192), (128, 2048), (256, 2048), (256, 512),
+                                                (1, 32768, "in-order blocks"), (32, 4096, "in-order blocks"))):
     rows = []
-    for B, L in configs:
+    for B, L, *note in configs:
         kv_bytes = 2 * B * L * HK * D * 2
         sets = max(1, min(8, math.ceil(2 * L2_BYTES / kv_bytes)))
-        bt, caches = _paged(B, L, sets)
+        bt, caches = _paged(B, L, sets, sequential=bool(note))
         q = torch.randn(B, HQ, D, device="cuda", dtype=torch.bfloat16)
         sl = torch.full((B,), L, dtype=torch.int32, device="cuda")
         scale = 1 / math.sqrt(D)
@@ -107,9 +111,10 @@ def bench_paged_attention_decode(ceil, configs=((1, 512), (1, 4096), (1, 32768),
         del kvs
         moved = kv_bytes + 2 * B * HQ * D * 2
         gbps = moved / us / 1e3
-        rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L}", us=us, rate=gbps, unit="GB/s",
+        rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L} " + "".join(note), us=us, rate=gbps,
+                         unit="GB/s",
                          pct=100 * gbps / ceil["copy_gbps"], baseline_us=base, speedup=base / us))
-        if B == 1 and L == 4096:  # the anchor's SDPA figure (865 GB/s) was taken eagerly: compare that way too
+        if B == 1 and L == 4096 and not note:  # the anchor's SDPA figure (865 GB/s) was taken eagerly: compare that way too
             kc, vc = _paged(B, L, 1)[1][0]
             k, v = torch.randn(2, B, HK, L, D, device="cuda", dtype=torch.bfloat16).unbind(0)
             e_us = time_eager(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, L))
@@ -161,9 +166,9 @@ def bench_paged_attention_prefill(ceil, configs=((512, 0, 1), (1024, 0, 1), (204
 
 def print_rows(rows, ceil):
     print(f"device: {ceil['device']}; copy {ceil['copy_gbps']:.0f} GB/s; bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s")
-    print(f"{'op':<24} {'config':<26} {'us':>9} {'rate':>9} {'unit':<8} {'%ceil':>6} {'SDPA us':>9} {'x SDPA':>7}")
+    print(f"{'op':<24} {'config':<32} {'us':>9} {'rate':>9} {'unit':<8} {'%ceil':>6} {'SDPA us':>9} {'x SDPA':>7}")
     for r in rows:
-        print(f"{r['op']:<24} {r['config']:<26} {r['us']:9.1f} {r['rate']:9.1f} {r['unit']:<8} {r['pct']:6.1f} "
+        print(f"{r['op']:<24} {r['config']:<32} {r['us']:9.1f} {r['rate']:9.1f} {r['unit']:<8} {r['pct']:6.1f} "
               f"{r['baseline_us']:9.1f} {r['speedup']:7.2f}")
 
 

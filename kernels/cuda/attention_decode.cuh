@@ -259,26 +259,71 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
 }
 
 // Merges the splits of one (row, head): out = sum_s o_s 2^(m_s - M) / sum_s l_s 2^(m_s - M).
+// 128 threads: the split weights are computed in parallel, then 4 warps each sum every 4th split with
+// float4 loads (independent loads in flight instead of one dependent chain over up to 256 splits).
 template <typename T, int D>
-__global__ void __launch_bounds__(D) paged_decode_merge_kernel(const DecodeParams p) {
-  const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+__global__ void __launch_bounds__(128) paged_decode_merge_kernel(const DecodeParams p) {
+  constexpr int kMaxSplits = 256, Q = D / 4;
+  static_assert(Q <= 32, "one float4 per lane covers a head");
+  __shared__ float w[kMaxSplits];
+  __shared__ float red[4];
+  __shared__ float4 part[4][Q];
+  const int row = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const RowInfo ri = decode_row_info(p, row);
   const int64_t used64 = (ri.len + p.part_size - 1) / p.part_size;
   const int used = static_cast<int>(used64 < p.splits ? used64 : p.splits);
   const int64_t rh = static_cast<int64_t>(row) * p.hq + h;
   const float* ml = p.part_ml + rh * p.splits * 2;
-  const float* po = p.part_o + rh * p.splits * D + d;
+
   float mx = -INFINITY;
-  for (int s = 0; s < used; ++s) mx = fmaxf(mx, ml[2 * s]);
-  float lsum = 0.f, o = 0.f;
-  if (mx != -INFINITY) {
-    for (int s = 0; s < used; ++s) {
-      const float w = exp2f(ml[2 * s] - mx);
-      lsum += ml[2 * s + 1] * w;
-      o += po[static_cast<int64_t>(s) * D] * w;
-    }
+  for (int s = tid; s < used; s += 128) mx = fmaxf(mx, ml[2 * s]);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+  __syncthreads();
+  float lsum = 0.f;
+  for (int s = tid; s < used; s += 128) {
+    const float ws = mx == -INFINITY ? 0.f : exp2f(ml[2 * s] - mx);
+    w[s] = ws;
+    lsum += ml[2 * s + 1] * ws;
   }
-  static_cast<T*>(p.out)[rh * D + d] = from_float<T>(lsum > 0.f ? o / lsum : 0.f);
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) lsum += __shfl_xor_sync(0xffffffffu, lsum, o);
+  if (lane == 0) red[warp] = lsum;
+  __syncthreads();
+  lsum = red[0] + red[1] + red[2] + red[3];
+
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  if (lane < Q) {
+    const float4* po = reinterpret_cast<const float4*>(p.part_o + rh * p.splits * D) + lane;
+#pragma unroll 4
+    for (int s = warp; s < used; s += 4) {
+      const float4 v = po[static_cast<int64_t>(s) * Q];
+      const float ws = w[s];
+      acc.x = fmaf(v.x, ws, acc.x);
+      acc.y = fmaf(v.y, ws, acc.y);
+      acc.z = fmaf(v.z, ws, acc.z);
+      acc.w = fmaf(v.w, ws, acc.w);
+    }
+    part[warp][lane] = acc;
+  }
+  __syncthreads();
+  if (warp == 0 && lane < Q) {
+    const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
+    float r[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      r[0] += part[k][lane].x;
+      r[1] += part[k][lane].y;
+      r[2] += part[k][lane].z;
+      r[3] += part[k][lane].w;
+    }
+    T* out = static_cast<T*>(p.out) + rh * D + lane * 4;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) out[k] = from_float<T>(r[k] * inv);
+  }
 }
 
 template <typename T, int D, int HPC>
@@ -291,7 +336,7 @@ inline cudaError_t launch_decode_d_h(const DecodeParams& p, cudaStream_t stream)
       cudaFuncSetAttribute(paged_decode_kernel<T, D, HPC, kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   paged_decode_kernel<T, D, HPC, kThreads><<<grid, kThreads, smem, stream>>>(p);
-  if (p.splits > 1) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), D, 0, stream>>>(p);
+  if (p.splits > 1) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), 128, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
