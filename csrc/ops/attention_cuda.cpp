@@ -115,13 +115,14 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   // Without the hint the grid is sized for a full block-table row; CTAs past a row's length exit at once.
   const int64_t capacity = block_tables.size(1) * key_cache.size(2);
   const int64_t bound = max_seq_len.has_value() ? std::min(*max_seq_len, capacity) : capacity;
-  const int hpc = ka::decode_heads_per_cta(static_cast<int>(hq / hk));
-  const int chunks = static_cast<int>((hq / hk + hpc - 1) / hpc);
+  const ka::DType dt = kernel_dtype(q.scalar_type());
+  const int ctas_per_row = static_cast<int>(hk) * ka::decode_ctas_per_kv_head(static_cast<int>(hq / hk), dt);
   const int num_sms = multiprocessors(query.device().index());
   ka::DecodeParams p{};
   fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs);
   p.rows = static_cast<int>(rows);
-  ka::decode_split_plan(rows, static_cast<int>(hk) * chunks, bound, num_sms, &p.splits, &p.part_size);
+  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, ka::decode_resident_per_sm(dt), &p.splits,
+                        &p.part_size);
   at::Tensor part_o, part_ml;
   if (p.splits > 1) {  // workspace from the caching allocator: graph-safe, no cudaMalloc in capture
     part_o = at::empty({rows, hq, p.splits, d}, q.options().dtype(at::kFloat));
@@ -131,8 +132,7 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   }
   p.out = out.data_ptr();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  check_launch(ka::launch_paged_decode(p, kernel_dtype(q.scalar_type()), static_cast<int>(d), stream),
-               "paged_attention_decode");
+  check_launch(ka::launch_paged_decode(p, dt, static_cast<int>(d), stream), "paged_attention_decode");
   return out;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "attention_decode.cuh"
+#include "attention_decode_tc.cuh"
 #include "attention_params.h"
 #include "attention_prefill.cuh"
 
@@ -13,8 +14,8 @@ namespace attn {
 cudaError_t launch_paged_decode(const DecodeParams& p, DType dtype, int head_dim, cudaStream_t stream) {
   switch (dtype) {
     case DType::kFloat32: return launch_paged_decode_t<float>(p, head_dim, stream);
-    case DType::kFloat16: return launch_paged_decode_t<__half>(p, head_dim, stream);
-    case DType::kBFloat16: return launch_paged_decode_t<__nv_bfloat16>(p, head_dim, stream);
+    case DType::kFloat16: return launch_paged_decode_tc_t<__half>(p, head_dim, stream);
+    case DType::kBFloat16: return launch_paged_decode_tc_t<__nv_bfloat16>(p, head_dim, stream);
   }
   return cudaErrorInvalidValue;
 }

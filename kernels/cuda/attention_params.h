@@ -54,12 +54,23 @@ constexpr int kPrefillBlockM = 128;
 // Query heads per CTA: the GQA group rounded up to a power of two, at most 8 (larger groups are chunked).
 inline int decode_heads_per_cta(int group) { return group >= 8 ? 8 : group > 2 ? 4 : group; }
 
-// Splits per row: enough CTAs to fill every SM (about 3 resident each), in near-whole waves so that no
+// fp16/bf16 decode runs on tensor cores (one warp per CTA, up to 16 query heads as MMA rows); fp32 on FMAs.
+inline bool decode_uses_tensor_cores(DType dt) { return dt != DType::kFloat32; }
+
+// CTAs per (row, KV head), and about how many CTAs of that kernel one SM holds at once (shared memory
+// bound: 34 KiB per tensor-core warp, 64 KiB per 128-thread SIMT CTA).
+inline int decode_ctas_per_kv_head(int group, DType dt) {
+  const int hpc = decode_uses_tensor_cores(dt) ? 16 : decode_heads_per_cta(group);
+  return (group + hpc - 1) / hpc;
+}
+inline int decode_resident_per_sm(DType dt) { return decode_uses_tensor_cores(dt) ? 6 : 3; }
+
+// Splits per row: enough CTAs to fill every SM (resident_per_sm each), in near-whole waves so that no
 // last partial wave idles most of the chip; no split shorter than 128 tokens.
-inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
-                              int* part_size) {
+inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int resident_per_sm,
+                              int* splits, int* part_size) {
   const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
-  const int64_t slots = 3 * static_cast<int64_t>(num_sms);
+  const int64_t slots = static_cast<int64_t>(resident_per_sm) * num_sms;
   int64_t cap = (max_len + 127) / 128;
   cap = cap > 256 ? 256 : (cap < 1 ? 1 : cap);
   int64_t best = 1;
