@@ -124,14 +124,21 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
     const T* vs = ring_v[st];
     const unsigned vbits = static_cast<unsigned>(valid_ring >> (16 * st)) & 0xffffu;
 
+    // Two accumulators per key half (even/odd k-steps): four short MMA chains instead of two long ones.
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float s2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t b[4];
       ldmatrix_x4(b, ks + ((lane / 16) * 8 + lane % 8) * STR + kk * 16 + ((lane / 8) % 2) * 8);
       const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-      mma_16x8x16<T>(s[0], qa[kk], b0);
-      mma_16x8x16<T>(s[1], qa[kk], b1);
+      mma_16x8x16<T>(kk % 2 ? s2[0] : s[0], qa[kk], b0);
+      mma_16x8x16<T>(kk % 2 ? s2[1] : s[1], qa[kk], b1);
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      s[0][e] += s2[0][e];
+      s[1][e] += s2[1][e];
     }
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {

@@ -66,12 +66,12 @@ inline int decode_ctas_per_kv_head(int group, DType dt) {
 inline int decode_resident_per_sm(DType dt) { return decode_uses_tensor_cores(dt) ? 6 : 3; }
 
 // Splits per row: enough CTAs to fill every SM (resident_per_sm each), in near-whole waves so that no
-// last partial wave idles most of the chip; no split shorter than 128 tokens.
+// last partial wave idles most of the chip; no split shorter than 64 tokens.
 inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int resident_per_sm,
                               int* splits, int* part_size) {
   const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
   const int64_t slots = static_cast<int64_t>(resident_per_sm) * num_sms;
-  int64_t cap = (max_len + 127) / 128;
+  int64_t cap = (max_len + 63) / 64;
   cap = cap > 256 ? 256 : (cap < 1 ? 1 : cap);
   int64_t best = 1;
   double best_eff = -1.0;

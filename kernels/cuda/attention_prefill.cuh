@@ -179,9 +179,11 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
       }
     }
 
-    // Mask (causal, end of sequence) only on tiles that reach past the tile's first position.
+    // Mask (causal, end of sequence) only on tiles that reach past the tile's first position. Scores stay
+    // unscaled until the exponential: p = 2^(s * scale_log2 - m * scale_log2) is one FFMA per element.
     const int64_t kb = static_cast<int64_t>(it) * BN;
     const bool need_mask = (kb + BN > prefix + m0 + 1) || (kb + BN > seq);
+    const float sl2 = p.scale_log2;
 #pragma unroll
     for (int mi = 0; mi < WM; ++mi) {
 #pragma unroll
@@ -193,7 +195,6 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& x = s[mi][nj][hr * 2 + e];
-            x *= p.scale_log2;
             if (need_mask) {
               const int64_t key = kb + nj * 8 + 2 * (lane % 4) + e;
               if (key > pos || key >= seq) x = -INFINITY;
@@ -203,8 +204,8 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float base = mx == -INFINITY ? 0.f : mx;  // a row with nothing visible yet stays at zero
-        const float alpha = exp2f(mrow[mi][hr] - base);
+        const float base = mx == -INFINITY ? 0.f : mx * sl2;  // a row with nothing visible yet stays at zero
+        const float alpha = exp2f(mrow[mi][hr] * sl2 - base);
         mrow[mi][hr] = mx;
         float rs = 0.f;
 #pragma unroll
@@ -212,7 +213,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& x = s[mi][nj][hr * 2 + e];
-            x = exp2f(x - base);
+            x = exp2f(fmaf(x, sl2, -base));
             rs += x;
           }
         }
