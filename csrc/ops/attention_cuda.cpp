@@ -54,14 +54,6 @@ void check_cuda_head_dim(const at::Tensor& query) {
                     " ('query' shape ", query.sizes(), ")");
 }
 
-void check_query_start_loc(const at::Tensor& query_start_loc, const at::Tensor& query, const at::Tensor& seq_lens) {
-  INFINILM_CHECK_INDEX(query_start_loc);
-  INFINILM_CHECK_SAME_DEVICE(query, query_start_loc);
-  INFINILM_CHECK_DIM(query_start_loc, 1);
-  TORCH_CHECK_VALUE(query_start_loc.size(0) == seq_lens.size(0) + 1, "infinilm: 'query_start_loc' must have ",
-                    seq_lens.size(0) + 1, " entries (one more than 'seq_lens'), got shape ", query_start_loc.sizes());
-}
-
 int multiprocessors(int device) {
   int n = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
@@ -101,8 +93,8 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   INFINILM_CHECK_CUDA(query);
   check_cuda_head_dim(query);
   const int log_bs = checked_log2_block_size(key_cache);
-  TORCH_CHECK_VALUE(seq_lens.size(0) == query.size(0), "infinilm: 'seq_lens' has ", seq_lens.size(0),
-                    " entries but 'query' has ", query.size(0), " rows");
+  check_paged_attention_decode_args(query, seq_lens);
+  check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);  // host data only
   TORCH_CHECK_VALUE(!max_seq_len.has_value() || *max_seq_len >= 0, "infinilm: 'max_seq_len' must be >= 0, got ",
                     max_seq_len.value_or(0));
   const c10::cuda::CUDAGuard guard(query.device());
@@ -141,13 +133,14 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
                                         const at::Tensor& query_start_loc, const at::Tensor& seq_lens, double scale,
                                         std::optional<int64_t> max_query_len, std::optional<int64_t> max_seq_len) {
   check_paged_attention_args(query, key_cache, value_cache, block_tables, seq_lens, scale);
-  check_query_start_loc(query_start_loc, query, seq_lens);
+  check_paged_attention_prefill_args(query, query_start_loc, seq_lens);
+  check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);  // host data only
+  check_paged_attention_prefill_values(query, query_start_loc, seq_lens, max_query_len);
   INFINILM_CHECK_CUDA(query);
   check_cuda_head_dim(query);
   const int log_bs = checked_log2_block_size(key_cache);
   TORCH_CHECK_VALUE(!max_query_len.has_value() || *max_query_len >= 0,
                     "infinilm: 'max_query_len' must be >= 0, got ", max_query_len.value_or(0));
-  (void)max_seq_len;  // the prefill grid needs no sequence bound
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor q = aligned_rows(query);
   const at::Tensor sl = seq_lens.contiguous();
