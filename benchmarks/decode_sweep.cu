@@ -81,8 +81,7 @@ int main() {
     p.max_blocks = L / BS;
     p.scale_log2 = 0.0883883f * kLog2e;
     int plan_s = 0, plan_part = 0;
-    decode_split_plan(B, HK * decode_ctas_per_kv_head(HQ / HK, DType::kBFloat16), L, sms,
-                      decode_resident_per_sm(DType::kBFloat16), &plan_s, &plan_part);
+    decode_split_plan(B, HK * decode_ctas_per_kv_head(HQ / HK, DType::kBFloat16), L, sms, &plan_s, &plan_part);
     std::vector<int> parts;
     for (int want : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256}) {
       int part = (L + want - 1) / want;

@@ -113,8 +113,7 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   ka::DecodeParams p{};
   fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs);
   p.rows = static_cast<int>(rows);
-  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, ka::decode_resident_per_sm(dt), &p.splits,
-                        &p.part_size);
+  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, &p.splits, &p.part_size);
   at::Tensor part_o, part_ml;
   if (p.splits > 1) {  // workspace from the caching allocator: graph-safe, no cudaMalloc in capture
     part_o = at::empty({rows, hq, p.splits, d}, q.options().dtype(at::kFloat));

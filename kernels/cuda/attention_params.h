@@ -57,42 +57,26 @@ inline int decode_heads_per_cta(int group) { return group >= 8 ? 8 : group > 2 ?
 // fp16/bf16 decode runs on tensor cores (one warp per CTA, up to 16 query heads as MMA rows); fp32 on FMAs.
 inline bool decode_uses_tensor_cores(DType dt) { return dt != DType::kFloat32; }
 
-// CTAs per (row, KV head), and about how many CTAs of that kernel one SM holds at once (shared memory
-// bound: 34 KiB per tensor-core warp, 64 KiB per 128-thread SIMT CTA).
+// CTAs per (row, KV head): query heads are grouped 16 per tensor-core CTA, 1..8 per SIMT CTA.
 inline int decode_ctas_per_kv_head(int group, DType dt) {
   const int hpc = decode_uses_tensor_cores(dt) ? 16 : decode_heads_per_cta(group);
   return (group + hpc - 1) / hpc;
 }
-inline int decode_resident_per_sm(DType dt) { return decode_uses_tensor_cores(dt) ? 6 : 3; }
 
-// Splits per row: enough CTAs to fill every SM (resident_per_sm each), in near-whole waves so that no
-// last partial wave idles most of the chip; no split shorter than 64 tokens.
-inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int resident_per_sm,
-                              int* splits, int* part_size) {
+// Splits per row so that the grid has about 4 CTAs per SM, no split shorter than 64 tokens and at most
+// 256. Measured on an H100 (benchmarks/decode_sweep.cu, bf16, Llama-3-8B shapes): around 4 CTAs per SM
+// was within 1-2% of the best split count at B=1/ctx 4k and 32k, B=8 and B=32 at ctx 4k, while
+// wave-filling plans with ~1.9 waves of 6 CTAs per SM were 2-7% slower.
+inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
+                              int* part_size) {
   const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
-  const int64_t slots = static_cast<int64_t>(resident_per_sm) * num_sms;
-  int64_t cap = (max_len + 63) / 64;
-  cap = cap > 256 ? 256 : (cap < 1 ? 1 : cap);
-  int64_t best = 1;
-  double best_eff = -1.0;
-  for (int64_t s = 1; s <= cap; ++s) {
-    const int64_t ctas = base * s;
-    const int64_t waves = (ctas + slots - 1) / slots;
-    // A part-filled single wave is as good as its fill; past one wave, the last wave's fill matters.
-    const double eff = static_cast<double>(ctas) / static_cast<double>(waves * slots);
-    if (ctas >= slots && eff >= 0.85) {
-      best = s;
-      break;
-    }
-    if (eff > best_eff + 1e-9) {
-      best_eff = eff;
-      best = s;
-    }
-  }
-  int64_t part = (max_len + best - 1) / best;
-  part = ((part + 63) / 64) * 64;
-  if (part < 64) part = 64;
-  const int64_t s = (max_len + part - 1) / part;
+  int64_t s = (4 * static_cast<int64_t>(num_sms) + base - 1) / base;
+  const int64_t cap = (max_len + 63) / 64;
+  s = s > cap ? cap : s;
+  s = s > 256 ? 256 : (s < 1 ? 1 : s);
+  int64_t part = (max_len + s - 1) / s;
+  part = part < 64 ? 64 : ((part + 63) / 64) * 64;
+  s = max_len > 0 ? (max_len + part - 1) / part : 1;
   *splits = static_cast<int>(s < 1 ? 1 : s);
   *part_size = static_cast<int>(part);
 }
