@@ -112,14 +112,14 @@ def bench_paged_attention_decode(ceil, configs=((1, 512), (1, 4096), (1, 32768),
         moved = kv_bytes + 2 * B * HQ * D * 2
         gbps = moved / us / 1e3
         rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L} " + "".join(note), us=us, rate=gbps,
-                         unit="GB/s",
+                         unit="GB/s", nbytes=moved,
                          pct=100 * gbps / ceil["copy_gbps"], baseline_us=base, speedup=base / us))
         if B == 1 and L == 4096 and not note:  # the anchor's SDPA figure (865 GB/s) was taken eagerly: compare that way too
             kc, vc = _paged(B, L, 1)[1][0]
             k, v = torch.randn(2, B, HK, L, D, device="cuda", dtype=torch.bfloat16).unbind(0)
             e_us = time_eager(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, L))
             e_base = time_eager(lambda: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True))
-            rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L} eager", us=e_us,
+            rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L} eager", us=e_us, nbytes=moved,
                              rate=moved / e_us / 1e3, unit="GB/s", pct=100 * moved / e_us / 1e3 / ceil["copy_gbps"],
                              baseline_us=e_base, speedup=e_base / e_us))
     return rows
@@ -158,10 +158,29 @@ def bench_paged_attention_prefill(ceil, configs=((512, 0, 1), (1024, 0, 1), (204
         tflops = 4 * pairs * D * HQ / us / 1e6
         base = _sdpa_prefill(S, scale) * n if P == 0 else float("nan")
         rows.append(dict(op="paged_attention_prefill", config=f"S={S} prefix={P} reqs={n}", us=us, rate=tflops,
+                         flops=4 * pairs * D * HQ,
                          unit="TFLOP/s", pct=100 * tflops / ceil["matmul_tflops"], baseline_us=base,
                          speedup=base / us))
         del kc, vc, caches
     return rows
+
+
+def rows(device, quick=False):
+    """Table.add keyword rows for benchmarks/bench_ops.py (CUDA only; graph-replay timing, SDPA baseline)."""
+    if not str(device).startswith("cuda"):
+        return
+    ceil = {"copy_gbps": float("nan"), "matmul_tflops": float("nan")}  # Table computes its own % of ceiling
+    dec = ((1, 4096), (1, 32768), (32, 4096)) if quick else None
+    pre = ((2048, 0, 1), (8192, 0, 1)) if quick else None
+    out = (bench_paged_attention_decode(ceil, dec) if dec else bench_paged_attention_decode(ceil)) + (
+        bench_paged_attention_prefill(ceil, pre) if pre else bench_paged_attention_prefill(ceil))
+    for r in out:
+        base = None if math.isnan(r["baseline_us"]) else r["baseline_us"]
+        how = "" if "eager" in r["config"] else " (graph)"
+        row = dict(op=r["op"], config=f"{r['config'].strip()} {HQ}/{HK}x{D} bs{BS}{how}", ours_us=r["us"],
+                   torch_us=base)
+        row.update({k: r[k] for k in ("nbytes", "flops") if k in r})
+        yield row
 
 
 def print_rows(rows, ceil):
