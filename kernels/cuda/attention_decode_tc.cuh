@@ -9,7 +9,7 @@
 #pragma once
 
 #include "attention_common.cuh"
-#include "attention_decode.cuh"
+#include "attention_decode_merge.cuh"
 #include "attention_params.h"
 
 namespace infinilm {
