@@ -30,7 +30,8 @@ def ref_filter(row, T, k, p, p_slack=0.0):
         keep = torch.zeros(V, dtype=torch.bool)
         keep[(l == l.max()).nonzero()[0]] = True
         return keep, keep.double()
-    w = torch.exp((l - l.max()) / torch.tensor(T, dtype=torch.float32))  # fp32, as documented
+    z = (l - l.max()) / torch.tensor(T, dtype=torch.float32)  # fp32, as documented
+    w = torch.where(z < -87.33654, 0.0, torch.exp(z))  # flushed below the normal range
     keep = torch.ones(V, dtype=torch.bool)
     if 0 < k < V:
         keep &= l >= torch.sort(l, descending=True).values[k - 1]
