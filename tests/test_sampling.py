@@ -92,11 +92,13 @@ def test_sample_greedy_is_argmax(device, dtype):
 def test_sample_draws_inside_allowed_set(device, dtype, V):
     """Mixed per-row parameters; every draw lies in the sort-based allowed set and matches the reference draw."""
     B = 64
-    for _ in range(4):
+    for rnd in range(4):
         logits = (torch.randn(B, V, device=device) * 3).to(dtype)
         logits[torch.rand(B, V, device=device) < 0.1] = float("-inf")
         logits[:, 0] = 0.0  # no row is all -inf
         T, K, P, S = params(B, V, device)
+        if rnd % 2:  # the other accepted parameter dtypes; the reference reads the converted values
+            T, K, P, S = T.half(), K.int(), P.bfloat16(), S.int()
         out = ops.sample(logits, T, K, P, S).cpu()
         for b in range(B):
             args = (logits[b], float(T[b]), int(K[b]), float(P[b]))
