@@ -192,6 +192,16 @@ inline float exp_nonpos(float z) {
 // Token weight exp((l - m) / T); l <= m and T > 0, so the argument is <= 0.
 inline float weight_of(float l, float mx, float temp) { return exp_nonpos((l - mx) / temp); }
 
+// w as fp64 when the logit's key is >= kt, else 0, by integer masking (vectorises; see exp_nonpos).
+inline double weight_if(float l, float w, uint32_t kt) {
+  uint32_t wb;
+  std::memcpy(&wb, &w, 4);
+  wb &= order_key(l) >= kt ? 0xffffffffu : 0u;
+  float r;
+  std::memcpy(&r, &wb, 4);
+  return static_cast<double>(r);
+}
+
 // Branch-free: keeps (idx[j], val[j]) with val[j] >= t, in order; returns how many.
 inline int64_t compact_ge(int32_t* idx, float* val, int64_t n, float t) {
   int64_t m = 0;
@@ -237,10 +247,13 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
     int32_t* idx = s.idx.data();
     float* val = s.val.data();
     n = 0;
-    for (int64_t i = 0; i < V; ++i) {
-      idx[n] = static_cast<int32_t>(i);
-      val[n] = row[i];
-      n += row[i] >= lb;
+    for (int64_t b = 0; b < nb; ++b) {
+      if (!(s.bmax[b] >= lb)) continue;  // the block holds no candidate
+      for (int64_t i = b * kBlock, e = std::min(V, i + kBlock); i < e; ++i) {
+        idx[n] = static_cast<int32_t>(i);
+        val[n] = row[i];
+        n += row[i] >= lb;
+      }
     }
     const float tk = select_threshold<false>(val, nullptr, n, static_cast<double>(top_k), s);
     n = compact_ge(idx, val, n, tk);
@@ -254,11 +267,47 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
     total += w[j];
   }
 
-  // Top-p pivot over K; P = {j : kval[j] >= tp}.
-  const float tp = top_p < 1.f ? select_threshold<true>(kval, w, n, static_cast<double>(top_p) * total, s) : -INFINITY;
+  // Top-p over K, P = {j : kval[j] >= tp}. Compares go through order_key (integer compares vectorise
+  // where float compare-selects do not, see exp_nonpos).
+  uint32_t ktp = 0;  // key of tp; 0 keeps everything
+  if (top_p < 1.f) {
+    if (n > 4096) {
+      // Tail pruning: the tokens lighter than eps = (1 - p) * W_K / n weigh less than (1 - p) * W_K
+      // together, so the pivot lies at or above vmin = the smallest logit of a token weighing >= eps.
+      // Only tokens with l >= vmin stay candidates (the 0.999 absorbs the rounding of eps).
+      const float eps = static_cast<float>((1.0 - top_p) * total / static_cast<double>(n) * 0.999);
+      uint32_t eps_bits, kmin = UINT32_MAX;
+      std::memcpy(&eps_bits, &eps, 4);
+#pragma omp simd reduction(min : kmin)
+      for (int64_t j = 0; j < n; ++j) {
+        uint32_t wb;
+        std::memcpy(&wb, &w[j], 4);  // w >= 0: float order is integer order
+        const uint32_t key = wb >= eps_bits ? order_key(kval[j]) : UINT32_MAX;
+        kmin = key < kmin ? key : kmin;
+      }
+      int32_t* idx = s.idx.data();
+      float* val = s.val.data();
+      int64_t m = 0;
+      for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
+        const int64_t j1 = std::min(n, j0 + kBlock);
+        int any = 0;
+#pragma omp simd reduction(| : any)
+        for (int64_t j = j0; j < j1; ++j) any |= order_key(kval[j]) >= kmin;
+        if (!any) continue;  // real logits: most blocks hold only tail tokens
+        for (int64_t j = j0; j < j1; ++j) {
+          idx[m] = kidx ? kidx[j] : static_cast<int32_t>(j);
+          val[m] = kval[j];
+          w[m] = w[j];
+          m += order_key(kval[j]) >= kmin;
+        }
+      }
+      kidx = idx, kval = val, n = m;
+    }
+    ktp = order_key(select_threshold<true>(kval, w, n, static_cast<double>(top_p) * total, s));
+  }
   double mass = 0.0;
 #pragma omp simd reduction(+ : mass)
-  for (int64_t j = 0; j < n; ++j) mass += kval[j] >= tp ? static_cast<double>(w[j]) : 0.0;
+  for (int64_t j = 0; j < n; ++j) mass += weight_if(kval[j], w[j], ktp);
 
   // Inverse CDF in index order: skip whole chunks by their vector sums, then walk one token at a time.
   const double target = rng::uniform_double(seed, 0) * mass;
@@ -268,13 +317,13 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
     const int64_t j1 = std::min(n, j0 + kChunk);
     double cs = 0.0;
 #pragma omp simd reduction(+ : cs)
-    for (int64_t j = j0; j < j1; ++j) cs += kval[j] >= tp ? static_cast<double>(w[j]) : 0.0;
+    for (int64_t j = j0; j < j1; ++j) cs += weight_if(kval[j], w[j], ktp);
     if (c + cs <= target) {
       c += cs;
       continue;
     }
     for (int64_t j = j0; j < j1; ++j) {
-      if (kval[j] >= tp && w[j] > 0.f) {
+      if (order_key(kval[j]) >= ktp && w[j] > 0.f) {
         c += w[j];
         if (c > target) return kidx ? kidx[j] : j;
       }
@@ -282,7 +331,7 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
   }
   // Rounding put target at the very top of the mass: the last token of P with positive weight.
   for (int64_t j = n - 1; j >= 0; --j)
-    if (kval[j] >= tp && w[j] > 0.f) return kidx ? kidx[j] : j;
+    if (order_key(kval[j]) >= ktp && w[j] > 0.f) return kidx ? kidx[j] : j;
   return -1;  // unreachable: the max token has weight 1
 }
 
