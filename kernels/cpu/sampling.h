@@ -22,12 +22,13 @@
 //   CDF step or a top-p boundary). -0.0 and +0.0 logits compare equal, as floats do.
 //
 // Algorithm: one pass converts the row, finds m and the max of each 64-token block. Top-k: the k-th largest
-// block max bounds t_k from below, a second pass keeps the tokens at or above it (a few times k for real
-// logits), and t_k is selected among those. Thresholds are found by a 3-level radix select (12 + 12 + 8 bits
-// of an order-preserving 32-bit key), one histogram pass over the surviving candidates per level. The
-// draw skips 256-token chunks by their vector sums. O(V) per row, no sort.
-// Napkin math (V = 128256, fp32): the row is 0.5 MB; with top-k it is read twice (~50 µs at ~20 GB/s on
-// one core); without top-k add one vectorised exp per token and the top-p select over the whole row.
+// block max bounds t_k from below, so only blocks whose max reaches it are visited to collect candidates
+// (a few times k for real logits), and t_k is selected among those. Top-p without top-k: one vectorised
+// exp pass gives W; tokens lighter than (1 - p) * W / V cannot reach the pivot together, so only tokens
+// at or above the lightest heavier one stay candidates. Thresholds come from the radix select of
+// kernels/cpu/select.h; the draw skips 256-token chunks by their vector sums. O(V) per row, no sort.
+// Napkin math (V = 128256, fp32): the row is 0.5 MB, read once with top-k (~25 µs at ~20 GB/s on one
+// core); without top-k add one exp per token (~1.3 ns each with SSE2 vectors) and the top-p select.
 #pragma once
 
 #include <algorithm>
@@ -38,25 +39,11 @@
 
 #include "kernels/common/counter_rng.h"
 #include "kernels/cpu/common.h"
+#include "kernels/cpu/select.h"
 
 namespace infinilm::cpu {
 
 namespace sampling_detail {
-
-// Monotone map float -> uint32 (a < b  <=>  key(a) < key(b) for non-NaN floats), with -0.0 folded onto +0.0.
-inline uint32_t order_key(float x) {
-  x += 0.0f;  // -0.0 + 0.0 == +0.0, so equal floats share one key
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-inline float key_to_float(uint32_t k) {
-  const uint32_t u = (k & 0x80000000u) ? (k & 0x7fffffffu) : ~k;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Per-thread buffers, grown to the vocab size once and reused across rows and calls.
 struct Scratch {
@@ -65,70 +52,16 @@ struct Scratch {
   std::vector<int32_t> idx;    // [V] token ids of the candidates / top-k set, increasing
   std::vector<float> val;      // [V] their logits
   std::vector<float> w;        // [V] weights exp((l - m) / T), of the top-k set (or of the whole row)
-  std::vector<float> cand_v[2], cand_w[2];  // [V] radix-select survivors of levels 0 and 1
-  double hist_w[4096];
-  uint32_t hist_n[4096];
+  SelectScratch sel;
 
   void ensure(int64_t V) {
     if (static_cast<int64_t>(row.size()) >= V) return;
     row.resize(V), bmax.resize(V), idx.resize(V), val.resize(V), w.resize(V);
-    for (auto* v : {&cand_v[0], &cand_v[1], &cand_w[0], &cand_w[1]}) v->resize(V);
+    sel.ensure(V);
   }
 };
 
 constexpr int64_t kBlock = 64;  // block of the maxima that bound the top-k threshold from below
-
-// The largest value t among v[0, n) with sum_{v[i] >= t} weight_i >= target, where weight_i = w[i] when
-// kWeighted, else 1 (then target = k gives the k-th largest). Requires 0 < target <= the total weight; if
-// rounding leaves the total just short of target, returns the smallest value of positive weight.
-template <bool kWeighted>
-float select_threshold(const float* v,  // [n]
-                       const float* w,  // [n] weights (kWeighted only)
-                       int64_t n, double target, Scratch& s) {
-  static constexpr int kShift[3] = {20, 8, 0};
-  static constexpr uint32_t kMask[3] = {0xfffu, 0xfffu, 0xffu};
-  uint32_t prefix = 0;
-  for (int level = 0; level < 3; ++level) {
-    const int sh = kShift[level];
-    const uint32_t mask = kMask[level];
-    auto* hist = [&] {
-      if constexpr (kWeighted) return s.hist_w; else return s.hist_n;
-    }();
-    std::fill(hist, hist + mask + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      if constexpr (kWeighted) hist[(order_key(v[i]) >> sh) & mask] += static_cast<double>(w[i]);
-      else ++hist[(order_key(v[i]) >> sh) & mask];
-    }
-    // Walk digits from the largest values down until the mass at or above the digit reaches target.
-    int64_t d = mask, lowest = -1;
-    double above = 0.0;
-    for (; d >= 0; --d) {
-      if (hist[d] == 0) continue;
-      lowest = d;
-      if (above + static_cast<double>(hist[d]) >= target) break;
-      above += static_cast<double>(hist[d]);
-    }
-    if (d < 0) {
-      d = lowest;
-      target = INFINITY;  // keep descending to the smallest value
-    } else {
-      target -= above;
-    }
-    prefix |= static_cast<uint32_t>(d) << sh;
-    if (level == 2) break;
-    // Survivors: candidates whose digit is d (their higher digits already match). Branch-free compaction.
-    float* nv = s.cand_v[level].data();
-    float* nw = s.cand_w[level].data();
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      nv[m] = v[i];
-      if (kWeighted) nw[m] = w[i];
-      m += ((order_key(v[i]) >> sh) & mask) == static_cast<uint32_t>(d);
-    }
-    v = nv, w = nw, n = m;
-  }
-  return key_to_float(prefix);
-}
 
 // Max of the row (NaN ignored), whether it holds a NaN or +inf, and the max of each kBlock-block into
 // bmax; stores the fp32 row into out when kStore.
@@ -218,11 +151,12 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
                    int64_t& err) {
   bool bad = false;
   if (temp == 0.f || top_k == 1) {
-    const float mx = scan_row<T, false>(x, V, nullptr, nullptr, bad);
+    const float mx = scan_row<T, false>(x, V, nullptr, s.bmax.data(), bad);
     if ((err = row_error(x, V, mx, bad)) != 0) return -1;
-    for (int64_t i = 0; i < V; ++i)
+    int64_t b = 0;
+    while (s.bmax[b] != mx) ++b;  // the first block holding the max, then its first token
+    for (int64_t i = b * kBlock;; ++i)
       if (to_float(x[i]) == mx) return i;
-    return -1;  // unreachable: mx is one of the values
   }
   const bool use_k = top_k > 0 && top_k < V;
   const float* row;
@@ -243,7 +177,7 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
   int64_t n = V;
   if (use_k) {
     const int64_t nb = (V + kBlock - 1) / kBlock;
-    const float lb = top_k <= nb ? select_threshold<false>(s.bmax.data(), nullptr, nb, top_k, s) : -INFINITY;
+    const float lb = top_k <= nb ? select_threshold<false>(s.bmax.data(), nullptr, nb, top_k, s.sel) : -INFINITY;
     int32_t* idx = s.idx.data();
     float* val = s.val.data();
     n = 0;
@@ -255,7 +189,7 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
         n += row[i] >= lb;
       }
     }
-    const float tk = select_threshold<false>(val, nullptr, n, static_cast<double>(top_k), s);
+    const float tk = select_threshold<false>(val, nullptr, n, static_cast<double>(top_k), s.sel);
     n = compact_ge(idx, val, n, tk);
     kidx = idx, kval = val;
   }
@@ -303,7 +237,7 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
       }
       kidx = idx, kval = val, n = m;
     }
-    ktp = order_key(select_threshold<true>(kval, w, n, static_cast<double>(top_p) * total, s));
+    ktp = order_key(select_threshold<true>(kval, w, n, static_cast<double>(top_p) * total, s.sel));
   }
   double mass = 0.0;
 #pragma omp simd reduction(+ : mass)
