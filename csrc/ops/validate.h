@@ -2,6 +2,7 @@
 // (for host-resident data) index ranges and values. Every message names the argument and the values.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <utility>
@@ -169,6 +170,52 @@ inline void check_paged_attention_values(const at::Tensor& key_cache, const at::
                         " is out of range [0, ", num_blocks, ")");
     }
   }
+}
+
+// Decode: one query token per request.
+inline void check_paged_attention_decode_args(const at::Tensor& query, const at::Tensor& seq_lens) {
+  TORCH_CHECK_VALUE(query.size(0) == seq_lens.size(0), "infinilm: 'query' has ", query.size(0),
+                    " tokens but 'seq_lens' has ", seq_lens.size(0), " requests (decode takes one token each)");
+}
+
+// Prefill: query_start_loc [n+1] (int) beside seq_lens [n].
+inline void check_paged_attention_prefill_args(const at::Tensor& query, const at::Tensor& query_start_loc,
+                                               const at::Tensor& seq_lens) {
+  INFINILM_CHECK_INDEX(query_start_loc);
+  INFINILM_CHECK_SAME_DEVICE(query, query_start_loc);
+  INFINILM_CHECK_DIM(query_start_loc, 1);
+  TORCH_CHECK_VALUE(query_start_loc.size(0) == seq_lens.size(0) + 1, "infinilm: 'query_start_loc' must have ",
+                    seq_lens.size(0) + 1, " entries (one more than 'seq_lens'), got shape ", query_start_loc.sizes());
+}
+
+// query_start_loc runs from 0 to T without decreasing; each q_len fits in seq_lens[r] and in max_query_len
+// (host data only). Returns the largest q_len.
+inline int64_t check_paged_attention_prefill_values(const at::Tensor& query, const at::Tensor& query_start_loc,
+                                                    const at::Tensor& seq_lens, std::optional<int64_t> max_query_len) {
+  if (!query_start_loc.device().is_cpu()) return max_query_len.value_or(query.size(0));
+  auto qsl = query_start_loc.to(at::kLong).contiguous();
+  auto sl = seq_lens.to(at::kLong).contiguous();
+  const int64_t* q = qsl.data_ptr<int64_t>();
+  const int64_t* s = sl.data_ptr<int64_t>();
+  const int64_t n = sl.numel(), T = query.size(0);
+  TORCH_CHECK_VALUE(q[0] == 0, "infinilm: 'query_start_loc'[0] must be 0, got ", q[0]);
+  TORCH_CHECK_VALUE(q[n] == T, "infinilm: 'query_start_loc'[", n, "] = ", q[n], " must equal the number of query ",
+                    "tokens ", T, " ('query' shape ", query.sizes(), ")");
+  int64_t longest = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t q_len = q[r + 1] - q[r];
+    TORCH_CHECK_VALUE(q_len >= 0, "infinilm: 'query_start_loc' must not decrease, got [", r, "] = ", q[r], " > [",
+                      r + 1, "] = ", q[r + 1]);
+    TORCH_CHECK_VALUE(q_len <= s[r], "infinilm: request ", r, " has ", q_len, " query tokens ('query_start_loc'[",
+                      r + 1, "] - [", r, "]) but 'seq_lens'[", r, "] = ", s[r],
+                      ": the new tokens must already be in the cache");
+    if (max_query_len.has_value()) {
+      TORCH_CHECK_VALUE(q_len <= *max_query_len, "infinilm: request ", r, " has ", q_len,
+                        " query tokens, more than 'max_query_len' = ", *max_query_len);
+    }
+    longest = std::max(longest, q_len);
+  }
+  return longest;
 }
 
 inline void check_sample_args(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
