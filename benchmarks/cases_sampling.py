@@ -58,7 +58,7 @@ def bench_sampling(device, batches=(1, 32), dtype=torch.float32):
 
 def rows(device, quick=False):
     """Table.add keyword rows for benchmarks/bench_ops.py (bytes = the logits read once)."""
-    for name, ours, base in bench_sampling(device, batches=(1, 32)):
+    for name, ours, base in bench_sampling(device, batches=(1,) if quick else (1, 32)):
         B = int(name.split("B=")[1].split()[0])
         yield dict(op="sample", config=name[len("sample "):], ours_us=ours, nbytes=B * VOCAB * 4, torch_us=base)
 
