@@ -55,18 +55,25 @@ inline int64_t decode_splits(int64_t items, int64_t max_len) {
 
 }  // namespace infinilm::cpu
 
-// The kernel bodies, compiled for the baseline ISA and, on x86-64 GCC, again for AVX2+FMA; chosen at run time.
+// The kernel bodies, compiled for the baseline ISA and, on x86-64 GCC, again for AVX2+FMA; chosen at run
+// time. -fno-trapping-math lets GCC if-convert the selects in exp2_neg and the softmax max, so those loops
+// vectorise (with the default -ftrapping-math they stay scalar).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
 #define INFINILM_ATTN_ISA generic
 #include "kernels/cpu/attention_impl.h"
 #undef INFINILM_ATTN_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define INFINILM_ATTN_HAVE_AVX2 1
-#pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define INFINILM_ATTN_ISA avx2
 #include "kernels/cpu/attention_impl.h"
 #undef INFINILM_ATTN_ISA
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
 

@@ -12,6 +12,20 @@ namespace infinilm::cpu::INFINILM_ATTN_ISA {
 
 constexpr int64_t kKeyChunk = 32;
 
+// Local helpers: attention.h compiles this region with different options (-fno-trapping-math, ISA), and
+// GCC will not inline functions compiled with other options (std::max, from_float) into the hot loops.
+inline float fmax_(float a, float b) { return a > b ? a : b; }
+
+// 8 floats; GCC lowers it to one AVX register or two SSE registers. Loads and stores go through memcpy
+// (unaligned vmovups).
+typedef float vec8 __attribute__((vector_size(32)));
+inline vec8 load8(const float* p) {
+  vec8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
+
 inline float ld(float x) { return x; }
 inline float ld(bf16_t x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.bits) << 16); }
 // Exact IEEE half -> float without branches (so `omp simd` loops vectorise it), after M. Dukhan's FP16.
@@ -22,6 +36,24 @@ inline float ld(fp16_t x) {
   const float denormal = __builtin_bit_cast(float, (two_w >> 17) | (126u << 23)) - 0.5f;
   const uint32_t mag = two_w < (1u << 27) ? __builtin_bit_cast(uint32_t, denormal) : __builtin_bit_cast(uint32_t, normal);
   return __builtin_bit_cast(float, sign | mag);
+}
+
+template <typename T> inline T st(float f);
+template <> inline float st<float>(float f) { return f; }
+template <> inline bf16_t st<bf16_t>(float f) {  // round to nearest even; NaN stays NaN
+  const uint32_t u = __builtin_bit_cast(uint32_t, f);
+  const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return bf16_t{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : r)};
+}
+template <> inline fp16_t st<fp16_t>(float f) {  // exact rounding, overflow to inf, subnormals (M. Dukhan's FP16)
+  const uint32_t w = __builtin_bit_cast(uint32_t, f), shl1_w = w + w, sign = w & 0x80000000u;
+  float base = (__builtin_bit_cast(float, w & 0x7fffffffu) * 0x1.0p+112f) * 0x1.0p-110f;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = __builtin_bit_cast(float, (bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = __builtin_bit_cast(uint32_t, base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return fp16_t{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
 }
 
 // 2^x for x <= 0 (all uses subtract a running max); exactly 0 below -126, so masked (-inf) scores vanish.
@@ -51,6 +83,42 @@ inline const float* as_float_rows(const T* src, float* buf, int64_t count) {
     for (int64_t i = 0; i < count; ++i) buf[i] = ld(src[i]);
     return buf;
   }
+}
+
+// Scores of KT consecutive keys k [KT][D] against the M rows of qT [D][M] -> out [KT][M].
+template <int M, int KT>
+inline void qk_keys(const float* k, const float* qT, int64_t D, float* out) {
+  constexpr int V = M / 8;
+  vec8 s[KT][V] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    vec8 q[V];
+    for (int j = 0; j < V; ++j) q[j] = load8(qT + d * M + 8 * j);
+    for (int kt = 0; kt < KT; ++kt) {
+      const float kd = k[kt * D + d];
+      for (int j = 0; j < V; ++j) s[kt][j] += kd * q[j];
+    }
+  }
+  for (int kt = 0; kt < KT; ++kt)
+    for (int j = 0; j < V; ++j) store8(out + kt * M + 8 * j, s[kt][j]);
+}
+
+// accT [DT][M] += sum over n keys of v[t][d] * p [t][M], for DT consecutive dims of v (row stride D).
+template <int M, int DT>
+inline void pv_dims(const float* v, const float* p, int64_t n, int64_t D, float* accT) {
+  constexpr int V = M / 8;
+  vec8 a[DT][V];
+  for (int dt = 0; dt < DT; ++dt)
+    for (int j = 0; j < V; ++j) a[dt][j] = load8(accT + dt * M + 8 * j);
+  for (int64_t t = 0; t < n; ++t) {
+    vec8 pv[V];
+    for (int j = 0; j < V; ++j) pv[j] = load8(p + t * M + 8 * j);
+    for (int dt = 0; dt < DT; ++dt) {
+      const float vd = v[t * D + dt];
+      for (int j = 0; j < V; ++j) a[dt][j] += vd * pv[j];
+    }
+  }
+  for (int dt = 0; dt < DT; ++dt)
+    for (int j = 0; j < V; ++j) store8(accT + dt * M + 8 * j, a[dt][j]);
 }
 
 // Attends `rows` (<= M) query rows q [rows][D] (already scaled by scale*log2 e) to keys [k_begin, k_end)
@@ -95,14 +163,14 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     for (int64_t t = 0; t < n; ++t) {
       const float* kr = kf + t * D;
       if constexpr (kWide) {
-        float s[M] = {};
-        for (int64_t d = 0; d < D; ++d) {
-          const float kd = kr[d];
-          const float* qd = qs + d * M;
-#pragma omp simd
-          for (int m = 0; m < M; ++m) s[m] += kd * qd[m];
+        // KT keys at once so that at least 8 vector accumulators hide the FMA latency.
+        constexpr int V = M / 8, KT = V >= 8 ? 1 : 8 / V;
+        if (t + KT <= n) {
+          qk_keys<M, KT>(kr, qs, D, st + t * M);
+          t += KT - 1;
+        } else {
+          qk_keys<M, 1>(kr, qs, D, st + t * M);
         }
-        for (int m = 0; m < M; ++m) st[t * M + m] = s[m];
       } else {
         static_assert(M == 4, "narrow tiles hold 4 rows");
         float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
@@ -133,11 +201,11 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     for (int m = 0; m < M; ++m) bmax[m] = -INFINITY;
     for (int64_t t = 0; t < n; ++t) {
 #pragma omp simd
-      for (int m = 0; m < M; ++m) bmax[m] = std::max(bmax[m], st[t * M + m]);
+      for (int m = 0; m < M; ++m) bmax[m] = fmax_(bmax[m], st[t * M + m]);
     }
     bool rescale = false;
     for (int m = 0; m < M; ++m) {
-      const float mnew = std::max(mrow[m], bmax[m]);
+      const float mnew = fmax_(mrow[m], bmax[m]);
       msafe[m] = mnew == -INFINITY ? 0.f : mnew;  // a row with nothing visible yet keeps p = 0, not NaN
       alpha[m] = exp2_neg(mrow[m] - msafe[m]);
       rescale |= alpha[m] != 1.f;
@@ -155,20 +223,16 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     for (int m = 0; m < M; ++m) lrow[m] = lrow[m] * alpha[m] + psum[m];
     // acc = acc * alpha + P V.
     if constexpr (kWide) {
-      for (int64_t d = 0; d < D; ++d) {
-        float a[M];
-        float* ad = accs + d * M;
+      if (rescale) {
+        for (int64_t d = 0; d < D; ++d) {
 #pragma omp simd
-        for (int m = 0; m < M; ++m) a[m] = rescale ? ad[m] * alpha[m] : ad[m];
-        for (int64_t t = 0; t < n; ++t) {
-          const float vd = vf[t * D + d];
-          const float* p = st + t * M;
-#pragma omp simd
-          for (int m = 0; m < M; ++m) a[m] += vd * p[m];
+          for (int m = 0; m < M; ++m) accs[d * M + m] *= alpha[m];
         }
-#pragma omp simd
-        for (int m = 0; m < M; ++m) ad[m] = a[m];
       }
+      constexpr int V = M / 8, DT = V >= 8 ? 1 : 8 / V;
+      int64_t d = 0;
+      for (; d + DT <= D; d += DT) pv_dims<M, DT>(vf + d, st, n, D, accs + d * M);
+      for (; d < D; ++d) pv_dims<M, 1>(vf + d, st, n, D, accs + d * M);
     } else {
       float *a0 = accs, *a1 = accs + D, *a2 = accs + 2 * D, *a3 = accs + 3 * D;
       if (rescale) {
@@ -234,7 +298,7 @@ template <typename T>
 inline void store_rows(T* out, const int64_t* out_off, const float* acc, const float* l, int rows, int64_t D) {
   for (int j = 0; j < rows; ++j) {
     const float inv = l[j] > 0.f ? 1.f / l[j] : 0.f;
-    for (int64_t d = 0; d < D; ++d) out[out_off[j] + d] = from_float<T>(acc[j * D + d] * inv);
+    for (int64_t d = 0; d < D; ++d) out[out_off[j] + d] = st<T>(acc[j * D + d] * inv);
   }
 }
 
@@ -299,7 +363,7 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
     const int64_t b = r / s.q_heads, hq = r % s.q_heads, h = hq / G, gi = hq % G;
     const int64_t tile = (b * s.kv_heads + h) * row_tiles + gi / width, j = gi % width;
     float mmax = -INFINITY;
-    for (int64_t sp = 0; sp < splits; ++sp) mmax = std::max(mmax, part[((tile * splits + sp) * width + j) * (D + 2) + D]);
+    for (int64_t sp = 0; sp < splits; ++sp) mmax = fmax_(mmax, part[((tile * splits + sp) * width + j) * (D + 2) + D]);
     std::vector<float> acc(D, 0.f);
     float l = 0.f;
     for (int64_t sp = 0; sp < splits; ++sp) {
