@@ -129,6 +129,16 @@ def test_paged_attention_prefill(device, dtype, cfg):
     check(run_prefill(case, max_query_len=max_q, max_seq_len=max_s), case, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_attention_generic_isa(dtype, monkeypatch):
+    """The baseline-ISA build of the kernels (used on CPUs without AVX2) on one decode and one prefill case."""
+    monkeypatch.setenv("INFINILM_CPU_GENERIC", "1")
+    dec = make_case("cpu", dtype, [(1, s) for s in (50, 3, 129)], 2, 4, 64, 16)
+    check(run_decode(dec), dec, dtype)
+    pre = make_case("cpu", dtype, [(20, 20), (7, 60), (1, 33)], 2, 8, 128, 32, strided=True)
+    check(run_prefill(pre), pre, dtype)
+
+
 def test_paged_attention_zero_length_decode(device):
     """A request with seq_len 0 (padding in a batch) yields zeros and leaves the others untouched."""
     case = make_case(device, torch.float32, [(1, 40), (1, 1), (1, 20)], 2, 4, 64, 16)

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -61,28 +62,37 @@ inline int64_t decode_splits(int64_t items, int64_t max_len) {
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC optimize("no-trapping-math")
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vec8 helpers are inline; no ABI boundary is crossed
 #endif
 #define INFINILM_ATTN_ISA generic
+#define INFINILM_ATTN_LANES 4
 #include "kernels/cpu/attention_impl.h"
+#undef INFINILM_ATTN_LANES
 #undef INFINILM_ATTN_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define INFINILM_ATTN_HAVE_AVX2 1
 #pragma GCC target("avx2,fma,f16c")
 #define INFINILM_ATTN_ISA avx2
+#define INFINILM_ATTN_LANES 8
 #include "kernels/cpu/attention_impl.h"
+#undef INFINILM_ATTN_LANES
 #undef INFINILM_ATTN_ISA
 #endif
 #if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 
 namespace infinilm::cpu {
 
+// AVX2 when the CPU has it, unless INFINILM_CPU_GENERIC is set (tests use that to cover the baseline build).
 inline bool attention_use_avx2() {
 #ifdef INFINILM_ATTN_HAVE_AVX2
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  const char* force = std::getenv("INFINILM_CPU_GENERIC");
+  return ok && (force == nullptr || force[0] == '\0' || force[0] == '0');
 #else
   return false;
 #endif

@@ -16,15 +16,19 @@ constexpr int64_t kKeyChunk = 32;
 // GCC will not inline functions compiled with other options (std::max, from_float) into the hot loops.
 inline float fmax_(float a, float b) { return a > b ? a : b; }
 
-// 8 floats; GCC lowers it to one AVX register or two SSE registers. Loads and stores go through memcpy
-// (unaligned vmovups).
-typedef float vec8 __attribute__((vector_size(32)));
-inline vec8 load8(const float* p) {
-  vec8 v;
+// One SIMD register of floats (4 lanes for the SSE2 baseline, 8 for AVX2); memcpy loads are vmovups.
+constexpr int kLanes = INFINILM_ATTN_LANES;
+typedef float vecf __attribute__((vector_size(kLanes * sizeof(float))));
+inline vecf loadv(const float* p) {
+  vecf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void store8(float* p, vec8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void storev(float* p, vecf v) { std::memcpy(p, &v, sizeof(v)); }
+// Micro-kernel blocking: rows of a tile are split into groups of at most 8 registers, and KT keys (or DT
+// dims) are done together so that about 8 independent accumulators hide the FMA latency.
+template <int M> constexpr int kGroupVecs = M / kLanes < 8 ? M / kLanes : 8;
+template <int M> constexpr int kMulti = 8 / kGroupVecs<M> > 1 ? 8 / kGroupVecs<M> : 1;
 
 inline float ld(float x) { return x; }
 inline float ld(bf16_t x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.bits) << 16); }
@@ -88,37 +92,41 @@ inline const float* as_float_rows(const T* src, float* buf, int64_t count) {
 // Scores of KT consecutive keys k [KT][D] against the M rows of qT [D][M] -> out [KT][M].
 template <int M, int KT>
 inline void qk_keys(const float* k, const float* qT, int64_t D, float* out) {
-  constexpr int V = M / 8;
-  vec8 s[KT][V] = {};
-  for (int64_t d = 0; d < D; ++d) {
-    vec8 q[V];
-    for (int j = 0; j < V; ++j) q[j] = load8(qT + d * M + 8 * j);
-    for (int kt = 0; kt < KT; ++kt) {
-      const float kd = k[kt * D + d];
-      for (int j = 0; j < V; ++j) s[kt][j] += kd * q[j];
+  constexpr int VG = kGroupVecs<M>, W = VG * kLanes;
+  for (int g = 0; g < M; g += W) {
+    vecf s[KT][VG] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      vecf q[VG];
+      for (int j = 0; j < VG; ++j) q[j] = loadv(qT + d * M + g + j * kLanes);
+      for (int kt = 0; kt < KT; ++kt) {
+        const float kd = k[kt * D + d];
+        for (int j = 0; j < VG; ++j) s[kt][j] += kd * q[j];
+      }
     }
+    for (int kt = 0; kt < KT; ++kt)
+      for (int j = 0; j < VG; ++j) storev(out + kt * M + g + j * kLanes, s[kt][j]);
   }
-  for (int kt = 0; kt < KT; ++kt)
-    for (int j = 0; j < V; ++j) store8(out + kt * M + 8 * j, s[kt][j]);
 }
 
-// accT [DT][M] += sum over n keys of v[t][d] * p [t][M], for DT consecutive dims of v (row stride D).
+// accT [DT][M] += sum over n keys of v[t][d] * p[t][M], for DT consecutive dims of v (row stride D).
 template <int M, int DT>
 inline void pv_dims(const float* v, const float* p, int64_t n, int64_t D, float* accT) {
-  constexpr int V = M / 8;
-  vec8 a[DT][V];
-  for (int dt = 0; dt < DT; ++dt)
-    for (int j = 0; j < V; ++j) a[dt][j] = load8(accT + dt * M + 8 * j);
-  for (int64_t t = 0; t < n; ++t) {
-    vec8 pv[V];
-    for (int j = 0; j < V; ++j) pv[j] = load8(p + t * M + 8 * j);
-    for (int dt = 0; dt < DT; ++dt) {
-      const float vd = v[t * D + dt];
-      for (int j = 0; j < V; ++j) a[dt][j] += vd * pv[j];
+  constexpr int VG = kGroupVecs<M>, W = VG * kLanes;
+  for (int g = 0; g < M; g += W) {
+    vecf a[DT][VG];
+    for (int dt = 0; dt < DT; ++dt)
+      for (int j = 0; j < VG; ++j) a[dt][j] = loadv(accT + dt * M + g + j * kLanes);
+    for (int64_t t = 0; t < n; ++t) {
+      vecf pv[VG];
+      for (int j = 0; j < VG; ++j) pv[j] = loadv(p + t * M + g + j * kLanes);
+      for (int dt = 0; dt < DT; ++dt) {
+        const float vd = v[t * D + dt];
+        for (int j = 0; j < VG; ++j) a[dt][j] += vd * pv[j];
+      }
     }
+    for (int dt = 0; dt < DT; ++dt)
+      for (int j = 0; j < VG; ++j) storev(accT + dt * M + g + j * kLanes, a[dt][j]);
   }
-  for (int dt = 0; dt < DT; ++dt)
-    for (int j = 0; j < V; ++j) store8(accT + dt * M + 8 * j, a[dt][j]);
 }
 
 // Attends `rows` (<= M) query rows q [rows][D] (already scaled by scale*log2 e) to keys [k_begin, k_end)
@@ -157,6 +165,14 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     const int64_t bi = k0 / block_size, off = k0 % block_size;
     const int64_t n = std::min({kKeyChunk, block_size - off, k_end - k0});
     const int64_t base = blocks[bi] * block_stride + off * D;
+    if (k0 + n < k_end) {  // the next chunk is usually another block, which the hardware prefetcher cannot guess
+      const int64_t nk = k0 + n, nbase = blocks[nk / block_size] * block_stride + (nk % block_size) * D;
+      const int64_t bytes = std::min(kKeyChunk, block_size - nk % block_size) * D * int64_t(sizeof(T));
+      for (int64_t b = 0; b < bytes; b += 64) {
+        __builtin_prefetch(reinterpret_cast<const char*>(kc + nbase) + b);
+        __builtin_prefetch(reinterpret_cast<const char*>(vc + nbase) + b);
+      }
+    }
     const float* kf = as_float_rows(kc + base, kbuf, n * D);
     const float* vf = as_float_rows(vc + base, vbuf, n * D);
     // Scores st[t][m] = q[m] . k[t].
@@ -164,7 +180,7 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
       const float* kr = kf + t * D;
       if constexpr (kWide) {
         // KT keys at once so that at least 8 vector accumulators hide the FMA latency.
-        constexpr int V = M / 8, KT = V >= 8 ? 1 : 8 / V;
+        constexpr int KT = kMulti<M>;
         if (t + KT <= n) {
           qk_keys<M, KT>(kr, qs, D, st + t * M);
           t += KT - 1;
@@ -229,7 +245,7 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
           for (int m = 0; m < M; ++m) accs[d * M + m] *= alpha[m];
         }
       }
-      constexpr int V = M / 8, DT = V >= 8 ? 1 : 8 / V;
+      constexpr int DT = kMulti<M>;
       int64_t d = 0;
       for (; d + DT <= D; d += DT) pv_dims<M, DT>(vf + d, st, n, D, accs + d * M);
       for (; d < D; ++d) pv_dims<M, 1>(vf + d, st, n, D, accs + d * M);
