@@ -117,6 +117,7 @@ PREFILL_CONFIGS = [
     ([(23, 23), (40, 77), (1, 9)], 1, 8, 128, 32, torch.int64, True),
     ([(70, 70), (9, 41)], 4, 1, 64, 32, torch.int64, False),
     ([(3, 3), (2, 50)], 2, 2, 128, 16, torch.int32, False),  # narrow tiles (<= 4 rows)
+    ([(9, 30), (12, 12)], 1, 3, 80, 16, torch.int64, True),  # odd group and head_dim
 ]
 
 

@@ -67,6 +67,7 @@ inline int64_t decode_splits(int64_t items, int64_t max_len) {
 #endif
 #define INFINILM_ATTN_ISA generic
 #define INFINILM_ATTN_LANES 4
+#include "kernels/cpu/attention_simd.h"
 #include "kernels/cpu/attention_impl.h"
 #undef INFINILM_ATTN_LANES
 #undef INFINILM_ATTN_ISA
@@ -76,6 +77,7 @@ inline int64_t decode_splits(int64_t items, int64_t max_len) {
 #pragma GCC target("avx2,fma,f16c")
 #define INFINILM_ATTN_ISA avx2
 #define INFINILM_ATTN_LANES 8
+#include "kernels/cpu/attention_simd.h"
 #include "kernels/cpu/attention_impl.h"
 #undef INFINILM_ATTN_LANES
 #undef INFINILM_ATTN_ISA
