@@ -46,12 +46,15 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     const int64_t bi = k0 / block_size, off = k0 % block_size;
     const int64_t n = std::min({kKeyChunk, block_size - off, k_end - k0});
     const int64_t base = blocks[bi] * block_stride + off * D;
-    if (k0 + n < k_end) {  // the next chunk is usually another block, which the hardware prefetcher cannot guess
-      const int64_t nk = k0 + n, nbase = blocks[nk / block_size] * block_stride + (nk % block_size) * D;
-      const int64_t bytes = std::min(kKeyChunk, block_size - nk % block_size) * D * int64_t(sizeof(T));
-      for (int64_t b = 0; b < bytes; b += 64) {
-        __builtin_prefetch(reinterpret_cast<const char*>(kc + nbase) + b);
-        __builtin_prefetch(reinterpret_cast<const char*>(vc + nbase) + b);
+    {  // into L2, 4 chunks ahead (measured best): usually other blocks, which the hardware prefetcher can't guess
+      const int64_t step = std::min(kKeyChunk, block_size), nk = k0 + n + (kPrefetchChunks - 1) * step;
+      if (nk < k_end) {
+        const int64_t nbase = blocks[nk / block_size] * block_stride + (nk % block_size) * D;
+        const int64_t bytes = std::min(kKeyChunk, block_size - nk % block_size) * D * int64_t(sizeof(T));
+        for (int64_t b = 0; b < bytes; b += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(kc + nbase) + b, 0, 2);
+          __builtin_prefetch(reinterpret_cast<const char*>(vc + nbase) + b, 0, 2);
+        }
       }
     }
     const float* kf = as_float_rows(kc + base, kbuf, n * D);

@@ -4,6 +4,7 @@
 namespace infinilm::cpu::INFINILM_ATTN_ISA {
 
 constexpr int64_t kKeyChunk = 32;
+constexpr int64_t kPrefetchChunks = 4;
 
 // Local helpers: attention.h compiles this region with different options (-fno-trapping-math, ISA), and
 // GCC will not inline functions compiled with other options (std::max, from_float) into the hot loops.
