@@ -127,15 +127,15 @@ void paged_attention_prefill(T* out,                     // [T, Hq, D]
                              const int64_t* block_tables,     // [num_reqs, max_blocks]
                              const int64_t* query_start_loc,  // [num_reqs + 1]
                              const int64_t* seq_lens,         // [num_reqs]
-                             const PagedAttentionShape& s, int64_t num_reqs, int64_t max_query_len, int64_t q_tok,
+                             const PagedAttentionShape& s, int64_t num_reqs, int64_t q_tok,
                              int64_t q_head) {
 #ifdef INFINILM_ATTN_HAVE_AVX2
   if (attention_use_avx2())
     return avx2::paged_attention_prefill(out, query, key_cache, value_cache, block_tables, query_start_loc, seq_lens,
-                                         s, num_reqs, max_query_len, q_tok, q_head);
+                                         s, num_reqs, q_tok, q_head);
 #endif
   generic::paged_attention_prefill(out, query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, s,
-                                   num_reqs, max_query_len, q_tok, q_head);
+                                   num_reqs, q_tok, q_head);
 }
 
 }  // namespace infinilm::cpu

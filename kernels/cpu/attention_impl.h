@@ -281,19 +281,20 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
 template <typename T>
 void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T* value_cache,
                              const int64_t* block_tables, const int64_t* query_start_loc, const int64_t* seq_lens,
-                             const PagedAttentionShape& s, int64_t num_reqs, int64_t max_query_len, int64_t q_tok,
+                             const PagedAttentionShape& s, int64_t num_reqs, int64_t q_tok,
                              int64_t q_head) {
   const int64_t G = s.q_heads / s.kv_heads, D = s.head_dim;
-  const int width = tile_width(max_query_len * G);
   const float qscale = s.scale * 1.4426950408889634f;
-  // Tiles of `width` consecutive (query, head-in-group) rows; the costliest (most keys) go first.
-  struct Tile { int64_t req, row0, keys; };
+  // Tiles of `width` consecutive (query, head-in-group) rows, the width fitted to each request (a q_len 1
+  // request in a mixed batch gets a decode-sized tile); the costliest tiles (most keys) go first.
+  struct Tile { int64_t req, row0, keys; int width; };
   std::vector<Tile> tiles;
   for (int64_t r = 0; r < num_reqs; ++r) {
     const int64_t q_len = query_start_loc[r + 1] - query_start_loc[r], prefix = seq_lens[r] - q_len;
+    const int width = tile_width(q_len * G);
     for (int64_t row0 = 0; row0 < q_len * G; row0 += width) {
       const int64_t last_q = std::min(row0 + width, q_len * G) - 1;
-      tiles.push_back({r, row0, prefix + last_q / G + 1});
+      tiles.push_back({r, row0, prefix + last_q / G + 1, width});
     }
   }
   std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.keys > b.keys; });
@@ -301,7 +302,7 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
     const Tile& tl = tiles[it / s.kv_heads];
     const int64_t h = it % s.kv_heads, r = tl.req;
     const int64_t q0 = query_start_loc[r], q_len = query_start_loc[r + 1] - q0, prefix = seq_lens[r] - q_len;
-    const int rows = static_cast<int>(std::min<int64_t>(width, q_len * G - tl.row0));
+    const int rows = static_cast<int>(std::min<int64_t>(tl.width, q_len * G - tl.row0));
     std::vector<float> buf(rows * (2 * D + 2));
     float *q = buf.data(), *acc = q + rows * D, *mx = acc + rows * D, *l = mx + rows;
     int64_t row_off[64], limit[64], out_off[64];
@@ -312,7 +313,7 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
       limit[j] = prefix + qi + 1;
     }
     load_queries(query, row_off, rows, D, qscale, q);
-    attend(width, key_cache + h * s.head_stride, value_cache + h * s.head_stride, block_tables + r * s.max_blocks,
+    attend(tl.width, key_cache + h * s.head_stride, value_cache + h * s.head_stride, block_tables + r * s.max_blocks,
            s.block_stride, s.block_size, D, q, limit, rows, 0, tl.keys, acc, mx, l);
     store_rows(out, out_off, acc, l, rows, D);
   });
