@@ -3,7 +3,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
+#include <utility>
 
 #include "csrc/ops/checks.h"
 
@@ -228,25 +230,38 @@ inline void check_sample_args(const at::Tensor& logits, const at::Tensor& temper
   INFINILM_CHECK_FLOAT(top_p);
   INFINILM_CHECK_INDEX(seeds);
   const int64_t B = logits.size(0);
-  for (const at::Tensor* t : {&temperature, &top_k, &top_p, &seeds}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B, "infinilm: sampling parameters must be 1-D with one entry ",
-                      "per row of 'logits' (", B, "), got shape ", t->sizes());
-    TORCH_CHECK_VALUE(t->device() == logits.device(), "infinilm: sampling parameters must be on ", logits.device(),
-                      ", got ", t->device());
+  const std::pair<const at::Tensor*, const char*> params[] = {
+      {&temperature, "temperature"}, {&top_k, "top_k"}, {&top_p, "top_p"}, {&seeds, "seeds"}};
+  for (const auto& [t, name] : params) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B, "infinilm: '", name, "' must be 1-D with one entry per ",
+                      "row of 'logits' ", logits.sizes(), ", i.e. shape [", B, "], got shape ", t->sizes());
+    TORCH_CHECK_VALUE(t->device() == logits.device(), "infinilm: '", name, "' is on ", t->device(),
+                      " but 'logits' is on ", logits.device());
   }
 }
 
-// temperature >= 0, top_k >= 0, top_p in (0, 1], logits free of NaN and +inf (host data only).
-inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                                const at::Tensor& top_p) {
+// Per-row parameters (host data only): temperature finite and >= 0, top_k >= 0, top_p in (0, 1]. Each
+// message names the first offending row. Logits (NaN / +inf / a row of all -inf) are checked by
+// check_sample_logits, or by the kernel itself in the same pass that reads them (CPU).
+inline void check_sample_values(const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p) {
+  if (!temperature.device().is_cpu()) return;
+  const at::Tensor t = temperature.to(at::kFloat).contiguous(), p = top_p.to(at::kFloat).contiguous();
+  const at::Tensor k = top_k.to(at::kLong).contiguous();
+  const float* tv = t.data_ptr<float>();
+  const float* pv = p.data_ptr<float>();
+  const int64_t* kv = k.data_ptr<int64_t>();
+  for (int64_t b = 0; b < t.numel(); ++b) {
+    TORCH_CHECK_VALUE(tv[b] >= 0.f && std::isfinite(tv[b]), "infinilm: 'temperature'[", b, "] = ", tv[b],
+                      " must be finite and >= 0 (0 = greedy)");
+    TORCH_CHECK_VALUE(kv[b] >= 0, "infinilm: 'top_k'[", b, "] = ", kv[b], " must be >= 0 (0 disables it)");
+    TORCH_CHECK_VALUE(pv[b] > 0.f && pv[b] <= 1.f, "infinilm: 'top_p'[", b, "] = ", pv[b],
+                      " must lie in (0, 1] (1 disables it)");
+  }
+}
+
+// Logits free of NaN and +inf, and no row of all -inf (host data only; costs a few passes over [B, V]).
+inline void check_sample_logits(const at::Tensor& logits) {
   if (!logits.device().is_cpu() || logits.size(0) == 0) return;
-  const double tmin = temperature.min().item<double>();
-  TORCH_CHECK_VALUE(tmin >= 0.0, "infinilm: 'temperature' must be >= 0, got ", tmin);
-  const int64_t kmin = top_k.min().item<int64_t>();
-  TORCH_CHECK_VALUE(kmin >= 0, "infinilm: 'top_k' must be >= 0 (0 disables it), got ", kmin);
-  const double pmin = top_p.min().item<double>(), pmax = top_p.max().item<double>();
-  TORCH_CHECK_VALUE(pmin > 0.0 && pmax <= 1.0, "infinilm: 'top_p' must lie in (0, 1], got values in [", pmin, ", ",
-                    pmax, "]");
   auto bad = at::isnan(logits).logical_or_(at::isposinf(logits));
   if (bad.any().item<bool>()) {
     auto idx = bad.nonzero()[0];
@@ -258,6 +273,13 @@ inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temp
     TORCH_CHECK_VALUE(false, "infinilm: 'logits' row ", row_dead.nonzero()[0][0].item<int64_t>(),
                       " is -inf everywhere: no token can be drawn");
   }
+}
+
+// The original all-in-one check: parameters, then logits.
+inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                                const at::Tensor& top_p) {
+  check_sample_values(temperature, top_k, top_p);
+  check_sample_logits(logits);
 }
 
 }  // namespace infinilm
