@@ -1,6 +1,6 @@
 """Drop-in patching of HuggingFace transformers Llama/Qwen2/Mistral models onto torch.ops.infinilm."""
 from infinilm_torch.hf.attention import infinilm_attention_forward, infinilm_mask, register as register_attention
-from infinilm_torch.hf.patch import (
+from infinilm_torch.hf.patching import (
     apply_infinilm_to_llama,
     apply_infinilm_to_mistral,
     apply_infinilm_to_qwen2,

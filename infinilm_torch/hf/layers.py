@@ -46,8 +46,9 @@ def fuse_gate_up(mlp) -> bool:
     The halves stay the modules' own parameters (as views), so in-place weight updates (load_state_dict,
     copy_) keep the fused buffer in sync; ``.to()``/``.half()`` re-fuse through the patched ``_apply``.
     """
+    mlp._infinilm_gate_up = None  # requested; _apply retries after every dtype/device move
     g, u = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
-    if not (_plain_linear(g) if g is not None else False) or not (_plain_linear(u) if u is not None else False):
+    if g is None or u is None or not (_plain_linear(g) and _plain_linear(u)):
         return False
     if g.weight.shape != u.weight.shape or g.weight.dtype != u.weight.dtype or g.weight.device != u.weight.device:
         return False
@@ -67,10 +68,10 @@ def fuse_gate_up(mlp) -> bool:
 
 def unfuse_gate_up(mlp) -> None:
     """Give gate_proj/up_proj back storage of their own (undoes :func:`fuse_gate_up`)."""
-    if getattr(mlp, "_infinilm_gate_up", None) is None:
+    if "_infinilm_gate_up" not in mlp.__dict__:
         return
     with torch.no_grad():
-        for lin in (mlp.gate_proj, mlp.up_proj):
+        for lin in (mlp.gate_proj, mlp.up_proj) if mlp._infinilm_gate_up is not None else ():
             lin.weight.data = lin.weight.data.clone()
             if lin.bias is not None:
                 lin.bias.data = lin.bias.data.clone()
@@ -105,8 +106,7 @@ def mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
 def mlp_apply(self, fn, *args, **kwargs):
     """Module._apply that re-establishes the fused gate_up storage after .to()/.half()/.cuda()."""
     out = torch.nn.Module._apply(self, fn, *args, **kwargs)
-    if getattr(self, "_infinilm_gate_up", None) is not None:
-        del self._infinilm_gate_up
+    if "_infinilm_gate_up" in self.__dict__:
         fuse_gate_up(self)
     return out
 

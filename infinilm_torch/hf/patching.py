@@ -214,8 +214,8 @@ def patch(model, **parts):
                 layers.attach_rope_table(m, m.config)
                 state["rope"] = True
             if part == "swiglu":
-                if layers.fuse_gate_up(m):
-                    _bind(m, "_apply", layers.mlp_apply)
+                layers.fuse_gate_up(m)
+                _bind(m, "_apply", layers.mlp_apply)
             if part == "fused_add_norm":
                 names, returns_tuple = _layer_meta(cls)
                 _bind(m, "_infinilm_arg_names", names)
@@ -240,8 +240,7 @@ def unpatch(model):
         saved = m.__dict__.pop("_infinilm_saved", None)
         if saved is None:
             continue
-        if hasattr(m, "_infinilm_gate_up"):
-            layers.unfuse_gate_up(m)
+        layers.unfuse_gate_up(m)
         if "_infinilm_cos_sin" in m._buffers:
             del m._buffers["_infinilm_cos_sin"]
             m._non_persistent_buffers_set.discard("_infinilm_cos_sin")
