@@ -14,6 +14,20 @@ _ops = torch.ops.infinilm
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 ROPE_TYPES = ("default", "linear", "llama3")
 
+
+def _kernels(op: str) -> dict:
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return {"cpu": has(f"infinilm::{op}", "CPU"), "cuda": has(f"infinilm::{op}", "CUDA")}
+
+
+# Which devices each op has a kernel for, looked up once (torch.compile cannot trace the dispatcher query);
+# a module on a device without the kernel keeps its transformers forward.
+KERNELS = {op: _kernels(op) for op in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul")}
+
+
+def has_kernel(op: str, t: torch.Tensor) -> bool:
+    return KERNELS[op].get(t.device.type, False)
+
 # ---- RMSNorm -------------------------------------------------------------------------------------------------
 
 
@@ -24,7 +38,10 @@ def _eps(norm) -> float:
 def _norm_ok(norm, x: torch.Tensor) -> bool:
     w = getattr(norm, "weight", None)
     # HF multiplies in the weight's dtype; with mixed dtypes the output dtype differs from ours, so leave it to HF.
-    return isinstance(w, torch.Tensor) and w.dtype == x.dtype and x.dtype in _FLOATS and w.dim() == 1
+    return (
+        isinstance(w, torch.Tensor) and w.dtype == x.dtype and x.dtype in _FLOATS and w.dim() == 1
+        and has_kernel("rms_norm", x)
+    )
 
 
 def rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -93,7 +110,7 @@ def _fused_valid(self, x: torch.Tensor):
 
 def mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
     act = getattr(self.config, "hidden_act", None) if hasattr(self, "config") else None
-    if act not in (None, "silu", "swish") or x.dtype not in _FLOATS or not hasattr(self, "gate_proj"):
+    if act not in (None, "silu", "swish") or x.dtype not in _FLOATS or not has_kernel("silu_and_mul", x):
         return self._infinilm_orig_forward(x)
     fused = _fused_valid(self, x)
     if fused is not None:
@@ -144,7 +161,7 @@ def rotary_forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **k
     if table is None and not torch.compiler.is_compiling() and rope_supported(self.config):
         attach_rope_table(self, self.config, x.device)
         table = self._infinilm_cos_sin
-    if table is None or table.device != x.device:
+    if table is None or table.device != x.device or not has_kernel("rotary_embedding", x):
         return self._infinilm_orig_forward(x, position_ids, *args, **kwargs)
     return table, position_ids
 
@@ -206,7 +223,10 @@ def decoder_layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
     out = self.self_attn(hidden_states=hidden_states, **kwargs)
     attn = out[0] if isinstance(out, tuple) else out
     post = self.post_attention_layernorm
-    if _norm_ok(post, attn) and residual.dtype == attn.dtype and _may_overwrite_input(self):
+    if (
+        _norm_ok(post, attn) and residual.dtype == attn.dtype and has_kernel("fused_add_rms_norm", attn)
+        and _may_overwrite_input(self)
+    ):
         _ops.fused_add_rms_norm(attn, residual, post.weight, _eps(post))  # residual += attn; attn = norm(residual)
         hidden_states = attn
     else:
