@@ -29,7 +29,8 @@ def make_model(family, dtype=torch.float32, **overrides):
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     }[family]
-    cfg = cfg_cls(**{**COMMON, "rope_parameters": ROPE[family], **overrides})
+    rope = ROPE[family]  # rope_scaling + rope_theta: the spelling both transformers 4.x and 5.x accept
+    cfg = cfg_cls(**{**COMMON, "rope_scaling": rope, "rope_theta": rope["rope_theta"], **overrides})
     model = model_cls(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
