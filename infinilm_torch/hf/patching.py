@@ -30,6 +30,7 @@ _FORWARDS = {
 }
 
 _class_saved: dict = {}  # (cls, attr) -> the class's own attribute before patching (or a sentinel)
+_class_state: dict = {}  # family -> parts patched at class level
 _rope_users: dict = {}  # modeling module name -> number of active rope patches (class or instance)
 _MISSING = object()
 
@@ -127,8 +128,6 @@ def revert_infinilm_to(family: str) -> None:
                 _rope_release(family)
 
 
-_class_state: dict = {}
-
 
 def apply_infinilm_to_llama(model=None, **parts) -> None:
     """Make LlamaForCausalLM (all instances) use torch.ops.infinilm; see :func:`apply_infinilm_to`."""
@@ -174,7 +173,7 @@ def _bind(module, name: str, fn) -> None:
     saved = module.__dict__.setdefault("_infinilm_saved", {})
     if name not in saved:
         saved[name] = module.__dict__.get(name, _MISSING)
-    setattr(module, name, types.MethodType(fn, module) if callable(fn) and not isinstance(fn, (list, bool)) else fn)
+    setattr(module, name, types.MethodType(fn, module) if isinstance(fn, types.FunctionType) else fn)
 
 
 def _set_attn_implementation(model, name: str) -> None:
