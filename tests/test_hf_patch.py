@@ -107,6 +107,19 @@ def test_greedy_32_steps(family, cache, calls):
     assert calls == {"prefill": layers, "decode": 31 * layers, "sdpa": 0}
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_per_kv_head_layout(cache, calls, monkeypatch):
+    """The CUDA layout (one request per row and kv head, small power-of-two blocks), run on the CPU kernels."""
+    monkeypatch.setitem(attention.LAYOUT, "cpu", "head")
+    monkeypatch.setattr(attention, "MAX_BLOCK", 4)
+    ref, model = pair("llama", num_attention_heads=8)
+    ids, mask = prompt(3, 6)
+    extra = {} if cache == "dynamic" else {"cache_implementation": "static"}
+    want = ref.generate(ids, attention_mask=mask, **GREEDY)
+    assert torch.equal(model.generate(ids, attention_mask=mask, **GREEDY, **extra), want)
+    assert calls["decode"] > 0 and calls["sdpa"] == 0
+
+
 def test_sampling_matches(calls):
     ref, model = pair("llama")
     ids, mask = prompt()

@@ -29,6 +29,11 @@ def _has_paged_kernels(dispatch_key: str) -> bool:
 
 # Looked up once: torch.compile cannot trace the dispatcher query, but a dict of constants is fine.
 KERNELS = {"cpu": _has_paged_kernels("CPU"), "cuda": _has_paged_kernels("CUDA")}
+# How the HF cache is shown to the kernels: "row" = one block of Skv tokens per batch row (any block size:
+# the CPU kernels), "head" = one request per (row, kv head) with power-of-two blocks up to MAX_BLOCK (CUDA).
+LAYOUT = {"cpu": "row", "cuda": "head"}
+MAX_BLOCK = 256
+HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
 
 
 def is_length_descriptor(mask) -> bool:
@@ -96,6 +101,7 @@ def _kernel_ok(query, key, value, dropout) -> bool:
         and key.shape == value.shape
         and key.shape[0] == query.shape[0]
         and key.shape[-1] == query.shape[-1]
+        and query.shape[-1] in HEAD_DIMS.get(query.device.type, (query.shape[-1],))
         and key.is_contiguous()
         and value.is_contiguous()
         and not dropout
@@ -134,6 +140,8 @@ def infinilm_attention_forward(
         mask = causal_pattern(seq_lens, q_len, kv_len)
         return _sdpa(module, query, key, value, mask, dropout, scaling, **kwargs)
 
+    if LAYOUT.get(query.device.type) == "head":
+        return _attend_per_kv_head(query, key, value, seq_lens, scaling), None
     # [B, Hk, Skv, D] is a paged cache of B blocks of Skv tokens; row b owns block b.
     block_tables = torch.arange(bsz, dtype=torch.int32, device=query.device).view(bsz, 1)
     if q_len == 1:
@@ -145,6 +153,38 @@ def infinilm_attention_forward(
     starts = torch.arange(0, (bsz + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
     out = ops.paged_attention_prefill(q, key, value, block_tables, starts, seq_lens, scaling, q_len, kv_len)
     return out.view(bsz, q_len, n_heads, head_dim), None
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    b = 1
+    while b < cap and n % (2 * b) == 0:
+        b *= 2
+    return b
+
+
+def _attend_per_kv_head(query, key, value, seq_lens, scaling):
+    """The same attention with each (row, kv head) as one request of G = Hq/Hk query heads over one kv head.
+
+    Then ``[B, Hk, Skv, D]`` is ``B*Hk*Skv/bs`` blocks of ``bs`` tokens for any power of two ``bs`` dividing
+    Skv, a layout for kernels that need small power-of-two blocks (CUDA) while HF sizes caches freely.
+    """
+    bsz, n_heads, q_len, head_dim = query.shape
+    n_kv, kv_len = key.shape[1], key.shape[2]
+    group, rows = n_heads // n_kv, bsz * n_kv
+    bs = _pow2_divisor(kv_len, MAX_BLOCK)
+    nb = kv_len // bs
+    kc, vc = key.view(rows * nb, 1, bs, head_dim), value.view(rows * nb, 1, bs, head_dim)
+    dev = query.device
+    block_tables = (torch.arange(rows, dtype=torch.int32, device=dev).view(rows, 1) * nb
+                    + torch.arange(nb, dtype=torch.int32, device=dev).view(1, nb))
+    lens = seq_lens.to(torch.int32).repeat_interleave(n_kv)
+    if q_len == 1:  # q head h*G + g reads kv head h (transformers' repeat_kv order)
+        out = ops.paged_attention_decode(query.reshape(rows, group, head_dim), kc, vc, block_tables, lens, scaling, kv_len)
+        return out.view(bsz, 1, n_heads, head_dim)
+    q = query.view(bsz, n_kv, group, q_len, head_dim).transpose(2, 3).reshape(rows * q_len, group, head_dim)
+    starts = torch.arange(0, (rows + 1) * q_len, q_len, dtype=torch.int32, device=dev)
+    out = ops.paged_attention_prefill(q, kc, vc, block_tables, starts, lens, scaling, q_len, kv_len)
+    return out.view(bsz, n_kv, q_len, group, head_dim).transpose(1, 2).reshape(bsz, q_len, n_heads, head_dim)
 
 
 def register() -> None:
