@@ -102,8 +102,6 @@ def _kernel_ok(query, key, value, dropout) -> bool:
         and key.shape[0] == query.shape[0]
         and key.shape[-1] == query.shape[-1]
         and query.shape[-1] in HEAD_DIMS.get(query.device.type, (query.shape[-1],))
-        and key.is_contiguous()
-        and value.is_contiguous()
         and not dropout
     )
 
@@ -134,25 +132,58 @@ def infinilm_attention_forward(
         seq_lens = (-attention_mask).reshape(bsz)
     elif attention_mask is None and (window is None or kv_len <= window):
         seq_lens = torch.full((bsz,), kv_len, dtype=torch.int32, device=query.device)
+    elif (
+        torch.compiler.is_compiling() and kwargs.get("softcap") is None and _kernel_ok(query, key, value, dropout)
+        and isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.bool
+        and attention_mask.dim() == 4 and attention_mask.shape[1] == 1 and attention_mask.shape[-1] == kv_len
+    ):
+        return _attend_or_sdpa(query, key, value, attention_mask, scaling), None
     else:
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if kwargs.get("softcap") is not None or not _kernel_ok(query, key, value, dropout):
         mask = causal_pattern(seq_lens, q_len, kv_len)
         return _sdpa(module, query, key, value, mask, dropout, scaling, **kwargs)
+    return _attend(query, key, value, seq_lens, scaling), None
 
+
+def _attend_or_sdpa(query, key, value, mask, scaling):
+    """Inside a compiled graph the mask's values are unknown at trace time (a 2D padding mask passed to the
+    compiled forward): test on the device whether it is the kernels' causal pattern, and branch with torch.cond."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    lengths = mask[:, 0, -1, :].sum(-1).to(torch.int32)
+    pred = (lengths >= q_len).all() & torch.eq(mask, causal_pattern(lengths, q_len, kv_len)).all()
+
+    def ours(q, k, v, lens, m):
+        return _attend(q, k, v, lens, scaling)
+
+    def theirs(q, k, v, lens, m):
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scaling)
+        return out.transpose(1, 2).contiguous()
+
+    return torch.cond(pred, ours, theirs, (query, key, value, lengths, mask))
+
+
+def _attend(query, key, value, seq_lens, scaling):
+    """Our kernels over the HF cache: ``query [B, Hq, Sq, D]``, ``key/value [B, Hk, Skv, D]`` -> ``[B, Sq, Hq, D]``."""
+    bsz, n_heads, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    # Cached K/V are contiguous already; without a cache they are views of the projection output.
+    key, value = key.contiguous(), value.contiguous()
     if LAYOUT.get(query.device.type) == "head":
-        return _attend_per_kv_head(query, key, value, seq_lens, scaling), None
+        return _attend_per_kv_head(query, key, value, seq_lens, scaling)
     # [B, Hk, Skv, D] is a paged cache of B blocks of Skv tokens; row b owns block b.
     block_tables = torch.arange(bsz, dtype=torch.int32, device=query.device).view(bsz, 1)
     if q_len == 1:
         out = ops.paged_attention_decode(
             query.reshape(bsz, n_heads, head_dim), key, value, block_tables, seq_lens, scaling, kv_len
         )
-        return out.view(bsz, 1, n_heads, head_dim), None
+        return out.view(bsz, 1, n_heads, head_dim)
     q = query.transpose(1, 2).reshape(bsz * q_len, n_heads, head_dim)
     starts = torch.arange(0, (bsz + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
     out = ops.paged_attention_prefill(q, key, value, block_tables, starts, seq_lens, scaling, q_len, kv_len)
-    return out.view(bsz, q_len, n_heads, head_dim), None
+    return out.view(bsz, q_len, n_heads, head_dim)
 
 
 def _pow2_divisor(n: int, cap: int) -> int:
