@@ -82,16 +82,17 @@ def test_logits_fp32(family, calls):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_bf16(family):
-    """Our bf16 error against the fp32 model is at most about twice transformers' own bf16 error."""
+    """Our bf16 error against the fp32 model is at most twice transformers' own bf16 error (RMS over the
+    logits: the max of a random net's error is dominated by chaotic amplification, not by the kernels)."""
     ref32 = make_model(family)
     ref16 = copy.deepcopy(ref32).to(torch.bfloat16)
     model = infinilm_torch.patch(copy.deepcopy(ref32).to(torch.bfloat16))
-    ids, _ = prompt(2, 9)
+    ids, _ = prompt(4, 16)
     with torch.no_grad():
         exact = ref32(ids).logits
-        hf_err = (ref16(ids).logits.float() - exact).abs().max().item()
-        our_err = (model(ids).logits.float() - exact).abs().max().item()
-    assert our_err <= 2 * hf_err + 1e-2 * exact.abs().max().item(), (our_err, hf_err)
+        hf_err = (ref16(ids).logits.float() - exact).pow(2).mean().sqrt().item()
+        our_err = (model(ids).logits.float() - exact).pow(2).mean().sqrt().item()
+    assert our_err <= 2 * hf_err, (our_err, hf_err)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
