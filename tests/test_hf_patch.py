@@ -279,3 +279,15 @@ def test_compiled_padding_mask_branches_at_run_time():
             assert (ours, sdpa) == (want_ours, not want_ours)
             valid = am.bool()  # logits of padding positions are meaningless
             torch.testing.assert_close(got[valid], want[valid], atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
+def test_deepcopy_of_patched_model_outlives_unpatch():
+    ref = make_model("mistral")
+    first = infinilm_torch.patch(copy.deepcopy(ref))
+    second = copy.deepcopy(first)
+    infinilm_torch.unpatch(first)  # restores the module's rope function; the copy falls back to HF's rope
+    ids, _ = prompt()
+    with torch.no_grad():
+        want = ref(ids).logits
+        for m in (first, second):
+            torch.testing.assert_close(m(ids).logits, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)

@@ -7,6 +7,8 @@ changes what a model computes, only how.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -161,7 +163,12 @@ def rotary_forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **k
     if table is None and not torch.compiler.is_compiling() and rope_supported(self.config):
         attach_rope_table(self, self.config, x.device)
         table = self._infinilm_cos_sin
-    if table is None or table.device != x.device or not has_kernel("rotary_embedding", x):
+    # The pair only works where the modeling module's apply_rotary_pos_emb is our dispatcher.
+    apply = getattr(sys.modules.get(type(self).__module__), "apply_rotary_pos_emb", None)
+    if (
+        table is None or table.device != x.device or not has_kernel("rotary_embedding", x)
+        or not hasattr(apply, "_infinilm_orig")
+    ):
         return self._infinilm_orig_forward(x, position_ids, *args, **kwargs)
     return table, position_ids
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import types
+import weakref
 
 import torch
 
@@ -31,7 +32,7 @@ _FORWARDS = {
 
 _class_saved: dict = {}  # (cls, attr) -> the class's own attribute before patching (or a sentinel)
 _class_state: dict = {}  # family -> parts patched at class level
-_rope_users: dict = {}  # modeling module name -> number of active rope patches (class or instance)
+_rope_users: dict = {}  # family -> users of the rope dispatcher: "class" and patched model objects (weakly)
 _MISSING = object()
 
 
@@ -57,20 +58,24 @@ def _layer_meta(cls) -> tuple[list, bool]:
     return names, "tuple" in str(sig.return_annotation).lower()
 
 
-def _rope_acquire(family: str) -> None:
+def _rope_acquire(family: str, user) -> None:
     mod = _module(family)
-    if _rope_users.get(mod.__name__, 0) == 0 and hasattr(mod, "apply_rotary_pos_emb"):
-        mod.apply_rotary_pos_emb = layers.make_rope_dispatch(mod.apply_rotary_pos_emb)
-    _rope_users[mod.__name__] = _rope_users.get(mod.__name__, 0) + 1
+    users = _rope_users.setdefault(family, weakref.WeakSet())
+    fn = getattr(mod, "apply_rotary_pos_emb", None)
+    if fn is not None and not hasattr(fn, "_infinilm_orig"):
+        mod.apply_rotary_pos_emb = layers.make_rope_dispatch(fn)
+    users.add(user)
 
 
-def _rope_release(family: str) -> None:
+def _rope_release(family: str, user) -> None:
+    """Put the module's apply_rotary_pos_emb back once no class patch and no patched model uses it (a patched
+    model copied with deepcopy is not counted; its rotary forward sees the restored function and falls back)."""
+    users = _rope_users.setdefault(family, weakref.WeakSet())
+    users.discard(user)
     mod = _module(family)
-    _rope_users[mod.__name__] -= 1
-    if _rope_users[mod.__name__] == 0:
-        fn = getattr(mod, "apply_rotary_pos_emb", None)
-        if hasattr(fn, "_infinilm_orig"):
-            mod.apply_rotary_pos_emb = fn._infinilm_orig
+    fn = getattr(mod, "apply_rotary_pos_emb", None)
+    if len(users) == 0 and hasattr(fn, "_infinilm_orig"):
+        mod.apply_rotary_pos_emb = fn._infinilm_orig
 
 
 # ---- class level ----------------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def apply_infinilm_to(family: str, model=None, **parts) -> None:
         if part == "swiglu":
             _set_class_attr(cls, "_apply", layers.mlp_apply)
         if part == "rope":
-            _rope_acquire(family)
+            _rope_acquire(family, cls)
         _set_class_attr(cls, "forward", _FORWARDS[part])
         active.add(part)
     if model is not None:
@@ -125,7 +130,7 @@ def revert_infinilm_to(family: str) -> None:
         if part in active and cls is not None:
             _restore_class(cls)
             if part == "rope":
-                _rope_release(family)
+                _rope_release(family, cls)
 
 
 
@@ -222,7 +227,7 @@ def patch(model, **parts):
             _bind(m, "_infinilm_orig_forward", _original(cls, "forward"))
             _bind(m, "forward", _FORWARDS[part])
     if state["rope"]:
-        _rope_acquire(family)
+        _rope_acquire(family, model)
     if on["attention"]:
         state["attn"] = getattr(model.config, "_attn_implementation", None)
         _set_attn_implementation(model, attention.NAME)
@@ -249,7 +254,7 @@ def unpatch(model):
             else:
                 setattr(m, name, value)
     if state["rope"]:
-        _rope_release(state["family"])
+        _rope_release(state["family"], model)
     if state["attn"] is not None:
         _set_attn_implementation(model, state["attn"])
     del model._infinilm_patched
