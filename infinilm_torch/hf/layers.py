@@ -30,6 +30,7 @@ KERNELS = {op: _kernels(op) for op in ("rms_norm", "fused_add_rms_norm", "rotary
 def has_kernel(op: str, t: torch.Tensor) -> bool:
     return KERNELS[op].get(t.device.type, False)
 
+
 # ---- RMSNorm -------------------------------------------------------------------------------------------------
 
 
