@@ -1,5 +1,6 @@
 """HF transformers patching: patched vs unpatched tiny Llama/Qwen2/Mistral (logits, greedy, sampling, caches, compile, unpatch)."""
 import copy
+import gc
 
 import pytest
 import torch
@@ -186,7 +187,8 @@ def test_unpatch_restores():
     model = copy.deepcopy(ref)
     before = _own_attrs(model)
     mod = hfpatch._module("qwen2")
-    rope_fn = mod.apply_rotary_pos_emb
+    gc.collect()  # patched models of earlier tests must be gone: the rope dispatcher stays while one lives
+    rope_fn = getattr(mod.apply_rotary_pos_emb, "_infinilm_orig", mod.apply_rotary_pos_emb)
     impl = model.config._attn_implementation
     infinilm_torch.patch(model)
     # The module-level rope function becomes a dispatcher (kept while other patched models are alive).
@@ -208,7 +210,8 @@ def test_class_level_apply_and_revert(calls):
 
     classes = (ml.LlamaRMSNorm, ml.LlamaMLP, ml.LlamaRotaryEmbedding, ml.LlamaDecoderLayer)
     originals = {c: dict(c.__dict__) for c in classes}
-    rope_fn = ml.apply_rotary_pos_emb
+    gc.collect()
+    rope_fn = getattr(ml.apply_rotary_pos_emb, "_infinilm_orig", ml.apply_rotary_pos_emb)
     ref = make_model("llama")
     ids, mask = prompt()
     want = ref.generate(ids, attention_mask=mask, **GREEDY)
