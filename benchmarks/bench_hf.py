@@ -4,9 +4,9 @@
     python benchmarks/bench_hf.py --device cuda --shapes llama-3.2-1b --batch 1 32
 
 Random weights with the model's shapes. "prefill ms" is one generate() of a single token; "decode tok/s" is
-batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Eager rows use transformers'
-default dynamic cache; compiled rows use generate's own compile hook (static cache, fullgraph; CUDA graphs
-through mode="reduce-overhead" on CUDA, inductor "default" on CPU).
+batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Eager rows with transformers'
+default dynamic cache and with a static cache; compiled rows use generate's own compile hook (static cache,
+fullgraph; CUDA graphs through mode="reduce-overhead" on CUDA, inductor "default" on CPU).
 """
 import argparse
 import copy
@@ -50,14 +50,16 @@ def build(shapes, device, dtype):
     return model
 
 
-def timed_generate(model, ids, new_tokens, compiled, repeats, clock=time.perf_counter):
+def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, clock=time.perf_counter):
     from transformers import CompileConfig
 
     kw = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
-    if compiled:
+    if cache == "static":
+        kw.update(cache_implementation="static", max_cache_len=cache_len)
+    if mode == "compiled":
         cfg = CompileConfig(fullgraph=True, mode="reduce-overhead" if ids.is_cuda else "default")
         cfg._compile_all_devices = True
-        kw.update(cache_implementation="static", compile_config=cfg)
+        kw.update(compile_config=cfg)
     else:
         kw.update(disable_compile=True)
     mask = torch.ones_like(ids)
@@ -104,16 +106,19 @@ def main():
     for bsz in batches:
         ids = torch.randint(3, base.config.vocab_size, (bsz, plen), device=args.device)
         ref_decode = None
-        for compiled in ([False] if args.no_compile else [False, True]):
+        # Static caches sized to a multiple of 64 tokens (the CUDA kernels take power-of-two blocks of >= 8).
+        cache_len = -(-(plen + new) // 64) * 64
+        modes = [("eager", "dynamic"), ("eager", "static")] + ([] if args.no_compile else [("compiled", "static")])
+        for mode, cache in modes:
             for name, model in (("hf", base), ("infinilm", patched)):
                 torch._dynamo.reset()
-                timed_generate(model, ids, new, compiled, 1)  # warm-up (and compile)
-                t1 = timed_generate(model, ids, 1, compiled, args.repeats, clock)
-                tn = timed_generate(model, ids, new, compiled, args.repeats, clock)
+                timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
+                t1 = timed_generate(model, ids, 1, mode, cache, cache_len, args.repeats, clock)
+                tn = timed_generate(model, ids, new, mode, cache, cache_len, args.repeats, clock)
                 decode = bsz * (new - 1) / max(tn - t1, 1e-9)
                 ref_decode = ref_decode or decode
-                rows.append((name, "compiled" if compiled else "eager", "static" if compiled else "dynamic", str(bsz),
-                             f"{1e3 * t1:.1f}", f"{decode:.1f}", f"{decode / ref_decode:.2f}x"))
+                rows.append((name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}",
+                             f"{decode / ref_decode:.2f}x"))
     head = ("model", "mode", "cache", "batch", "prefill ms", "decode tok/s", "vs hf eager")
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))

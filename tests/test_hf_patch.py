@@ -111,15 +111,21 @@ def test_greedy_32_steps(family, cache, calls):
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_per_kv_head_layout(cache, calls, monkeypatch):
-    """The CUDA layout (one request per row and kv head, small power-of-two blocks), run on the CPU kernels."""
+    """The CUDA layout (one request per row and kv head, power-of-two blocks), run on the CPU kernels; cache
+    lengths without a large enough power-of-two divisor go to sdpa, as on CUDA."""
     monkeypatch.setitem(attention.LAYOUT, "cpu", "head")
     monkeypatch.setattr(attention, "MAX_BLOCK", 4)
+    monkeypatch.setitem(attention.MIN_BLOCK, "cpu", 2)
     ref, model = pair("llama", num_attention_heads=8)
     ids, mask = prompt(3, 6)
-    extra = {} if cache == "dynamic" else {"cache_implementation": "static"}
+    extra = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 40}
     want = ref.generate(ids, attention_mask=mask, **GREEDY)
     assert torch.equal(model.generate(ids, attention_mask=mask, **GREEDY, **extra), want)
-    assert calls["decode"] > 0 and calls["sdpa"] == 0
+    layers = COMMON["num_hidden_layers"]
+    if cache == "static":  # 40 = 10 blocks of 4
+        assert calls == {"prefill": layers, "decode": 31 * layers, "sdpa": 0}
+    else:  # prefill of 6 and decode lengths 8, 10, .., 36 on our kernels; 7, 9, .., 37 on sdpa
+        assert calls == {"prefill": layers, "decode": 15 * layers, "sdpa": 16 * layers}
 
 
 def test_sampling_matches(calls):

@@ -33,6 +33,9 @@ KERNELS = {"cpu": _has_paged_kernels("CPU"), "cuda": _has_paged_kernels("CUDA")}
 # the CPU kernels), "head" = one request per (row, kv head) with power-of-two blocks up to MAX_BLOCK (CUDA).
 LAYOUT = {"cpu": "row", "cuda": "head"}
 MAX_BLOCK = 256
+# The CUDA kernels are tested for blocks of 8..256 tokens: in the "head" layout a cache whose length has no
+# power-of-two divisor >= 8 goes to sdpa (size static caches to a multiple of 8: generation_config.max_cache_len).
+MIN_BLOCK = {"cuda": 8}
 HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
 
 
@@ -102,6 +105,10 @@ def _kernel_ok(query, key, value, dropout) -> bool:
         and key.shape[0] == query.shape[0]
         and key.shape[-1] == query.shape[-1]
         and query.shape[-1] in HEAD_DIMS.get(query.device.type, (query.shape[-1],))
+        and (
+            LAYOUT.get(query.device.type) != "head"
+            or _pow2_divisor(key.shape[2], MAX_BLOCK) >= MIN_BLOCK.get(query.device.type, 1)
+        )
         and not dropout
     )
 
