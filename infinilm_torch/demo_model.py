@@ -91,11 +91,17 @@ def write_demo_model(path: str) -> None:
 
 def ensure_demo_model(path: str = None, verbose: bool = True) -> str:
     """The demo checkpoint's directory, written on first use (atomically: built aside, then renamed)."""
+    explicit = path is not None
     path = os.path.abspath(path or default_demo_dir())
     if _complete(path):
         return path
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError:
+        if explicit:
+            raise
+        return ensure_demo_model(os.path.join(os.getcwd(), "demo_model"), verbose)  # no writable cache home
     tmp = tempfile.mkdtemp(prefix=".demo-", dir=parent)
     try:
         write_demo_model(tmp)

@@ -150,7 +150,12 @@ def _dtype(config, dtype) -> Optional[torch.dtype]:
 
 
 def get_model_state_dict(model_dir: PathLike, config=None, dtype=None, device=None) -> Dict[str, "infinicore.Tensor"]:
-    """name -> infinicore.Tensor for every parameter (checked against ``config`` when given; dtype converted)."""
+    """name -> infinicore.Tensor for every parameter, checked against ``config`` (default: the directory's own
+    config.json, when it has one) and converted to ``dtype`` (default: the config's dtype)."""
+    if config is None and os.path.isfile(os.path.join(os.fspath(model_dir), "config.json")):
+        from infinilm_torch.auto_config import parse_config, read_config_file
+
+        config = parse_config(read_config_file(model_dir), src=os.path.join(os.fspath(model_dir), "config.json"))
     if config is not None:
         check_names(checkpoint_names(model_dir), config, src=os.fspath(model_dir))
     target = _dtype(config, dtype) if config is not None or dtype is not None else None

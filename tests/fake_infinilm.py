@@ -27,8 +27,9 @@ class LlamaConfig:
 
 
 class DistConfig:
-    def __init__(self, tp=1):
-        self.tp_device_ids = list(range(tp)) if isinstance(tp, int) else list(tp)
+    def __init__(self, tp_size=1, tp_device_ids=None):
+        ids = tp_device_ids if tp_device_ids is not None else tp_size
+        self.tp_device_ids = list(range(ids)) if isinstance(ids, int) else list(ids)
 
 
 class StaticKVCacheConfig:
