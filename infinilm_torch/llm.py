@@ -42,6 +42,7 @@ class LLM:
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, *, device=None, dtype=None,
                  cache: str = "static", max_batch_size: int = 8, max_cache_len: Optional[int] = None,
                  block_size: int = 16, max_kv_memory_bytes: Optional[int] = None, max_num_seqs: int = 64,
+                 max_step_tokens: int = 8192,
                  tp_size: int = 1, progress: bool = True, tokenizer: Any = "auto",
                  _fields: Optional[Dict[str, Any]] = None, _state: Any = None):
         from infinilm_torch.lib import _infinilm
@@ -59,7 +60,8 @@ class LLM:
         self.dtype = infinicore._torch_dtype(self.fields["dtype"])
         self.config = to_llama_config(self.fields)
         self.device = _device(device)
-        self.cache_kind, self.block_size, self.max_num_seqs = cache, block_size, max_num_seqs
+        self.cache_kind, self.block_size = cache, block_size
+        self.max_num_seqs, self.max_step_tokens = max_num_seqs, max_step_tokens
         max_pos = self.fields["max_position_embeddings"]
         self.max_batch_size = max_batch_size
         self.max_cache_len = min(max_cache_len or 2048, max_pos)
@@ -67,6 +69,7 @@ class LLM:
         self.engine = self._lib.InferEngine(
             config=self.config, distributed_config=self._dist_config(),
             device_type=self.device.type, cache_config=self._cache_config(max_kv_memory_bytes))
+        self._sync_cache_geometry()
         if _state is not None:
             weights.load_state_dict(self.engine, _state, self.fields, dtype=self.dtype, progress=progress,
                                     src="model state_dict")
@@ -116,6 +119,11 @@ class LLM:
             raise ValueError(f"max_kv_memory_bytes {max_kv_memory_bytes} holds no block of {self.block_size} tokens")
         return self._lib.PagedKVCacheConfig(max_kv_memory_bytes=max_kv_memory_bytes, block_size=self.block_size)
 
+    def _sync_cache_geometry(self) -> None:
+        """Take the block count from the engine itself when it reports one (it is the authority)."""
+        if self.cache_kind == "paged" and isinstance(getattr(self.engine, "num_blocks", None), int):
+            self.num_blocks = self.engine.num_blocks
+
     # ---- one engine step -----------------------------------------------------------------------------
     def _forward(self, seed=None, temperature=1.0, top_k=50, top_p=1.0, **tensors) -> torch.Tensor:
         inp = self._lib.InferEngine.Input(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
@@ -132,6 +140,7 @@ class LLM:
             self.max_batch_size = max(batch, self.max_batch_size)
             self.max_cache_len = max(tokens, self.max_cache_len)
             self.engine.reset_cache(self._cache_config())
+            self._sync_cache_geometry()
 
     # ---- public API ----------------------------------------------------------------------------------
     def encode(self, prompt: Prompt) -> List[int]:
@@ -180,10 +189,11 @@ class LLM:
                 stats.merge(s)
         else:
             bm = runner.BlockManager(self.num_blocks, self.block_size)
-            reqs, stats = runner.run_paged(fwd, ids, sp, bm, max_num_seqs=self.max_num_seqs)
+            reqs, stats = runner.run_paged(fwd, ids, sp, bm, self.max_num_seqs, self.max_step_tokens)
         out = [r.out for r in reqs]
         texts = [self.tokenizer.decode(o) for o in out] if self.tokenizer is not None else None
         return GenerationOutput(out, [r.finish for r in reqs], texts, ids, stats)
 
     def reset_cache(self) -> None:
         self.engine.reset_cache(self._cache_config(getattr(self, "max_kv_memory_bytes", None)))
+        self._sync_cache_geometry()

@@ -123,7 +123,7 @@ def check_names(found, config, src: str = "checkpoint") -> List[str]:
     With tied embeddings ``lm_head.weight`` may be present (a copy of the embedding) and is then skipped.
     """
     expected = expected_param_names(config)
-    found = list(found)
+    found = [n for n in found if _keep(n)]
     duplicates = sorted(n for n, c in Counter(found).items() if c > 1)
     have = set(found)
     if _field(config, "tie_word_embeddings", False):
