@@ -16,7 +16,7 @@ void silu_and_mul(T* out,        // [rows, d], contiguous
 #pragma omp simd
     for (int64_t i = 0; i < d; ++i) {
       const float a = to_float(g[i]);
-      y[i] = from_float<T>(a / (1.f + std::exp(-a)) * to_float(u[i]));
+      y[i] = from_float<T>(a / (1.f + exp_approx(-a)) * to_float(u[i]));
     }
   });
 }

@@ -84,6 +84,27 @@ template <> inline fp16_t from_float<fp16_t>(float f) {
   return fp16_t{static_cast<uint16_t>(sign | r)};
 }
 
+// exp(x) in float with ~2 ulp error, written with plain arithmetic so `#pragma omp simd` loops vectorise
+// it (libm's expf is a scalar call). NaN propagates; the input is clamped to the finite float range.
+inline float exp_approx(float x) {
+  x = x > 88.3762626647949f ? 88.3762626647949f : x;
+  x = x < -87.3365447504f ? -87.3365447504f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;           // Cody-Waite reduction
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t e = static_cast<int32_t>(n) + 127;
+  uint32_t bits = static_cast<uint32_t>(e) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
 // Runs body(i) for i in [0, n), split over OpenMP threads when the work is large enough.
 template <typename F>
 inline void parallel_for(int64_t n, int64_t work_per_item, F&& body) {
