@@ -14,7 +14,7 @@ import torch
 
 from infinilm_torch import infinicore, runner, weights
 from infinilm_torch.auto_config import parse_config, read_config_file, to_llama_config
-from infinilm_torch.tokenizer import load_tokenizer
+from infinilm_torch.tokenizer import Tokenizer, load_tokenizer
 
 Prompt = Union[str, Sequence[int]]
 
@@ -75,8 +75,11 @@ class LLM:
                                     src="model state_dict")
         else:
             weights.load_weights(self.engine, model, self.fields, dtype=self.dtype, progress=progress)
-        self.tokenizer = load_tokenizer(model) if tokenizer == "auto" and model is not None else (
-            None if tokenizer == "auto" else tokenizer)
+        if isinstance(tokenizer, str) and tokenizer == "auto":
+            tokenizer = load_tokenizer(model)
+        elif tokenizer is not None and not isinstance(tokenizer, Tokenizer):  # a transformers tokenizer object
+            tokenizer = Tokenizer(tokenizer, tokenizer.eos_token_id, getattr(tokenizer, "bos_token_id", None), hf=True)
+        self.tokenizer = tokenizer
         self.eos_token_ids = list(self.fields["eos_token_id"])
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             if self.tokenizer.eos_token_id not in self.eos_token_ids:
