@@ -2,7 +2,10 @@
 // (for host-resident data) index ranges and values. Every message names the argument and the values.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <optional>
+#include <utility>
 
 #include "csrc/ops/checks.h"
 
@@ -169,6 +172,52 @@ inline void check_paged_attention_values(const at::Tensor& key_cache, const at::
   }
 }
 
+// Decode: one query token per request.
+inline void check_paged_attention_decode_args(const at::Tensor& query, const at::Tensor& seq_lens) {
+  TORCH_CHECK_VALUE(query.size(0) == seq_lens.size(0), "infinilm: 'query' has ", query.size(0),
+                    " tokens but 'seq_lens' has ", seq_lens.size(0), " requests (decode takes one token each)");
+}
+
+// Prefill: query_start_loc [n+1] (int) beside seq_lens [n].
+inline void check_paged_attention_prefill_args(const at::Tensor& query, const at::Tensor& query_start_loc,
+                                               const at::Tensor& seq_lens) {
+  INFINILM_CHECK_INDEX(query_start_loc);
+  INFINILM_CHECK_SAME_DEVICE(query, query_start_loc);
+  INFINILM_CHECK_DIM(query_start_loc, 1);
+  TORCH_CHECK_VALUE(query_start_loc.size(0) == seq_lens.size(0) + 1, "infinilm: 'query_start_loc' must have ",
+                    seq_lens.size(0) + 1, " entries (one more than 'seq_lens'), got shape ", query_start_loc.sizes());
+}
+
+// query_start_loc runs from 0 to T without decreasing; each q_len fits in seq_lens[r] and in max_query_len
+// (host data only). Returns the largest q_len.
+inline int64_t check_paged_attention_prefill_values(const at::Tensor& query, const at::Tensor& query_start_loc,
+                                                    const at::Tensor& seq_lens, std::optional<int64_t> max_query_len) {
+  if (!query_start_loc.device().is_cpu()) return max_query_len.value_or(query.size(0));
+  auto qsl = query_start_loc.to(at::kLong).contiguous();
+  auto sl = seq_lens.to(at::kLong).contiguous();
+  const int64_t* q = qsl.data_ptr<int64_t>();
+  const int64_t* s = sl.data_ptr<int64_t>();
+  const int64_t n = sl.numel(), T = query.size(0);
+  TORCH_CHECK_VALUE(q[0] == 0, "infinilm: 'query_start_loc'[0] must be 0, got ", q[0]);
+  TORCH_CHECK_VALUE(q[n] == T, "infinilm: 'query_start_loc'[", n, "] = ", q[n], " must equal the number of query ",
+                    "tokens ", T, " ('query' shape ", query.sizes(), ")");
+  int64_t longest = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t q_len = q[r + 1] - q[r];
+    TORCH_CHECK_VALUE(q_len >= 0, "infinilm: 'query_start_loc' must not decrease, got [", r, "] = ", q[r], " > [",
+                      r + 1, "] = ", q[r + 1]);
+    TORCH_CHECK_VALUE(q_len <= s[r], "infinilm: request ", r, " has ", q_len, " query tokens ('query_start_loc'[",
+                      r + 1, "] - [", r, "]) but 'seq_lens'[", r, "] = ", s[r],
+                      ": the new tokens must already be in the cache");
+    if (max_query_len.has_value()) {
+      TORCH_CHECK_VALUE(q_len <= *max_query_len, "infinilm: request ", r, " has ", q_len,
+                        " query tokens, more than 'max_query_len' = ", *max_query_len);
+    }
+    longest = std::max(longest, q_len);
+  }
+  return longest;
+}
+
 inline void check_sample_args(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                               const at::Tensor& top_p, const at::Tensor& seeds) {
   INFINILM_CHECK_FLOAT(logits);
@@ -181,25 +230,38 @@ inline void check_sample_args(const at::Tensor& logits, const at::Tensor& temper
   INFINILM_CHECK_FLOAT(top_p);
   INFINILM_CHECK_INDEX(seeds);
   const int64_t B = logits.size(0);
-  for (const at::Tensor* t : {&temperature, &top_k, &top_p, &seeds}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B, "infinilm: sampling parameters must be 1-D with one entry ",
-                      "per row of 'logits' (", B, "), got shape ", t->sizes());
-    TORCH_CHECK_VALUE(t->device() == logits.device(), "infinilm: sampling parameters must be on ", logits.device(),
-                      ", got ", t->device());
+  const std::pair<const at::Tensor*, const char*> params[] = {
+      {&temperature, "temperature"}, {&top_k, "top_k"}, {&top_p, "top_p"}, {&seeds, "seeds"}};
+  for (const auto& [t, name] : params) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == B, "infinilm: '", name, "' must be 1-D with one entry per ",
+                      "row of 'logits' ", logits.sizes(), ", i.e. shape [", B, "], got shape ", t->sizes());
+    TORCH_CHECK_VALUE(t->device() == logits.device(), "infinilm: '", name, "' is on ", t->device(),
+                      " but 'logits' is on ", logits.device());
   }
 }
 
-// temperature >= 0, top_k >= 0, top_p in (0, 1], logits free of NaN and +inf (host data only).
-inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                                const at::Tensor& top_p) {
+// Per-row parameters (host data only): temperature finite and >= 0, top_k >= 0, top_p in (0, 1]. Each
+// message names the first offending row. Logits (NaN / +inf / a row of all -inf) are checked by
+// check_sample_logits, or by the kernel itself in the same pass that reads them (CPU).
+inline void check_sample_values(const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p) {
+  if (!temperature.device().is_cpu()) return;
+  const at::Tensor t = temperature.to(at::kFloat).contiguous(), p = top_p.to(at::kFloat).contiguous();
+  const at::Tensor k = top_k.to(at::kLong).contiguous();
+  const float* tv = t.data_ptr<float>();
+  const float* pv = p.data_ptr<float>();
+  const int64_t* kv = k.data_ptr<int64_t>();
+  for (int64_t b = 0; b < t.numel(); ++b) {
+    TORCH_CHECK_VALUE(tv[b] >= 0.f && std::isfinite(tv[b]), "infinilm: 'temperature'[", b, "] = ", tv[b],
+                      " must be finite and >= 0 (0 = greedy)");
+    TORCH_CHECK_VALUE(kv[b] >= 0, "infinilm: 'top_k'[", b, "] = ", kv[b], " must be >= 0 (0 disables it)");
+    TORCH_CHECK_VALUE(pv[b] > 0.f && pv[b] <= 1.f, "infinilm: 'top_p'[", b, "] = ", pv[b],
+                      " must lie in (0, 1] (1 disables it)");
+  }
+}
+
+// Logits free of NaN and +inf, and no row of all -inf (host data only; costs a few passes over [B, V]).
+inline void check_sample_logits(const at::Tensor& logits) {
   if (!logits.device().is_cpu() || logits.size(0) == 0) return;
-  const double tmin = temperature.min().item<double>();
-  TORCH_CHECK_VALUE(tmin >= 0.0, "infinilm: 'temperature' must be >= 0, got ", tmin);
-  const int64_t kmin = top_k.min().item<int64_t>();
-  TORCH_CHECK_VALUE(kmin >= 0, "infinilm: 'top_k' must be >= 0 (0 disables it), got ", kmin);
-  const double pmin = top_p.min().item<double>(), pmax = top_p.max().item<double>();
-  TORCH_CHECK_VALUE(pmin > 0.0 && pmax <= 1.0, "infinilm: 'top_p' must lie in (0, 1], got values in [", pmin, ", ",
-                    pmax, "]");
   auto bad = at::isnan(logits).logical_or_(at::isposinf(logits));
   if (bad.any().item<bool>()) {
     auto idx = bad.nonzero()[0];
@@ -211,6 +273,13 @@ inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temp
     TORCH_CHECK_VALUE(false, "infinilm: 'logits' row ", row_dead.nonzero()[0][0].item<int64_t>(),
                       " is -inf everywhere: no token can be drawn");
   }
+}
+
+// The original all-in-one check: parameters, then logits.
+inline void check_sample_values(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
+                                const at::Tensor& top_p) {
+  check_sample_values(temperature, top_k, top_p);
+  check_sample_logits(logits);
 }
 
 }  // namespace infinilm
