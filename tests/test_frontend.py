@@ -18,12 +18,6 @@ from infinilm_torch.auto_config import AutoConfig  # noqa: E402
 from infinilm_torch.llm import LLM  # noqa: E402
 from infinilm_torch.weights import WeightsError, expected_param_names  # noqa: E402
 
-if os.environ.get("INFINILM_FAKE_ENGINE"):  # development only: the plain-PyTorch stand-in of _infinilm
-    import fake_infinilm
-    import infinilm_torch.lib as _lib
-
-    _lib._infinilm = fake_infinilm
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=256, rms_norm_eps=1e-5, eos_token_id=None, bos_token_id=1)  # no eos: fixed lengths
