@@ -9,7 +9,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -96,7 +96,7 @@ def _i64(rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64)
 
 
-def run_static(forward: Callable, prompts: List[List[int]], sp: SamplingParams) -> (List[_Request], RunStats):
+def run_static(forward: Callable, prompts: List[List[int]], sp: SamplingParams) -> Tuple[List[_Request], RunStats]:
     """All prompts as one batch of right-padded rows; row b lives in static-cache slot b."""
     reqs = [_Request(i, list(p)) for i, p in enumerate(prompts)]
     stop = set(sp.stop_token_ids)
@@ -159,7 +159,7 @@ class BlockManager:
 
 
 def run_paged(forward: Callable, prompts: List[List[int]], sp: SamplingParams, bm: BlockManager,
-              max_num_seqs: int = 64, max_step_tokens: int = 8192) -> (List[_Request], RunStats):
+              max_num_seqs: int = 64, max_step_tokens: int = 8192) -> Tuple[List[_Request], RunStats]:
     """Continuous batching: each step decodes every running request and admits waiting ones (prefill) while
     blocks, ``max_num_seqs`` and ``max_step_tokens`` allow; finished requests give their blocks back at once."""
     reqs = [_Request(i, list(p)) for i, p in enumerate(prompts)]
@@ -229,6 +229,3 @@ def kv_bytes_for(tokens: int, block_size: int, num_layers: int, num_kv_heads: in
     return blocks * 2 * head_dim * (num_kv_heads // tp_size) * block_size * num_layers * \
         torch.empty((), dtype=dtype).element_size()
 
-
-def requests_to_lists(reqs: List[_Request]) -> Dict[str, list]:
-    return {"token_ids": [r.out for r in reqs], "finish_reasons": [r.finish for r in reqs]}
