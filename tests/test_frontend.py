@@ -136,6 +136,17 @@ def test_paged_scheduling_matches_hf(tmp_path):
         assert_same_greedy(model, p, o, n)
 
 
+def test_static_chunks_and_cache_growth(tmp_path):
+    """More prompts than static rows (run in chunks) and longer than the cache (grown by reset_cache)."""
+    model, path = make_hf(tmp_path, "mistral")
+    llm = LLM(path, cache="static", max_batch_size=2, max_cache_len=8, progress=False)
+    prompts = prompts_of([14, 3, 9])
+    out = llm.generate(prompts, max_new_tokens=10, temperature=0)
+    assert (llm.max_batch_size, llm.max_cache_len) == (2, 24)
+    for p, o in zip(prompts, out.token_ids):
+        assert_same_greedy(model, p, o, 10)
+
+
 @pytest.mark.parametrize("cache", ["static", "paged"])
 def test_stop_at_eos(tmp_path, cache):
     model, path = make_hf(tmp_path, "llama")
