@@ -136,9 +136,6 @@ class LLM:
         return self.engine.forward(inp).output_ids
 
     def _grow_static(self, batch: int, tokens: int) -> None:
-        max_pos = self.fields["max_position_embeddings"]
-        if tokens > max_pos:
-            raise ValueError(f"prompt + max_new_tokens = {tokens} tokens exceeds max_position_embeddings {max_pos}")
         if batch > self.max_batch_size or tokens > self.max_cache_len:
             self.max_batch_size = max(batch, self.max_batch_size)
             self.max_cache_len = max(tokens, self.max_cache_len)
@@ -178,6 +175,12 @@ class LLM:
         stop = list(stop_token_ids) + (self.eos_token_ids if stop_at_eos else [])
         sp = runner.SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, stop)
         sp.validate()
+        # The last new token is never fed back: a request occupies prompt + max_new_tokens - 1 positions.
+        longest = max(len(p) for p in ids) + max_new_tokens - 1
+        max_pos = self.fields["max_position_embeddings"]
+        if longest > max_pos:
+            raise ValueError(f"longest prompt ({max(len(p) for p in ids)} tokens) + max_new_tokens ({max_new_tokens}) "
+                             f"- 1 = {longest} positions exceeds max_position_embeddings {max_pos}")
 
         def fwd(**kw):
             return self._forward(temperature=temperature, top_k=top_k, top_p=top_p, **kw)
@@ -186,7 +189,7 @@ class LLM:
         if self.cache_kind == "static":
             for start in range(0, len(ids), self.max_batch_size):
                 chunk = ids[start: start + self.max_batch_size]
-                self._grow_static(len(chunk), max(len(p) for p in chunk) + max_new_tokens)
+                self._grow_static(len(chunk), max(len(p) for p in chunk) + max_new_tokens - 1)
                 r, s = runner.run_static(fwd, chunk, sp)
                 reqs += r
                 stats.merge(s)

@@ -142,7 +142,7 @@ def test_static_chunks_and_cache_growth(tmp_path):
     llm = LLM(path, cache="static", max_batch_size=2, max_cache_len=8, progress=False)
     prompts = prompts_of([14, 3, 9])
     out = llm.generate(prompts, max_new_tokens=10, temperature=0)
-    assert (llm.max_batch_size, llm.max_cache_len) == (2, 24)
+    assert (llm.max_batch_size, llm.max_cache_len) == (2, 23)
     for p, o in zip(prompts, out.token_ids):
         assert_same_greedy(model, p, o, 10)
 
@@ -200,8 +200,12 @@ def test_bad_generate_arguments(tmp_path):
         llm.generate("hello")
     with pytest.raises(ValueError, match="empty prompt"):
         llm.generate([[]])
+    with pytest.raises(ValueError, match=r"\(250 tokens\) \+ max_new_tokens \(8\) - 1 = 257 positions exceeds max_pos"):
+        llm.generate([[1] * 250], max_new_tokens=8)
+    assert len(llm.generate([[1] * 250], max_new_tokens=7, temperature=0).token_ids[0]) == 7
+    paged = LLM(path, cache="paged", progress=False)
     with pytest.raises(ValueError, match="exceeds max_position_embeddings 256"):
-        llm.generate([[1] * 250], max_new_tokens=10)
+        paged.generate([[1] * 250], max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
