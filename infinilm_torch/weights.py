@@ -168,34 +168,37 @@ def get_model_state_dict(model_dir: PathLike, config=None, dtype=None, device=No
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="tensor", leave=False)
-
-
-def load_state_dict(engine, tensors, config, dtype=None, progress: bool = False, src: str = "state dict") -> int:
-    """Check the names of ``tensors`` (a dict or a list of (name, tensor) pairs) then load_param each one."""
-    items = list(tensors.items()) if isinstance(tensors, dict) else list(tensors)
-    items = [(n, t) for n, t in items if _keep(n)]
-    names = check_names([n for n, _ in items], config, src=src)
+def _load(engine, items, names: List[str], target: Optional[torch.dtype], progress: bool) -> int:
+    """load_param each (name, tensor) whose name is in ``names``, casting floating tensors to ``target``."""
     wanted = set(names)
-    target = _dtype(config, dtype)
-    bar = _progress(len(names), "loading weights", progress)
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(names), desc="loading weights", unit="tensor", leave=False)
+        except ImportError:
+            pass
+    loaded = 0
     for name, t in items:
         if name not in wanted:
-            continue  # lm_head.weight of a tied model
-        t = t._underlying if isinstance(t, infinicore.Tensor) else t
-        engine.load_param(name, t.detach().to(target) if target is not None and t.is_floating_point() else t.detach())
+            continue  # lm_head.weight of a tied model, rotary buffers
+        t = (t._underlying if isinstance(t, infinicore.Tensor) else t).detach()
+        engine.load_param(name, t.to(target) if target is not None and t.is_floating_point() else t)
+        loaded += 1
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return len(names)
+    return loaded
+
+
+def load_state_dict(engine, tensors, config, dtype=None, progress: bool = False, src: str = "state dict") -> int:
+    """Check the names of ``tensors`` (a dict or (name, tensor) pairs, e.g. a HF model's state_dict()), then
+    load each one; returns how many were loaded."""
+    items = list(tensors.items()) if isinstance(tensors, dict) else list(tensors)
+    names = check_names([n for n, _ in items], config, src=src)
+    return _load(engine, items, names, _dtype(config, dtype), progress)
 
 
 def load_weights(engine, model_dir: PathLike, config, dtype=None, progress: bool = True) -> int:
@@ -204,19 +207,5 @@ def load_weights(engine, model_dir: PathLike, config, dtype=None, progress: bool
     Checks the names first (nothing is loaded when they don't match), then streams one tensor at a time,
     converting floating-point tensors to ``dtype`` (default: the config's dtype).
     """
-    src = os.fspath(model_dir)
-    names = check_names(checkpoint_names(model_dir), config, src=src)
-    wanted = set(names)
-    target = _dtype(config, dtype)
-    bar = _progress(len(names), "loading weights", progress)
-    loaded = 0
-    for name, t in iter_checkpoint(model_dir):
-        if name not in wanted:
-            continue
-        engine.load_param(name, t.to(target) if target is not None and t.is_floating_point() else t)
-        loaded += 1
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return loaded
+    names = check_names(checkpoint_names(model_dir), config, src=os.fspath(model_dir))
+    return _load(engine, iter_checkpoint(model_dir), names, _dtype(config, dtype), progress)

@@ -8,7 +8,8 @@ import torch
 from infinilm_torch import infinicore
 from infinilm_torch.auto_config import ConfigError, parse_config
 from infinilm_torch.runner import BlockManager, SamplingParams, num_paged_blocks
-from infinilm_torch.weights import WeightsError, check_names, checkpoint_files, expected_param_names, get_model_state_dict
+from infinilm_torch.weights import (WeightsError, check_names, checkpoint_files, expected_param_names,
+                                    get_model_state_dict, load_weights)
 
 
 def test_device_types():
@@ -126,6 +127,17 @@ def test_checkpoint_strictness(tmp_path):
     _write_checkpoint(tmp_path / "extra", cfg, names + ["model.layers.7.mlp.up_proj.weight"])
     with pytest.raises(WeightsError, match=r"1 unexpected: \['model.layers.7.mlp.up_proj.weight'\]"):
         get_model_state_dict(tmp_path / "extra")
+    loaded = []
+
+    class Recorder:
+        def load_param(self, name, t):
+            loaded.append((name, t.dtype))
+
+    with pytest.raises(WeightsError, match="unexpected"):
+        load_weights(Recorder(), tmp_path / "extra", parse_config(cfg))
+    assert loaded == []  # names are checked before any tensor is loaded
+    assert load_weights(Recorder(), tmp_path / "ok", parse_config(cfg), dtype=torch.float16, progress=False) == len(names)
+    assert sorted(loaded) == sorted((n, torch.float16) for n in names)
     # Tied embeddings: lm_head.weight may be absent or present (then skipped); old rotary buffers are ignored.
     tied = parse_config(_hf_dict(num_hidden_layers=1, tie_word_embeddings=True))
     assert "lm_head.weight" not in check_names(names + ["model.layers.0.self_attn.rotary_emb.inv_freq"], tied)
