@@ -1,0 +1,28 @@
+// Compile check: instantiates the norm, rotary, activation and cache launchers for every dtype/index type.
+#include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/cache.cuh"
+#include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/rotary.cuh"
+
+namespace ic = infinilm::cuda;
+
+#define INSTANTIATE_T(T)                                                                                        \
+  template cudaError_t ic::rms_norm<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, float,       \
+                                       cudaStream_t);                                                           \
+  template cudaError_t ic::fused_add_rms_norm<T>(T*, T*, const T*, int64_t, int64_t, int64_t, int64_t, float,   \
+                                                 cudaStream_t);                                                 \
+  template cudaError_t ic::silu_and_mul<T>(T*, const T*, int64_t, int64_t, int64_t, cudaStream_t);              \
+  INSTANTIATE_TI(T, int32_t)                                                                                    \
+  INSTANTIATE_TI(T, int64_t)
+
+#define INSTANTIATE_TI(T, I)                                                                                    \
+  template cudaError_t ic::rotary_embedding<T, I>(const I*, T*, T*, const float*, int64_t, int64_t, int64_t,    \
+                                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool,   \
+                                                  cudaStream_t);                                                \
+  template cudaError_t ic::reshape_and_cache<T, I>(const T*, const T*, T*, T*, const I*, int64_t, int64_t,      \
+                                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,        \
+                                                   int64_t, cudaStream_t);
+
+INSTANTIATE_T(float)
+INSTANTIATE_T(__half)
+INSTANTIATE_T(__nv_bfloat16)

@@ -1,0 +1,42 @@
+"""Runs every CUDA op once per dtype on small awkward shapes, for `compute-sanitizer --tool memcheck`.
+
+    compute-sanitizer --tool memcheck python tests/sanitize_cuda_ops.py
+"""
+import torch
+
+from infinilm_torch import ops
+
+
+def main():
+    dev = "cuda"
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        for T, H in ((1, 8), (7, 769), (5, 4096), (3, 8192 * 2 + 8)):
+            x, r, w = torch.randn(T, H, device=dev, dtype=dt), torch.randn(T, H, device=dev, dtype=dt), \
+                torch.randn(H, device=dev, dtype=dt)
+            ops.rms_norm(x, w, 1e-6)
+            ops.rms_norm(x[:, 1:], w[1:], 1e-6)  # misaligned rows: scalar path
+            ops.fused_add_rms_norm(x, r, w, 1e-6)
+            ops.silu_and_mul(torch.randn(T, 2 * H, device=dev, dtype=dt))
+        for D, rot in ((128, 128), (64, 32), (80, 80)):
+            table = ops.rope_cos_sin_cache(64, rot, 1e4).to(dev)
+            q, k = torch.randn(9, 4, D, device=dev, dtype=dt), torch.randn(9, 2, D, device=dev, dtype=dt)
+            pos = torch.tensor([0, 63, 64, -1, 5, 1 << 40, 7, 8, 9], device=dev)
+            for neox in (True, False):
+                ops.rotary_embedding(pos, q, k, table, neox)
+                ops.rotary_embedding(pos.int(), q[:, :, :], k, table, neox)
+            kc = torch.randn(4, 2, 16, D, device=dev, dtype=dt)
+            vc = torch.randn_like(kc)
+            slots = torch.tensor([0, 63, 64, -1, 5, 1 << 40, 7, 8, 9], device=dev)
+            ops.reshape_and_cache(k, k, kc, vc, slots)
+            ops.reshape_and_cache(k, k, kc, vc, slots.int())
+        for B, V in ((1, 128256), (5, 1000), (3, 7), (4, 4100)):
+            logits = torch.randn(B, V, device=dev).to(dt)
+            for tk, tp, t in ((50, 0.95, 0.8), (0, 0.9, 1.0), (0, 1.0, 1.0), (1, 1.0, 1.0), (3000, 0.5, 1.0)):
+                ops.sample(logits, torch.full((B,), t, device=dev), torch.full((B,), tk, device=dev),
+                           torch.full((B,), tp, device=dev), torch.arange(B, device=dev))
+    torch.cuda.synchronize()
+    print("sanitize_cuda_ops: all ops ran")
+
+
+if __name__ == "__main__":
+    main()
