@@ -1,6 +1,310 @@
 // pybind11 module _infinilm: engine classes only (operators live in torch.ops.infinilm).
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
 #include <torch/extension.h>
+
+#include <algorithm>
+#include <cctype>
+#include <limits>
+#include <sstream>
+
+#include "csrc/engine/infer_engine.h"
+
+namespace py = pybind11;
+using infinilm::cache::CacheConfig;
+using infinilm::cache::PagedKVCacheConfig;
+using infinilm::cache::StaticKVCacheConfig;
+using infinilm::engine::InferEngine;
+using infinilm::engine::distributed::DistConfig;
+using infinilm::models::debug_utils::HookRegistry;
+using infinilm::models::llama::LlamaConfig;
+
+namespace {
+
+// torch.Tensor, an adapter tensor carrying one in `._underlying`, a list of ints, or None.
+std::optional<at::Tensor> as_tensor(py::handle obj, const char* name) {
+  if (obj.is_none()) return std::nullopt;
+  if (THPVariable_Check(obj.ptr())) return THPVariable_Unpack(obj.ptr());
+  if (py::hasattr(obj, "_underlying")) return as_tensor(obj.attr("_underlying"), name);
+  if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
+    return THPVariable_Unpack(py::module_::import("torch").attr("tensor")(obj).ptr());
+  }
+  throw py::type_error(std::string("'") + name + "' must be a torch.Tensor (or an infinicore.Tensor), got " +
+                       std::string(py::str(py::type::of(obj))));
+}
+
+// "cpu", "cuda", "nvidia", torch.device, an adapter Device/Device.Type (anything with .name), or None.
+c10::DeviceType parse_device_type(py::handle obj) {
+  if (obj.is_none()) {
+    try {  // the spec's default: the adapter's current device
+      obj = py::module_::import("infinilm_torch.infinicore").attr("context").attr("getDevice")().attr("getType")();
+    } catch (py::error_already_set&) {
+      return c10::DeviceType::CPU;
+    }
+  }
+  std::string s;
+  if (py::isinstance<py::str>(obj)) {
+    s = obj.cast<std::string>();
+  } else if (py::hasattr(obj, "_underlying")) {
+    return parse_device_type(obj.attr("_underlying"));
+  } else if (py::hasattr(obj, "type") && py::isinstance<py::str>(obj.attr("type"))) {
+    s = obj.attr("type").cast<std::string>();  // torch.device
+  } else if (py::hasattr(obj, "name")) {
+    s = py::str(obj.attr("name"));  // enum member
+  } else {
+    s = py::str(obj);
+  }
+  std::string key = s.substr(s.find_last_of('.') == std::string::npos ? 0 : s.find_last_of('.') + 1);
+  key = key.substr(0, key.find(':'));
+  std::transform(key.begin(), key.end(), key.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (key == "cpu") return c10::DeviceType::CPU;
+  if (key == "cuda" || key == "nvidia" || key == "gpu") return c10::DeviceType::CUDA;
+  throw py::value_error("InferEngine: unsupported 'device_type' '" + s + "': this build runs on cpu and cuda (nvidia)");
+}
+
+// Python callables kept alive by C++ std::function: released and called under the GIL.
+infinilm::models::debug_utils::HookCallback wrap_callback(py::function fn) {
+  std::shared_ptr<py::object> holder(new py::object(std::move(fn)), [](py::object* p) {
+    if (!Py_IsInitialized()) return;  // interpreter gone: leak rather than crash
+    py::gil_scoped_acquire gil;
+    delete p;
+  });
+  return [holder](const std::string& name, const at::Tensor& t, int64_t layer) {
+    py::gil_scoped_acquire gil;
+    try {
+      (*holder)(name, t, layer);
+    } catch (py::error_already_set& e) {
+      throw std::runtime_error(e.what());
+    }
+  };
+}
+
+std::vector<int64_t> as_id_list(py::handle v) {
+  if (v.is_none()) return {};
+  if (py::isinstance<py::int_>(v)) return {v.cast<int64_t>()};
+  return v.cast<std::vector<int64_t>>();
+}
+
+void set_rope_scaling(LlamaConfig& c, py::handle v) {
+  if (v.is_none()) {
+    c.rope_type = "default";
+    return;
+  }
+  py::dict d = py::reinterpret_borrow<py::dict>(v);
+  auto get = [&](const char* k) { return d.contains(k) && !d[k].is_none() ? py::object(d[k]) : py::object(); };
+  py::object t = get("rope_type") ? get("rope_type") : get("type");
+  c.rope_type = t ? t.cast<std::string>() : "default";
+  if (auto f = get("factor")) c.rope_factor = f.cast<double>();
+  if (auto f = get("low_freq_factor")) c.rope_low_freq_factor = f.cast<double>();
+  if (auto f = get("high_freq_factor")) c.rope_high_freq_factor = f.cast<double>();
+  if (auto f = get("original_max_position_embeddings")) c.rope_original_max_position_embeddings = f.cast<int64_t>();
+  if (auto f = get("rope_theta")) c.rope_theta = f.cast<double>();  // transformers 5 rope_parameters
+}
+
+py::object get_rope_scaling(const LlamaConfig& c) {
+  if (c.rope_type == "default") return py::none();
+  py::dict d;
+  d["rope_type"] = c.rope_type;
+  d["factor"] = c.rope_factor;
+  if (c.rope_type == "llama3") {
+    d["low_freq_factor"] = c.rope_low_freq_factor;
+    d["high_freq_factor"] = c.rope_high_freq_factor;
+    d["original_max_position_embeddings"] = c.rope_original_max_position_embeddings;
+  }
+  return std::move(d);
+}
+
+std::shared_ptr<const CacheConfig> as_cache_config(py::handle obj) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<CacheConfig>(obj)) {
+    throw py::type_error("'cache_config' must be a StaticKVCacheConfig, a PagedKVCacheConfig or None, got " +
+                         std::string(py::str(py::type::of(obj))));
+  }
+  return obj.cast<std::shared_ptr<CacheConfig>>();
+}
+
+void bind_config(py::module_& m) {
+  py::class_<LlamaConfig> c(m, "LlamaConfig", "Llama-family model configuration (fields as in HF config.json).");
+  c.def(py::init([](py::kwargs kw) {
+          auto cfg = std::make_unique<LlamaConfig>();
+          py::object self = py::cast(cfg.get(), py::return_value_policy::reference);
+          for (auto item : kw) py::setattr(self, item.first, item.second);
+          return cfg;
+        }),
+        "LlamaConfig(**fields): defaults are HF LlamaConfig's; any field may be given by keyword.");
+#define FIELD(name) c.def_readwrite(#name, &LlamaConfig::name)
+  FIELD(vocab_size); FIELD(hidden_size); FIELD(intermediate_size); FIELD(num_hidden_layers);
+  FIELD(num_attention_heads); FIELD(num_key_value_heads); FIELD(head_dim); FIELD(max_position_embeddings);
+  FIELD(rms_norm_eps); FIELD(hidden_act); FIELD(rope_theta); FIELD(attention_bias); FIELD(mlp_bias);
+  FIELD(tie_word_embeddings); FIELD(use_cache); FIELD(model_type); FIELD(rope_type); FIELD(rope_factor);
+  FIELD(rope_low_freq_factor); FIELD(rope_high_freq_factor); FIELD(rope_original_max_position_embeddings);
+#undef FIELD
+  c.def_property("eos_token_id", [](const LlamaConfig& s) { return s.eos_token_id; },
+                 [](LlamaConfig& s, py::handle v) { s.eos_token_id = as_id_list(v); });
+  c.def_property("bos_token_id", [](const LlamaConfig& s) { return s.bos_token_id; },
+                 [](LlamaConfig& s, py::handle v) { s.bos_token_id = as_id_list(v); });
+  auto dtype_get = [](const LlamaConfig& s) { return s.dtype; };
+  auto dtype_set = [](LlamaConfig& s, py::handle v) {  // "bfloat16" or torch.bfloat16
+    s.dtype = infinilm::models::llama::dtype_name(infinilm::models::llama::parse_dtype(py::str(v)));
+  };
+  c.def_property("dtype", dtype_get, dtype_set);
+  c.def_property("torch_dtype", dtype_get, dtype_set);
+  c.def_property("rope_scaling", &get_rope_scaling, &set_rope_scaling,
+                 "HF-style dict {rope_type, factor, low_freq_factor, high_freq_factor, "
+                 "original_max_position_embeddings} or None");
+  c.def_property("rope_parameters", &get_rope_scaling, &set_rope_scaling);
+  c.def("validate", &LlamaConfig::validate, "Raises ValueError naming the first inconsistent field.");
+  c.def("kv_dim", &LlamaConfig::kv_dim, "num_key_value_heads * head_dim");
+  c.def("__repr__", [](const LlamaConfig& s) {
+    std::ostringstream os;
+    os << "LlamaConfig(model_type=" << s.model_type << ", vocab_size=" << s.vocab_size << ", hidden_size="
+       << s.hidden_size << ", intermediate_size=" << s.intermediate_size << ", num_hidden_layers="
+       << s.num_hidden_layers << ", num_attention_heads=" << s.num_attention_heads << ", num_key_value_heads="
+       << s.num_key_value_heads << ", head_dim=" << s.head_dim << ", dtype=" << s.dtype << ")";
+    return os.str();
+  });
+}
+
+void bind_caches(py::module_& m) {
+  py::class_<DistConfig>(m, "DistConfig", "Tensor-parallel ranks: one per device id.")
+      .def(py::init<>())
+      .def(py::init<int64_t>(), py::arg("tp_size"))
+      .def(py::init<std::vector<int64_t>>(), py::arg("tp_device_ids"))
+      .def_readwrite("tp_device_ids", &DistConfig::tp_device_ids)
+      .def_property_readonly("tp_size", &DistConfig::tp_size)
+      .def("__repr__", [](const DistConfig& d) { return "DistConfig(tp_device_ids=" + std::string(py::str(py::cast(d.tp_device_ids))) + ")"; });
+  py::class_<CacheConfig, std::shared_ptr<CacheConfig>>(m, "CacheConfig", "Base of the KV-cache configurations.");
+  py::class_<StaticKVCacheConfig, CacheConfig, std::shared_ptr<StaticKVCacheConfig>>(m, "StaticKVCacheConfig")
+      .def(py::init<int64_t, int64_t>(), py::arg("max_batch_size") = 1,
+           py::arg("max_cache_len") = std::numeric_limits<int64_t>::max())
+      .def("max_batch_size", &StaticKVCacheConfig::max_batch_size)
+      .def("max_cache_len", &StaticKVCacheConfig::max_cache_len)
+      .def("__repr__", [](const StaticKVCacheConfig& s) {
+        return "StaticKVCacheConfig(max_batch_size=" + std::to_string(s.max_batch_size()) +
+               ", max_cache_len=" + std::to_string(s.max_cache_len()) + ")";
+      });
+  py::class_<PagedKVCacheConfig, CacheConfig, std::shared_ptr<PagedKVCacheConfig>>(m, "PagedKVCacheConfig")
+      .def(py::init<int64_t, int64_t>(), py::arg("max_kv_memory_bytes"), py::arg("block_size") = 16)
+      .def("max_kv_memory_bytes", &PagedKVCacheConfig::max_kv_memory_bytes)
+      .def("block_size", &PagedKVCacheConfig::block_size)
+      .def("__repr__", [](const PagedKVCacheConfig& s) {
+        return "PagedKVCacheConfig(max_kv_memory_bytes=" + std::to_string(s.max_kv_memory_bytes()) +
+               ", block_size=" + std::to_string(s.block_size()) + ")";
+      });
+}
+
+void bind_engine(py::module_& m) {
+  py::class_<HookRegistry, std::shared_ptr<HookRegistry>>(
+      m, "HookRegistry",
+      "Debug hooks: callback(hook_name, tensor, layer_idx) at named points of the forward pass. Names are exact "
+      "or 'prefix*' patterns (exact wins, else the longest matching prefix). Attach with "
+      "engine.set_hook_registry(registry). A callback that raises is reported on stderr and the pass goes on.")
+      .def(py::init<>())
+      .def("register_hook", [](HookRegistry& r, const std::string& name, py::function cb) {
+             r.register_hook(name, wrap_callback(std::move(cb)));
+           }, py::arg("name"), py::arg("callback"))
+      .def("clear", &HookRegistry::clear)
+      .def("has_hooks", &HookRegistry::has_hooks);
+
+  py::class_<InferEngine, std::shared_ptr<InferEngine>> e(m, "InferEngine");
+  using Input = InferEngine::Input;
+  using Output = InferEngine::Output;
+  py::class_<Input> in(e, "Input", "One forward step's inputs (DESIGN.md pins static and paged layouts).");
+  in.def(py::init([](py::object input_ids, py::object position_ids, py::object cache_lengths, py::object input_lengths,
+                     py::object block_tables, py::object slot_mapping, py::object temperature, py::object top_k,
+                     py::object top_p, bool return_logits, std::optional<int64_t> seed) {
+           Input x;
+           x.input_ids = as_tensor(input_ids, "input_ids");
+           x.position_ids = as_tensor(position_ids, "position_ids");
+           x.cache_lengths = as_tensor(cache_lengths, "cache_lengths");
+           x.input_lengths = as_tensor(input_lengths, "input_lengths");
+           x.block_tables = as_tensor(block_tables, "block_tables");
+           x.slot_mapping = as_tensor(slot_mapping, "slot_mapping");
+           if (!temperature.is_none()) x.temperature = temperature.cast<double>();
+           if (!top_k.is_none()) x.top_k = top_k.cast<int64_t>();
+           if (!top_p.is_none()) x.top_p = top_p.cast<double>();
+           x.return_logits = return_logits;
+           x.seed = seed;
+           return x;
+         }),
+         py::arg("input_ids") = py::none(), py::arg("position_ids") = py::none(),
+         py::arg("cache_lengths") = py::none(), py::arg("input_lengths") = py::none(),
+         py::arg("block_tables") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("temperature") = 1.0,
+         py::arg("top_k") = 50, py::arg("top_p") = 1.0, py::arg("return_logits") = false,
+         py::arg("seed") = py::none());
+#define TENSOR_FIELD(name)                                                                      \
+  in.def_property(#name, [](const Input& x) { return x.name; },                                 \
+                  [](Input& x, py::handle v) { x.name = as_tensor(v, #name); })
+  TENSOR_FIELD(input_ids); TENSOR_FIELD(position_ids); TENSOR_FIELD(cache_lengths);
+  TENSOR_FIELD(input_lengths); TENSOR_FIELD(block_tables); TENSOR_FIELD(slot_mapping);
+#undef TENSOR_FIELD
+  in.def_readwrite("temperature", &Input::temperature)
+      .def_readwrite("top_k", &Input::top_k)
+      .def_readwrite("top_p", &Input::top_p)
+      .def_readwrite("return_logits", &Input::return_logits)
+      .def_readwrite("seed", &Input::seed);
+  py::class_<Output>(e, "Output", "output_ids [n, 1] int64; logits [n, vocab] float32 when return_logits.")
+      .def_readonly("output_ids", &Output::output_ids)
+      .def_readonly("logits", &Output::logits);
+
+  e.def(py::init([](const LlamaConfig& config, py::object distributed_config, py::object device_type,
+                    py::object cache_config) {
+          DistConfig dist = distributed_config.is_none() ? DistConfig() : distributed_config.cast<DistConfig>();
+          const c10::DeviceType dt = parse_device_type(device_type);
+          auto cc = as_cache_config(cache_config);
+          py::gil_scoped_release nogil;
+          return std::make_shared<InferEngine>(config, dist, dt, std::move(cc));
+        }),
+        py::arg("config"), py::arg("distributed_config") = py::none(), py::arg("device_type") = py::none(),
+        py::arg("cache_config") = py::none(),
+        "InferEngine(config, distributed_config=DistConfig(), device_type='cpu'|'cuda'|torch.device|Device.Type, "
+        "cache_config=None -> StaticKVCacheConfig(1, max_position_embeddings))");
+  e.def("load_param", [](InferEngine& self, const std::string& name, py::object param) {
+         auto t = as_tensor(param, "param");
+         if (!t) throw py::type_error("load_param: 'param' for '" + name + "' is None");
+         py::gil_scoped_release nogil;
+         self.load_param(name, *t);
+       }, py::arg("name"), py::arg("param"),
+       "Full (unsharded) HF-named tensor; converted to the model dtype and device.");
+  e.def("state_dict", [](const InferEngine& self) {
+         std::vector<InferEngine::StateDict> sds;
+         {
+           py::gil_scoped_release nogil;  // waits for a forward in another thread, whose hooks need the GIL
+           sds = self.state_dict();
+         }
+         py::list ranks;
+         for (const auto& sd : sds) {
+           py::dict d;
+           for (const auto& [name, t] : sd) d[py::str(name)] = t;
+           ranks.append(d);
+         }
+         return ranks;
+       }, "One dict per tensor-parallel rank: HF name -> this rank's tensor (a view of the live weights).");
+  e.def("forward", &InferEngine::forward, py::arg("input"), py::call_guard<py::gil_scoped_release>());
+  e.def("reset_cache", [](InferEngine& self, py::object cache_config) {
+         auto cc = as_cache_config(cache_config);
+         py::gil_scoped_release nogil;
+         self.reset_cache(std::move(cc));
+       }, py::arg("cache_config") = py::none(),
+       "None clears the cache (same configuration); a config reallocates it.");
+  e.def("set_hook_registry", &InferEngine::set_hook_registry, py::arg("registry"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Attach a HookRegistry (None detaches); rank 0 calls its hooks during forward.");
+  e.def_property_readonly("config", &InferEngine::config);
+  e.def_property_readonly("tp_size", &InferEngine::tp_size);
+  e.def_property_readonly("device", [](const InferEngine& self) { return self.device().str(); });
+  e.def_property_readonly("is_paged", [](const InferEngine& self) { return self.kv_cache().paged(); });
+  e.def_property_readonly("num_blocks", [](const InferEngine& self) { return self.kv_cache().num_blocks(); });
+  e.def_property_readonly("block_size", [](const InferEngine& self) { return self.kv_cache().block_size(); });
+  e.def_property_readonly("max_batch_size", [](const InferEngine& self) { return self.kv_cache().max_batch_size(); });
+  e.def_property_readonly("max_cache_len", [](const InferEngine& self) { return self.kv_cache().max_cache_len(); });
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_infinilm, m) {
   m.doc() = "infinilm_torch C++ engine (operators are registered as torch.ops.infinilm.*)";
+  bind_config(m);
+  bind_caches(m);
+  bind_engine(m);
 }

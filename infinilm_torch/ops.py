@@ -150,6 +150,9 @@ def sample(
     smallest most-likely set whose mass reaches ``top_p`` of what is left (1 = all); draw from the kept tokens
     with a counter-based generator keyed on ``seeds[b]`` (same seed, same token). Greedy (argmax) where
     temperature is 0 or top_k is 1. temperature/top_p: float ``[B]``; top_k/seeds: int ``[B]``. Returns int64 ``[B]``.
+    Thresholds are on values, so tokens tied at the top-k or top-p boundary are all kept; greedy ties go to the
+    lowest index; -inf logits are never drawn. One seed always gives the same uniform: vary it per step.
+    The exact definition is in ``kernels/cpu/sampling.h``.
     """
     return _ops.sample(logits, temperature, top_k, top_p, seeds)
 

@@ -30,7 +30,8 @@ def ref_filter(row, T, k, p, p_slack=0.0):
         keep = torch.zeros(V, dtype=torch.bool)
         keep[(l == l.max()).nonzero()[0]] = True
         return keep, keep.double()
-    w = torch.exp((l - l.max()) / torch.tensor(T, dtype=torch.float32))  # fp32, as documented
+    z = (l - l.max()) / torch.tensor(T, dtype=torch.float32)  # fp32, as documented
+    w = torch.where(z < -87.33654, 0.0, torch.exp(z))  # flushed below the normal range
     keep = torch.ones(V, dtype=torch.bool)
     if 0 < k < V:
         keep &= l >= torch.sort(l, descending=True).values[k - 1]
@@ -87,15 +88,17 @@ def test_sample_greedy_is_argmax(device, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("V", [7, 769])
+@pytest.mark.parametrize("V", [7, 769, 5000])  # 5000: top-p tail pruning (> 4096 tokens)
 def test_sample_draws_inside_allowed_set(device, dtype, V):
     """Mixed per-row parameters; every draw lies in the sort-based allowed set and matches the reference draw."""
-    B = 64
-    for _ in range(4):
+    B, rounds = (64, 4) if V < 5000 else (16, 2)
+    for rnd in range(rounds):
         logits = (torch.randn(B, V, device=device) * 3).to(dtype)
         logits[torch.rand(B, V, device=device) < 0.1] = float("-inf")
         logits[:, 0] = 0.0  # no row is all -inf
         T, K, P, S = params(B, V, device)
+        if rnd % 2:  # the other accepted parameter dtypes; the reference reads the converted values
+            T, K, P, S = T.half(), K.int(), P.bfloat16(), S.int()
         out = ops.sample(logits, T, K, P, S).cpu()
         for b in range(B):
             args = (logits[b], float(T[b]), int(K[b]), float(P[b]))
@@ -108,17 +111,19 @@ def test_sample_draws_inside_allowed_set(device, dtype, V):
 
 def test_sample_large_vocab_and_ties(device):
     V = 128256
-    logits = torch.randn(6, V, device=device) * 4
+    logits = torch.randn(7, V, device=device) * 4
     logits[1] = 0.5  # every token tied: top-k and top-p keep all of them
     logits[2, 1000:] = float("-inf")
     logits[3] = torch.randint(-5, 6, (V,), device=device).float()  # heavy ties at every boundary
-    T = torch.tensor([1.0, 1.0, 0.7, 1.0, 1e-4, 30.0], device=device)
-    K = torch.tensor([50, 5, 0, 2000, 0, 0], device=device)
-    P = torch.tensor([0.95, 0.5, 0.8, 0.6, 1.0, 0.3], device=device)
+    logits[6] = torch.randn(V, device=device) * 2  # peaked like real logits: a few tokens far above the rest
+    logits[6, torch.randperm(V, device=device)[:20]] = 15 + torch.rand(20, device=device)
+    T = torch.tensor([1.0, 1.0, 0.7, 1.0, 1e-4, 30.0, 0.8], device=device)
+    K = torch.tensor([50, 5, 0, 2000, 0, 0, 0], device=device)
+    P = torch.tensor([0.95, 0.5, 0.8, 0.6, 1.0, 0.3, 0.9], device=device)
     for rnd in range(3):
-        S = torch.randint(0, 2**62, (6,), device=device)
+        S = torch.randint(0, 2**62, (7,), device=device)
         out = ops.sample(logits, T, K, P, S).cpu()
-        for b in range(6):
+        for b in range(7):
             allowed, _ = ref_filter(logits[b], float(T[b]), int(K[b]), float(P[b]), p_slack=P_SLACK)
             assert allowed[out[b]], f"row {b}: drew {int(out[b])} outside the allowed set"
     assert ref_filter(logits[1], 1.0, 5, 0.5)[0].all()

@@ -1,0 +1,48 @@
+// KVCache: per-layer K/V block pools [num_blocks, kv_heads, block_size, head_dim] serving both cache kinds.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <vector>
+
+#include "csrc/cache/cache_config.h"
+#include "csrc/models/llama/config.h"
+
+namespace infinilm::cache {
+
+// The static cache is the paged layout with a fixed block table: row b owns blocks
+// [b * blocks_per_row, (b + 1) * blocks_per_row), so one attention kernel family serves both.
+class KVCache {
+ public:
+  static constexpr int64_t kStaticBlockSize = 32;
+
+  // kv_heads: this rank's kv heads. config: a StaticKVCacheConfig or PagedKVCacheConfig.
+  KVCache(const models::llama::LlamaConfig& model, int64_t kv_heads, const CacheConfig& config, at::Device device);
+
+  bool paged() const { return paged_; }
+  int64_t num_layers() const { return static_cast<int64_t>(k_.size()); }
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  // Static cache only: rows and tokens per row (max_cache_len capped at max_position_embeddings).
+  int64_t max_batch_size() const { return max_batch_size_; }
+  int64_t max_cache_len() const { return max_cache_len_; }
+  int64_t blocks_per_row() const { return blocks_per_row_; }
+
+  at::Tensor& key(int64_t layer) { return k_[layer]; }
+  at::Tensor& value(int64_t layer) { return v_[layer]; }
+
+  // Zero every block (a reset with the same configuration).
+  void clear();
+
+ private:
+  bool paged_ = false;
+  int64_t num_blocks_ = 0, block_size_ = 0;
+  int64_t max_batch_size_ = 0, max_cache_len_ = 0, blocks_per_row_ = 0;
+  std::vector<at::Tensor> k_, v_;  // per layer [num_blocks, kv_heads, block_size, head_dim]
+};
+
+// Blocks a paged budget buys (UPSTREAM.md): bytes / (2 * head_dim * kv_heads * block_size * layers * dtype_size).
+int64_t paged_num_blocks(const models::llama::LlamaConfig& model, int64_t kv_heads, const PagedKVCacheConfig& config);
+
+}  // namespace infinilm::cache

@@ -1,0 +1,17 @@
+// Communicator: the hook through which a tensor-parallel rank sums partial results across ranks.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace infinilm::engine {
+
+// The model calls all_reduce twice per layer (after o_proj and after down_proj) when tp_size > 1.
+// Implementations wrap a torch.distributed c10d backend (Gloo on CPU, NCCL on CUDA); see DESIGN.md.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  // In place: tensor = sum over ranks of tensor. Blocks until the result is usable on this rank's stream.
+  virtual void all_reduce_sum(at::Tensor& tensor) = 0;
+};
+
+}  // namespace infinilm::engine

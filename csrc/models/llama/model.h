@@ -1,0 +1,80 @@
+// LlamaForCausalLM on at::Tensor: one tensor-parallel rank's weights and its forward pass over a KVCache.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "csrc/cache/kv_cache.h"
+#include "csrc/engine/communicator.h"
+#include "csrc/hooks/hook_registry.h"
+#include "csrc/models/llama/config.h"
+
+namespace infinilm::models::llama {
+
+// One step's flattened batch, validated by the engine and already on the model's device.
+struct ForwardBatch {
+  at::Tensor input_ids;        // [T] int64, all requests' new tokens concatenated
+  at::Tensor positions;        // [T] int64, rope positions
+  at::Tensor slot_mapping;     // [T] int64, cache slot of each new token
+  at::Tensor block_tables;     // [n, max_blocks] int64
+  at::Tensor seq_lens;         // [n] int64, cached + new tokens per request
+  at::Tensor query_start_loc;  // [n + 1] int64, request r owns tokens [qsl[r], qsl[r+1])
+  at::Tensor last_token_idx;   // [n] int64, qsl[r+1] - 1
+  bool is_decode = false;      // every request has exactly one new token
+  int64_t max_query_len = 0;
+  int64_t max_seq_len = 0;
+};
+
+class LlamaForCausalLM {
+ public:
+  // comm may be null when tp_size == 1.
+  LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, int64_t tp_size, at::Device device,
+                   std::shared_ptr<engine::Communicator> comm);
+
+  // HF checkpoint name and the full (unsharded) tensor; this rank copies its slice, converting dtype/device.
+  void load_param(const std::string& name, const at::Tensor& full);
+  // This rank's parameters under HF names (views of the live buffers), in checkpoint order.
+  std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
+  // float32 logits [n, vocab] of each request's last new token.
+  at::Tensor forward(const ForwardBatch& batch, cache::KVCache& cache,
+                     const debug_utils::HookRegistry* hooks) const;
+
+  const LlamaConfig& config() const { return config_; }
+  int64_t local_kv_heads() const { return kv_heads_; }
+
+ private:
+  struct Layer {
+    at::Tensor input_norm, post_norm;  // [H]
+    at::Tensor qkv_w, qkv_b;           // [(q_heads + 2 kv_heads) * D, H], [(q_heads + 2 kv_heads) * D]
+    at::Tensor o_w, o_b;               // [H, q_heads * D], [H] (bias added after the all-reduce)
+    at::Tensor gate_up_w, gate_up_b;   // [2 I, H], [2 I]
+    at::Tensor down_w, down_b;         // [H, I], [H]
+  };
+  // shard_dim: -1 replicated, 0 rows (column-parallel), 1 columns (row-parallel).
+  struct Param {
+    at::Tensor dst;
+    int shard_dim;
+  };
+  void add_param(const std::string& name, at::Tensor dst, int shard_dim);
+  at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
+  const at::Tensor& lm_head() const { return config_.tie_word_embeddings ? embed_ : lm_head_; }
+
+  LlamaConfig config_;
+  int64_t tp_rank_, tp_size_;
+  int64_t q_heads_, kv_heads_, inter_;  // this rank's shares
+  at::Device device_;
+  std::shared_ptr<engine::Communicator> comm_;
+  at::Tensor embed_, norm_, lm_head_;  // [V, H], [H], [V, H] (undefined when tied)
+  at::Tensor rope_;                    // float32 [max_position_embeddings, head_dim] cos | sin
+  std::vector<Layer> layers_;
+  std::map<std::string, Param> params_;
+  std::vector<std::string> order_;  // checkpoint order for state_dict
+};
+
+}  // namespace infinilm::models::llama

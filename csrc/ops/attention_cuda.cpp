@@ -1,0 +1,205 @@
+// CUDA glue for paged attention (host C++; the kernels sit in attention_launch.cu): decode (flash-decoding
+// with split-K) and prefill (tensor cores; fp32 takes the decode kernel once per query token).
+// No host synchronisation: grids are sized from shapes and the optional max_* hints.
+#ifdef INFINILM_WITH_CUDA
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "csrc/ops/ops.h"
+#include "csrc/ops/validate.h"
+#include "kernels/cuda/attention_params.h"
+
+namespace infinilm {
+namespace {
+
+namespace ka = ::infinilm::cuda::attn;
+
+ka::DType kernel_dtype(at::ScalarType st) {
+  switch (st) {
+    case at::kFloat: return ka::DType::kFloat32;
+    case at::kHalf: return ka::DType::kFloat16;
+    case at::kBFloat16: return ka::DType::kBFloat16;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, "infinilm: paged attention does not support dtype ", st);
+  return ka::DType::kFloat32;
+}
+
+// The kernels read 16-byte vectors of each query row: rows must start 16-byte aligned, else copy.
+at::Tensor aligned_rows(const at::Tensor& q) {
+  const int64_t vec = 16 / q.element_size();
+  const bool ok = reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0 && q.stride(0) % vec == 0 &&
+                  q.stride(1) % vec == 0 && q.stride(2) == 1;
+  return ok ? q : q.contiguous();
+}
+
+int checked_log2_block_size(const at::Tensor& key_cache) {
+  const int64_t bs = key_cache.size(2);
+  TORCH_CHECK_VALUE(bs >= 1 && bs <= 1024 && (bs & (bs - 1)) == 0,
+                    "infinilm: CUDA paged attention needs a power-of-two block_size (8..256 tested), got ", bs,
+                    " ('key_cache' shape ", key_cache.sizes(), ")");
+  int lg = 0;
+  while ((int64_t{1} << lg) < bs) ++lg;
+  return lg;
+}
+
+void check_cuda_head_dim(const at::Tensor& query) {
+  TORCH_CHECK_VALUE(query.size(2) == 64 || query.size(2) == 128,
+                    "infinilm: CUDA paged attention supports head_dim 64 or 128, got ", query.size(2),
+                    " ('query' shape ", query.sizes(), ")");
+}
+
+int multiprocessors(int device) {
+  int n = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+  return n;
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "infinilm: ", op, " kernel launch failed: ", cudaGetErrorString(err));
+}
+
+void fill_common(ka::DecodeParams& p, const at::Tensor& q, const at::Tensor& key_cache, const at::Tensor& value_cache,
+                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, int log_bs) {
+  p.q = q.data_ptr();
+  p.q_stride_row = q.stride(0);
+  p.q_stride_head = q.stride(1);
+  p.k_cache = key_cache.data_ptr();
+  p.v_cache = value_cache.data_ptr();
+  p.block_tables = block_tables.data_ptr();
+  p.seq_lens = seq_lens.data_ptr();
+  p.num_blocks = key_cache.size(0);
+  p.num_reqs = static_cast<int>(seq_lens.size(0));
+  p.hq = static_cast<int>(q.size(1));
+  p.hk = static_cast<int>(key_cache.size(1));
+  p.log_bs = log_bs;
+  p.max_blocks = static_cast<int>(block_tables.size(1));
+  p.bt64 = block_tables.scalar_type() == at::kLong;
+  p.sl64 = seq_lens.scalar_type() == at::kLong;
+  p.scale_log2 = static_cast<float>(scale) * ka::kLog2e;
+}
+
+}  // namespace
+
+at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor& key_cache,
+                                       const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                       const at::Tensor& seq_lens, double scale, std::optional<int64_t> max_seq_len) {
+  check_paged_attention_args(query, key_cache, value_cache, block_tables, seq_lens, scale);
+  INFINILM_CHECK_CUDA(query);
+  check_cuda_head_dim(query);
+  const int log_bs = checked_log2_block_size(key_cache);
+  check_paged_attention_decode_args(query, seq_lens);
+  check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);  // host data only
+  TORCH_CHECK_VALUE(!max_seq_len.has_value() || *max_seq_len >= 0, "infinilm: 'max_seq_len' must be >= 0, got ",
+                    max_seq_len.value_or(0));
+  const c10::cuda::CUDAGuard guard(query.device());
+  const at::Tensor q = aligned_rows(query);
+  const at::Tensor sl = seq_lens.contiguous();
+  const int64_t rows = q.size(0), hq = q.size(1), hk = key_cache.size(1), d = q.size(2);
+  at::Tensor out = at::empty({rows, hq, d}, q.options());
+  if (rows == 0 || hq == 0) return out;
+
+  // Without the hint the grid is sized for a full block-table row; CTAs past a row's length exit at once.
+  const int64_t capacity = block_tables.size(1) * key_cache.size(2);
+  const int64_t bound = max_seq_len.has_value() ? std::min(*max_seq_len, capacity) : capacity;
+  const ka::DType dt = kernel_dtype(q.scalar_type());
+  const int ctas_per_row = static_cast<int>(hk) * ka::decode_ctas_per_kv_head(static_cast<int>(hq / hk), dt);
+  const int num_sms = multiprocessors(query.device().index());
+  ka::DecodeParams p{};
+  fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs);
+  p.rows = static_cast<int>(rows);
+  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, &p.splits, &p.part_size);
+  at::Tensor part_o, part_ml;
+  if (p.splits > 1) {  // workspace from the caching allocator: graph-safe, no cudaMalloc in capture
+    part_o = at::empty({rows, hq, p.splits, d}, q.options().dtype(at::kFloat));
+    part_ml = at::empty({rows, hq, p.splits, 2}, q.options().dtype(at::kFloat));
+    p.part_o = part_o.data_ptr<float>();
+    p.part_ml = part_ml.data_ptr<float>();
+  }
+  p.out = out.data_ptr();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  check_launch(ka::launch_paged_decode(p, dt, static_cast<int>(d), stream), "paged_attention_decode");
+  return out;
+}
+
+at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tensor& key_cache,
+                                        const at::Tensor& value_cache, const at::Tensor& block_tables,
+                                        const at::Tensor& query_start_loc, const at::Tensor& seq_lens, double scale,
+                                        std::optional<int64_t> max_query_len, std::optional<int64_t> max_seq_len) {
+  check_paged_attention_args(query, key_cache, value_cache, block_tables, seq_lens, scale);
+  check_paged_attention_prefill_args(query, query_start_loc, seq_lens);
+  check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);  // host data only
+  check_paged_attention_prefill_values(query, query_start_loc, seq_lens, max_query_len);
+  INFINILM_CHECK_CUDA(query);
+  check_cuda_head_dim(query);
+  const int log_bs = checked_log2_block_size(key_cache);
+  TORCH_CHECK_VALUE(!max_query_len.has_value() || *max_query_len >= 0,
+                    "infinilm: 'max_query_len' must be >= 0, got ", max_query_len.value_or(0));
+  const c10::cuda::CUDAGuard guard(query.device());
+  const at::Tensor q = aligned_rows(query);
+  const at::Tensor sl = seq_lens.contiguous();
+  const at::Tensor qsl = query_start_loc.contiguous();
+  const int64_t T = q.size(0), hq = q.size(1), d = q.size(2), n = sl.size(0);
+  // Rows outside every request (query_start_loc[n] < T) have nothing to attend to: zeros.
+  at::Tensor out = n == 0 ? at::zeros({T, hq, d}, q.options()) : at::empty({T, hq, d}, q.options());
+  if (T == 0 || n == 0 || hq == 0) return out;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  if (q.scalar_type() == at::kFloat) {  // simple exact path: one decode row per query token, no splits
+    ka::DecodeParams p{};
+    fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs);
+    p.query_start_loc = qsl.data_ptr();
+    p.qsl64 = qsl.scalar_type() == at::kLong;
+    p.rows = static_cast<int>(T);
+    p.splits = 1;
+    p.part_size = static_cast<int>(std::min<int64_t>(block_tables.size(1) * key_cache.size(2), INT32_MAX));
+    p.out = out.data_ptr();
+    check_launch(ka::launch_paged_decode(p, ka::DType::kFloat32, static_cast<int>(d), stream),
+                 "paged_attention_prefill");
+    return out;
+  }
+
+  ka::PrefillParams p{};
+  p.q = q.data_ptr();
+  p.q_stride_tok = q.stride(0);
+  p.q_stride_head = q.stride(1);
+  p.k_cache = key_cache.data_ptr();
+  p.v_cache = value_cache.data_ptr();
+  p.block_tables = block_tables.data_ptr();
+  p.seq_lens = sl.data_ptr();
+  p.query_start_loc = qsl.data_ptr();
+  p.out = out.data_ptr();
+  p.num_blocks = key_cache.size(0);
+  p.num_reqs = static_cast<int>(n);
+  p.hq = static_cast<int>(hq);
+  p.hk = static_cast<int>(key_cache.size(1));
+  p.log_bs = log_bs;
+  p.max_blocks = static_cast<int>(block_tables.size(1));
+  p.bt64 = block_tables.scalar_type() == at::kLong;
+  p.sl64 = sl.scalar_type() == at::kLong;
+  p.qsl64 = qsl.scalar_type() == at::kLong;
+  p.scale_log2 = static_cast<float>(scale) * ka::kLog2e;
+  const int64_t bm = ka::kPrefillBlockM;
+  int64_t tiles = (T + bm - 1) / bm + n;  // sum over requests of ceil(q_len / BM) never exceeds this
+  if (max_query_len.has_value()) tiles = std::min(tiles, (*max_query_len + bm - 1) / bm * n);
+  TORCH_CHECK_VALUE(tiles <= 65535, "infinilm: paged_attention_prefill: too many query tiles (", tiles,
+                    ") for one launch; split the batch");
+  p.tiles_upper = static_cast<int>(tiles);
+  check_launch(ka::launch_paged_prefill(p, kernel_dtype(q.scalar_type()), static_cast<int>(d), stream),
+               "paged_attention_prefill");
+  return out;
+}
+
+}  // namespace infinilm
+
+TORCH_LIBRARY_IMPL(infinilm, CUDA, m) {
+  m.impl("paged_attention_decode", &infinilm::paged_attention_decode_cuda);
+  m.impl("paged_attention_prefill", &infinilm::paged_attention_prefill_cuda);
+}
+
+#endif  // INFINILM_WITH_CUDA

@@ -1,0 +1,91 @@
+// Host-side view of the paged-attention kernels: parameter blocks, grid planning, and the launchers
+// (defined in csrc/ops/attention_launch.cu), so that plain C++ glue can call them without device code.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace infinilm {
+namespace cuda {
+namespace attn {
+
+enum class DType { kFloat32, kFloat16, kBFloat16 };
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct DecodeParams {
+  const void* q;                // [rows, Hq, D], last dim dense, 16-byte aligned rows
+  int64_t q_stride_row;         // elements
+  int64_t q_stride_head;        // elements
+  const void* k_cache;          // [num_blocks, Hk, block_size, D]
+  const void* v_cache;          // [num_blocks, Hk, block_size, D]
+  const void* block_tables;     // [num_reqs, max_blocks] int32/int64
+  const void* seq_lens;         // [num_reqs] int32/int64
+  const void* query_start_loc;  // [num_reqs + 1], or null: then row r is request r (decode)
+  void* out;                    // [rows, Hq, D] contiguous
+  float* part_o;                // [rows, Hq, splits, D], used when splits > 1
+  float* part_ml;               // [rows, Hq, splits, 2] (running max in log2 units, sum of exponentials)
+  int64_t num_blocks;
+  int rows, num_reqs, hq, hk, log_bs, max_blocks, splits, part_size;
+  bool bt64, sl64, qsl64;
+  float scale_log2;  // scale * log2(e): scores live in base-2 units so exp2f does the exponentials
+};
+
+struct PrefillParams {
+  const void* q;                // [T, Hq, D], last dim dense, 16-byte aligned rows
+  int64_t q_stride_tok;         // elements
+  int64_t q_stride_head;        // elements
+  const void* k_cache;          // [num_blocks, Hk, block_size, D]
+  const void* v_cache;          // [num_blocks, Hk, block_size, D]
+  const void* block_tables;     // [num_reqs, max_blocks] int32/int64
+  const void* seq_lens;         // [num_reqs]
+  const void* query_start_loc;  // [num_reqs + 1]
+  void* out;                    // [T, Hq, D] contiguous
+  int64_t num_blocks;
+  int num_reqs, hq, hk, log_bs, max_blocks, tiles_upper;
+  bool bt64, sl64, qsl64;
+  float scale_log2;
+};
+
+// Query rows per prefill CTA tile: a launch needs at most T / kPrefillBlockM + num_reqs tiles (tiles_upper).
+constexpr int kPrefillBlockM = 128;
+
+// Query heads per CTA: the GQA group rounded up to a power of two, at most 8 (larger groups are chunked).
+inline int decode_heads_per_cta(int group) { return group >= 8 ? 8 : group > 2 ? 4 : group; }
+
+// fp16/bf16 decode runs on tensor cores (one warp per CTA, up to 16 query heads as MMA rows); fp32 on FMAs.
+inline bool decode_uses_tensor_cores(DType dt) { return dt != DType::kFloat32; }
+
+// CTAs per (row, KV head): query heads are grouped 16 per tensor-core CTA, 1..8 per SIMT CTA.
+inline int decode_ctas_per_kv_head(int group, DType dt) {
+  const int hpc = decode_uses_tensor_cores(dt) ? 16 : decode_heads_per_cta(group);
+  return (group + hpc - 1) / hpc;
+}
+
+// Splits per row so that the grid has about 4 CTAs per SM, no split shorter than 64 tokens and at most
+// 256. Measured on an H100 (benchmarks/decode_sweep.cu, bf16, Llama-3-8B shapes): around 4 CTAs per SM
+// was within 1-2% of the best split count at B=1/ctx 4k and 32k, B=8 and B=32 at ctx 4k, while
+// wave-filling plans with ~1.9 waves of 6 CTAs per SM were 2-7% slower.
+inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
+                              int* part_size) {
+  const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
+  int64_t s = (4 * static_cast<int64_t>(num_sms) + base - 1) / base;
+  const int64_t cap = (max_len + 63) / 64;
+  s = s > cap ? cap : s;
+  s = s > 256 ? 256 : (s < 1 ? 1 : s);
+  int64_t part = (max_len + s - 1) / s;
+  part = part < 64 ? 64 : ((part + 63) / 64) * 64;
+  s = max_len > 0 ? (max_len + part - 1) / part : 1;
+  *splits = static_cast<int>(s < 1 ? 1 : s);
+  *part_size = static_cast<int>(part);
+}
+
+// Launch on `stream`; head_dim 64 or 128. Decode: any dtype; with splits > 1 it also runs the merge kernel.
+// Prefill: float16/bfloat16 only (float32 goes through the decode kernel in query_start_loc mode).
+cudaError_t launch_paged_decode(const DecodeParams& p, DType dtype, int head_dim, cudaStream_t stream);
+cudaError_t launch_paged_prefill(const PrefillParams& p, DType dtype, int head_dim, cudaStream_t stream);
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace infinilm

@@ -1,0 +1,87 @@
+"""InferEngine vs HF transformers on tiny random Llama/Qwen2 models: logits at every step and greedy tokens."""
+import pytest
+import torch
+
+from engine_utils import PagedDriver, check_sequence, hf_logits, make_engine, make_hf, paged_config, run_static
+
+LLAMA3 = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+              original_max_position_embeddings=64)
+
+CONFIGS = {
+    "mha_d64_untied": dict(),
+    "gqa_d128_tied_llama3": dict(heads=4, kv_heads=2, head_dim=128, tied=True, rope_scaling=LLAMA3),
+    "gqa_d64_llama_bias": dict(heads=8, kv_heads=2, hidden=128, head_dim=64, bias=True),
+    "qwen2_gqa_bias": dict(model_type="qwen2", heads=4, kv_heads=1, hidden=128, head_dim=64, tied=True),
+}
+STEPS = 32
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_static_batch_matches_hf(name):
+    model = make_hf(**CONFIGS[name])
+    engine = make_engine(model, cache_config=_static(3, 128))
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (5, 11, 2)]
+    seqs, logits = run_static(engine, prompts, STEPS)
+    for p, s, lg in zip(prompts, seqs, logits):
+        check_sequence(model, len(p), s, lg)
+
+
+def test_static_greedy_equals_hf_generate():
+    model = make_hf(heads=4, kv_heads=2)
+    engine = make_engine(model)
+    prompt = torch.randint(0, 256, (7,)).tolist()
+    seqs, _ = run_static(engine, [prompt], STEPS)
+    with torch.no_grad():
+        hf = model.generate(torch.tensor([prompt]), max_new_tokens=STEPS + 1, do_sample=False, eos_token_id=None,
+                            pad_token_id=0)
+    assert seqs[0] == hf[0].tolist()
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("name", ["mha_d64_untied", "gqa_d128_tied_llama3", "qwen2_gqa_bias"])
+def test_paged_mixed_steps_match_hf(name, block_size):
+    model = make_hf(**CONFIGS[name])
+    num_blocks = 40
+    engine = make_engine(model, cache_config=paged_config(model, num_blocks, block_size))
+    assert engine.is_paged and engine.num_blocks == num_blocks and engine.block_size == block_size
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (20, 7, 37)]
+    d = PagedDriver(engine, prompts, num_blocks, block_size)
+    d.step([(0, 20), (1, 7)])              # two prefills
+    d.step([(0, 1), (2, 25)])              # a decode beside a first prefill chunk (request 1 idles)
+    d.step([(1, 1), (2, 12), (0, 1)])      # the chunk with a cached prefix, between two decodes
+    for _ in range(STEPS):
+        d.step([(0, 1), (1, 1), (2, 1)])   # pure decode
+    for q in d.reqs:
+        check_sequence(model, q["prompt"], q["tokens"], q["logits"])
+
+
+@pytest.mark.parametrize("cache", ["static", "paged"])
+def test_bf16_within_twice_hf_bf16_error(cache):
+    """bf16 engine vs an fp32 reference on the same bf16-rounded weights: its error is at most about twice
+    that of HF transformers running in bf16 (the FlashAttention rule)."""
+    model = make_hf(heads=4, kv_heads=2, hidden=128, head_dim=64, bias=True, dtype=torch.bfloat16)
+    ref32 = make_hf(heads=4, kv_heads=2, hidden=128, head_dim=64, bias=True)
+    ref32.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (9, 4)]
+    if cache == "static":
+        engine = make_engine(model, torch.bfloat16, _static(2, 96))
+        seqs, logits = run_static(engine, prompts, STEPS)
+    else:
+        engine = make_engine(model, torch.bfloat16, paged_config(model, 16, 16, torch.bfloat16))
+        d = PagedDriver(engine, prompts, 16, 16)
+        d.step([(0, 9), (1, 4)])
+        for _ in range(STEPS):
+            d.step([(0, 1), (1, 1)])
+        seqs, logits = [q["tokens"] for q in d.reqs], [q["logits"] for q in d.reqs]
+    for p, s, lg in zip(prompts, seqs, logits):
+        ref = hf_logits(ref32, s[:-1])[len(p) - 1 :]
+        hf_err = (hf_logits(model, s[:-1])[len(p) - 1 :] - ref).abs().max().item()
+        bound = 2 * hf_err + 1e-2 * ref.abs().max().item()
+        err = check_sequence(model, len(p), s, lg, ref_model=ref32, bound=bound)
+        assert err <= bound, f"bf16 engine error {err} vs HF bf16 error {hf_err}"
+
+
+def _static(batch, length):
+    from infinilm_torch.lib import _infinilm
+
+    return _infinilm.StaticKVCacheConfig(max_batch_size=batch, max_cache_len=length)
