@@ -1,4 +1,19 @@
 """infinilm_torch: Llama-family inference kernels as torch.ops.infinilm.* and a C++ inference engine."""
 from infinilm_torch import ops  # noqa: F401  (loads the extension, registers ops and fakes)
 
+
+def patch(model, **parts):
+    """Make a transformers Llama/Qwen2/Mistral causal LM run on torch.ops.infinilm (see infinilm_torch.hf)."""
+    from infinilm_torch.hf import patch as _patch
+
+    return _patch(model, **parts)
+
+
+def unpatch(model):
+    """Undo :func:`patch` on ``model``."""
+    from infinilm_torch.hf import unpatch as _unpatch
+
+    return _unpatch(model)
+
+
 __version__ = "0.1.0"
