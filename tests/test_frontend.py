@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+import infinilm_torch
+
 transformers = pytest.importorskip("transformers")
 
 from infinilm_torch.auto_config import AutoConfig  # noqa: E402
@@ -182,7 +184,8 @@ def test_sampling_seed(tmp_path, cache):
 
 def test_from_hf_model_and_dtype(tmp_path):
     model, path = make_hf(tmp_path, "qwen2")
-    llm = LLM.from_hf_model(model, cache="paged", block_size=8)
+    llm = infinilm_torch.from_hf_model(model, cache="paged", block_size=8)
+    assert llm.device == torch.device("cpu") and llm.dtype is torch.float32
     prompts = prompts_of([6, 10])
     for p, o in zip(prompts, llm.generate(prompts, max_new_tokens=16, temperature=0).token_ids):
         assert_same_greedy(model, p, o, 16)
