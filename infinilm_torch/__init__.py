@@ -16,4 +16,12 @@ def unpatch(model):
     return _unpatch(model)
 
 
+def from_hf_model(model, **kwargs):
+    """An :class:`~infinilm_torch.llm.LLM` (C++ InferEngine + generate) built from a loaded transformers causal LM,
+    with a copy of its weights; kwargs as ``LLM`` (cache, device, dtype, tokenizer, ...)."""
+    from infinilm_torch.llm import LLM
+
+    return LLM.from_hf_model(model, **kwargs)
+
+
 __version__ = "0.1.0"
