@@ -12,7 +12,7 @@ t0=$(date +%s); el() { echo "$(( $(date +%s) - t0 ))s"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build done $(el)"
-timeout ${T_TESTS:-200} python -m pytest tests -q -p no:cacheprovider -W ignore -k "cuda or Cuda or CUDA" \
+timeout ${T_TESTS:-200} python -m pytest tests -p no:cacheprovider -rf -W ignore -k "cuda or Cuda or CUDA" \
   > "$OUT/test.log" 2>&1
 echo "tests rc=$? $(el): $(grep -E "passed|failed" "$OUT/test.log" | tail -1)"
 grep -E "^(FAILED|ERROR)" "$OUT/test.log" | head -20
