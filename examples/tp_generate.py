@@ -10,8 +10,9 @@ import sys
 
 import torch
 
-from infinilm_torch import distributed as tp
-from infinilm_torch.lib import _infinilm
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from infinilm_torch import distributed as tp  # noqa: E402
+from infinilm_torch.lib import _infinilm  # noqa: E402
 
 
 def tiny_model(seed=0, layers=2, hidden=64, heads=8, kv_heads=4, inter=128, vocab=256):

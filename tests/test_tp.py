@@ -143,10 +143,10 @@ def test_dead_peer_process_raises_instead_of_hanging():
 
 
 def test_heads_not_divisible_raise():
-    cfg = engine_config(make_hf(hidden=48, heads=6, kv_heads=2, inter=96).config, torch.float32)
+    cfg = engine_config(make_hf(hidden=64, heads=8, kv_heads=2, inter=128).config, torch.float32)
     with pytest.raises(ValueError, match="num_key_value_heads.*divisible by tp_size \\(4\\)"):
         _infinilm.InferEngine(cfg, distributed_config=DistConfig(4), device_type="cpu")
-    cfg.num_key_value_heads = 6
+    cfg.num_attention_heads = cfg.num_key_value_heads = 6
     with pytest.raises(ValueError, match="num_attention_heads.*divisible by tp_size \\(4\\)"):
         _infinilm.InferEngine(cfg, distributed_config=DistConfig(4), device_type="cpu")
 
