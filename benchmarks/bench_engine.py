@@ -9,6 +9,9 @@ Measured 2026-11-25 on the shared 2-core AMD EPYC CI box (--threads 1: two-threa
 there under load), 134M-param Llama, prompt 32, 32 new tokens, greedy:
     float32   batch 1: engine 16.0 tok/s, HF 8.9  (1.80x)   batch 8: engine 44.3, HF 33.0 (1.34x)
     bfloat16  batch 1: engine 17.7 tok/s, HF 13.7 (1.30x)   batch 8: engine 145.4, HF 77.0 (1.89x)
+--tp 2 --skip-hf, same box under load, torch threads 2 (TP=1: one rank, 2 threads; TP=2: two rank threads of
+one thread each, in-process Gloo): batch 1: 9.3 vs 15.9 tok/s; batch 8: 12.6 vs 71.4 tok/s. The all-reduce
+column (38-45 ms/step) is rank 0's host time inside all-reduces, so it includes waiting for the slower rank.
 Both sides are weight-bandwidth (batch 1) or MKL-sgemm (batch 8, fp32) bound there; HF's Python overhead is
 what the engine removes, so the ratio grows with faster hardware.
 """

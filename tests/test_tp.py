@@ -164,6 +164,14 @@ def test_bad_device_ids_raise():
         _infinilm.InferEngine(cfg, distributed_config=DistConfig([0, 999]), device_type="cuda")
 
 
+def test_bad_process_group_raises():
+    cfg = engine_config(_model().config, torch.float32)
+    with pytest.raises(ValueError, match="process_group"):
+        _infinilm.InferEngine(cfg, device_type="cpu", process_group=object())
+    with pytest.raises(ValueError, match="comm_timeout"):
+        _infinilm.InferEngine(cfg, _infinilm.DistConfig(2), "cpu", comm_timeout=0.0)
+
+
 def test_failing_rank_raises_and_engine_tears_down():
     model = _model()
     engine = make_engine(model, distributed_config=DistConfig(2), comm_timeout=60.0)
