@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 DEPS    := ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm
 # ccache, when installed, makes rebuilds after a checkout switch nearly free.
 CCACHE  := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
-BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
+BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
 CSRC    := $(shell find csrc kernels -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: demo test build bench cuda-check clean
@@ -18,8 +18,9 @@ $(VENV)/.stamp-deps:
 	$(PY) -m pip install -q $(DEPS)
 	touch $@
 
+# Editable install of the Python package; the extension itself is built in place by `build` (once, incrementally).
 $(VENV)/.stamp-install: $(VENV)/.stamp-deps setup.py
-	$(BUILD_ENV) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	INFINILM_NO_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 # Incremental rebuild of the extension (ninja): a no-op when no source changed.

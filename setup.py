@@ -2,6 +2,8 @@
 
 CPU-only when torch has no CUDA or nvcc is absent; CUDA sources (csrc/**/*.cu) are added when both
 are present. INFINILM_CUDA=1 forces the CUDA build, INFINILM_CUDA=0 forces CPU-only.
+INFINILM_NO_EXT=1 installs the Python package alone (the Makefile then builds the extension in place with
+`setup.py build_ext --inplace`, which ninja keeps incremental).
 """
 import glob
 import os
@@ -58,7 +60,7 @@ setup(
     version="0.1.0",
     description="PyTorch-native LLM inference: Llama-family kernels as torch.ops and a C++ engine",
     packages=find_packages(include=["infinilm_torch", "infinilm_torch.*"]),
-    ext_modules=[_extension()],
+    ext_modules=[] if os.environ.get("INFINILM_NO_EXT") == "1" else [_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "safetensors", "numpy"],

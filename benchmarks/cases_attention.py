@@ -67,11 +67,11 @@ def bench_attention(device, dtype=torch.bfloat16, quick=False):
 
 
 def rows(device, quick=False):
-    """Table.add keyword rows for benchmarks/bench_ops.py; prefill is compute-bound, so it reports TFLOP/s."""
+    """Table.add keyword rows for benchmarks/bench_ops.py; on CUDA prefill reports TFLOP/s (it is compute-bound)."""
     for name, ours, base, nbytes in bench_attention(device, quick=quick):
         kind, cfg = name.split(" ", 1)
         row = dict(op=f"paged_attention_{kind}", config=f"{cfg} {HQ}/{HK}x{D}", ours_us=ours, torch_us=base)
-        if kind == "prefill":
+        if kind == "prefill" and str(device).startswith("cuda"):
             T = int(cfg.split("=")[1])
             row["flops"] = 2 * T * T * HQ * D  # causal: half of 4 * T^2 * Hq * D
         else:

@@ -105,7 +105,13 @@ DECODE_CONFIGS = [
 def test_paged_attention_decode(device, dtype, cfg):
     lens, hk, group, d, bs, idx, strided = cfg
     case = make_case(device, dtype, [(1, s) for s in lens], hk, group, d, bs, idx, strided)
-    out = run_decode(case)
+    threads = torch.get_num_threads()
+    if len(lens) * hk < 4:  # make sure the CPU kernel splits the sequence even on a 1-core runner
+        torch.set_num_threads(4)
+    try:
+        out = run_decode(case)
+    finally:
+        torch.set_num_threads(threads)
     check(out, case, dtype)
     check(run_prefill(case), case, dtype)  # the same requests as prefill with q_len 1
 
@@ -117,6 +123,7 @@ PREFILL_CONFIGS = [
     ([(23, 23), (40, 77), (1, 9)], 1, 8, 128, 32, torch.int64, True),
     ([(70, 70), (9, 41)], 4, 1, 64, 32, torch.int64, False),
     ([(3, 3), (2, 50)], 2, 2, 128, 16, torch.int32, False),  # narrow tiles (<= 4 rows)
+    ([(9, 30), (12, 12)], 1, 3, 80, 16, torch.int64, True),  # odd group and head_dim
 ]
 
 
@@ -126,7 +133,21 @@ def test_paged_attention_prefill(device, dtype, cfg):
     reqs, hk, group, d, bs, idx, strided = cfg
     case = make_case(device, dtype, reqs, hk, group, d, bs, idx, strided)
     max_q, max_s = max(q for q, _ in reqs), max(s for _, s in reqs)
+    if device == "cuda" and d not in (64, 128):  # the CUDA kernels are built for head_dim 64 and 128 only
+        with pytest.raises(ValueError, match=f"supports head_dim 64 or 128, got {d}"):
+            run_prefill(case, max_query_len=max_q, max_seq_len=max_s)
+        return
     check(run_prefill(case, max_query_len=max_q, max_seq_len=max_s), case, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_attention_generic_isa(dtype, monkeypatch):
+    """The baseline-ISA build of the kernels (used on CPUs without AVX2) on one decode and one prefill case."""
+    monkeypatch.setenv("INFINILM_CPU_GENERIC", "1")
+    dec = make_case("cpu", dtype, [(1, s) for s in (50, 3, 129)], 2, 4, 64, 16)
+    check(run_decode(dec), dec, dtype)
+    pre = make_case("cpu", dtype, [(20, 20), (7, 60), (1, 33)], 2, 8, 128, 32, strided=True)
+    check(run_prefill(pre), pre, dtype)
 
 
 def test_paged_attention_zero_length_decode(device):

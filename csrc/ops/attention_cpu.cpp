@@ -46,7 +46,7 @@ at::Tensor paged_attention_prefill_cpu(const at::Tensor& query, const at::Tensor
   check_paged_attention_prefill_args(query, query_start_loc, seq_lens);
   INFINILM_CHECK_CPU(query);
   check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);
-  const int64_t longest = check_paged_attention_prefill_values(query, query_start_loc, seq_lens, max_query_len);
+  check_paged_attention_prefill_values(query, query_start_loc, seq_lens, max_query_len);
   at::Tensor out = at::empty(query.sizes(), query.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const at::Tensor bt = as_long(block_tables), qsl = as_long(query_start_loc), sl = as_long(seq_lens);
@@ -55,7 +55,7 @@ at::Tensor paged_attention_prefill_cpu(const at::Tensor& query, const at::Tensor
     cpu::paged_attention_prefill<scalar_t>(ptr<scalar_t>(out), ptr<scalar_t>(query), ptr<scalar_t>(key_cache),
                                            ptr<scalar_t>(value_cache), bt.data_ptr<int64_t>(),
                                            qsl.data_ptr<int64_t>(), sl.data_ptr<int64_t>(), s, seq_lens.size(0),
-                                           longest, query.stride(0), query.stride(1));
+                                           query.stride(0), query.stride(1));
   });
   return out;
 }

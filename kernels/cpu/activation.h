@@ -1,24 +1,29 @@
-// CPU SiLU-and-mul: out = silu(x[:, :d]) * x[:, d:], computed in float.
+// CPU SiLU-and-mul: out = silu(x[:, :d]) * x[:, d:], computed in float (baseline and AVX2 builds).
+//
+// Napkin math: reads 2*d and writes d elements per row; at 1B-model sizes (d = 8192) a row is L2-resident,
+// so the exp polynomial and the division set the pace: AVX2 halves it against the SSE2 baseline.
 #pragma once
 
 #include "kernels/cpu/common.h"
+#include "kernels/cpu/isa.h"
+
+#define INFINILM_ISA generic
+#include "kernels/cpu/activation_impl.h"
+#undef INFINILM_ISA
+#ifdef INFINILM_CPU_HAVE_AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define INFINILM_ISA avx2
+#include "kernels/cpu/activation_impl.h"
+#undef INFINILM_ISA
+#pragma GCC pop_options
+#endif
 
 namespace infinilm::cpu {
 
 template <typename T>
-void silu_and_mul(T* out,        // [rows, d], contiguous
-                  const T* in,   // [rows, 2d], row stride in_stride
-                  int64_t rows, int64_t d, int64_t in_stride) {
-  parallel_for(rows, d, [&](int64_t r) {
-    const T* g = in + r * in_stride;
-    const T* u = g + d;
-    T* y = out + r * d;
-#pragma omp simd
-    for (int64_t i = 0; i < d; ++i) {
-      const float a = to_float(g[i]);
-      y[i] = from_float<T>(a / (1.f + exp_approx(-a)) * to_float(u[i]));
-    }
-  });
+void silu_and_mul(T* out, const T* in, int64_t rows, int64_t d, int64_t in_stride) {
+  INFINILM_CPU_ISA_CALL(silu_and_mul<T>, out, in, rows, d, in_stride);
 }
 
 }  // namespace infinilm::cpu

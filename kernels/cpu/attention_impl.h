@@ -10,49 +10,6 @@
 
 namespace infinilm::cpu::INFINILM_ATTN_ISA {
 
-constexpr int64_t kKeyChunk = 32;
-
-inline float ld(float x) { return x; }
-inline float ld(bf16_t x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x.bits) << 16); }
-// Exact IEEE half -> float without branches (so `omp simd` loops vectorise it), after M. Dukhan's FP16.
-inline float ld(fp16_t x) {
-  const uint32_t two_w = static_cast<uint32_t>(x.bits) << 17;
-  const uint32_t sign = (static_cast<uint32_t>(x.bits) << 16) & 0x80000000u;
-  const float normal = __builtin_bit_cast(float, (two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-  const float denormal = __builtin_bit_cast(float, (two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t mag = two_w < (1u << 27) ? __builtin_bit_cast(uint32_t, denormal) : __builtin_bit_cast(uint32_t, normal);
-  return __builtin_bit_cast(float, sign | mag);
-}
-
-// 2^x for x <= 0 (all uses subtract a running max); exactly 0 below -126, so masked (-inf) scores vanish.
-// Cephes exp2f polynomial on [-0.5, 0.5], relative error ~2e-7. NaN propagates through f.
-inline float exp2_neg(float x) {
-  const float xc = x < -126.f ? -126.f : (x > 0.f ? 0.f : x);
-  const int32_t n = static_cast<int32_t>(xc + 126.5f) - 126;  // round(xc); the sum is > 0 so truncation floors
-  const float f = xc - static_cast<float>(n);
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.f;
-  const float r = p * __builtin_bit_cast(float, static_cast<uint32_t>(n + 127) << 23);
-  return x < -126.f ? 0.f : r;
-}
-
-// `count` cache elements as floats: the cache itself for float, else a converted copy in buf.
-template <typename T>
-inline const float* as_float_rows(const T* src, float* buf, int64_t count) {
-  if constexpr (std::is_same_v<T, float>) {
-    return src;
-  } else {
-#pragma omp simd
-    for (int64_t i = 0; i < count; ++i) buf[i] = ld(src[i]);
-    return buf;
-  }
-}
-
 // Attends `rows` (<= M) query rows q [rows][D] (already scaled by scale*log2 e) to keys [k_begin, k_end)
 // of one request and KV head; row m sees key t only if t < limit[m]. Writes the unnormalised accumulator
 // acc [rows][D], the running max m_out [rows] (base 2) and the softmax denominator l_out [rows].
@@ -89,20 +46,31 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     const int64_t bi = k0 / block_size, off = k0 % block_size;
     const int64_t n = std::min({kKeyChunk, block_size - off, k_end - k0});
     const int64_t base = blocks[bi] * block_stride + off * D;
+    {  // into L2, 4 chunks ahead (measured best): usually other blocks, which the hardware prefetcher can't guess
+      const int64_t step = std::min(kKeyChunk, block_size), nk = k0 + n + (kPrefetchChunks - 1) * step;
+      if (nk < k_end) {
+        const int64_t nbase = blocks[nk / block_size] * block_stride + (nk % block_size) * D;
+        const int64_t bytes = std::min(kKeyChunk, block_size - nk % block_size) * D * int64_t(sizeof(T));
+        for (int64_t b = 0; b < bytes; b += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(kc + nbase) + b, 0, 2);
+          __builtin_prefetch(reinterpret_cast<const char*>(vc + nbase) + b, 0, 2);
+        }
+      }
+    }
     const float* kf = as_float_rows(kc + base, kbuf, n * D);
     const float* vf = as_float_rows(vc + base, vbuf, n * D);
     // Scores st[t][m] = q[m] . k[t].
     for (int64_t t = 0; t < n; ++t) {
       const float* kr = kf + t * D;
       if constexpr (kWide) {
-        float s[M] = {};
-        for (int64_t d = 0; d < D; ++d) {
-          const float kd = kr[d];
-          const float* qd = qs + d * M;
-#pragma omp simd
-          for (int m = 0; m < M; ++m) s[m] += kd * qd[m];
+        // KT keys at once so that at least 8 vector accumulators hide the FMA latency.
+        constexpr int KT = kMulti<M>;
+        if (t + KT <= n) {
+          qk_keys<M, KT>(kr, qs, D, st + t * M);
+          t += KT - 1;
+        } else {
+          qk_keys<M, 1>(kr, qs, D, st + t * M);
         }
-        for (int m = 0; m < M; ++m) st[t * M + m] = s[m];
       } else {
         static_assert(M == 4, "narrow tiles hold 4 rows");
         float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
@@ -133,11 +101,11 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     for (int m = 0; m < M; ++m) bmax[m] = -INFINITY;
     for (int64_t t = 0; t < n; ++t) {
 #pragma omp simd
-      for (int m = 0; m < M; ++m) bmax[m] = std::max(bmax[m], st[t * M + m]);
+      for (int m = 0; m < M; ++m) bmax[m] = fmax_(bmax[m], st[t * M + m]);
     }
     bool rescale = false;
     for (int m = 0; m < M; ++m) {
-      const float mnew = std::max(mrow[m], bmax[m]);
+      const float mnew = fmax_(mrow[m], bmax[m]);
       msafe[m] = mnew == -INFINITY ? 0.f : mnew;  // a row with nothing visible yet keeps p = 0, not NaN
       alpha[m] = exp2_neg(mrow[m] - msafe[m]);
       rescale |= alpha[m] != 1.f;
@@ -155,20 +123,16 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
     for (int m = 0; m < M; ++m) lrow[m] = lrow[m] * alpha[m] + psum[m];
     // acc = acc * alpha + P V.
     if constexpr (kWide) {
-      for (int64_t d = 0; d < D; ++d) {
-        float a[M];
-        float* ad = accs + d * M;
+      if (rescale) {
+        for (int64_t d = 0; d < D; ++d) {
 #pragma omp simd
-        for (int m = 0; m < M; ++m) a[m] = rescale ? ad[m] * alpha[m] : ad[m];
-        for (int64_t t = 0; t < n; ++t) {
-          const float vd = vf[t * D + d];
-          const float* p = st + t * M;
-#pragma omp simd
-          for (int m = 0; m < M; ++m) a[m] += vd * p[m];
+          for (int m = 0; m < M; ++m) accs[d * M + m] *= alpha[m];
         }
-#pragma omp simd
-        for (int m = 0; m < M; ++m) ad[m] = a[m];
       }
+      constexpr int DT = kMulti<M>;
+      int64_t d = 0;
+      for (; d + DT <= D; d += DT) pv_dims<M, DT>(vf + d, st, n, D, accs + d * M);
+      for (; d < D; ++d) pv_dims<M, 1>(vf + d, st, n, D, accs + d * M);
     } else {
       float *a0 = accs, *a1 = accs + D, *a2 = accs + 2 * D, *a3 = accs + 3 * D;
       if (rescale) {
@@ -234,7 +198,7 @@ template <typename T>
 inline void store_rows(T* out, const int64_t* out_off, const float* acc, const float* l, int rows, int64_t D) {
   for (int j = 0; j < rows; ++j) {
     const float inv = l[j] > 0.f ? 1.f / l[j] : 0.f;
-    for (int64_t d = 0; d < D; ++d) out[out_off[j] + d] = from_float<T>(acc[j * D + d] * inv);
+    for (int64_t d = 0; d < D; ++d) out[out_off[j] + d] = store_as<T>(acc[j * D + d] * inv);
   }
 }
 
@@ -299,7 +263,7 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
     const int64_t b = r / s.q_heads, hq = r % s.q_heads, h = hq / G, gi = hq % G;
     const int64_t tile = (b * s.kv_heads + h) * row_tiles + gi / width, j = gi % width;
     float mmax = -INFINITY;
-    for (int64_t sp = 0; sp < splits; ++sp) mmax = std::max(mmax, part[((tile * splits + sp) * width + j) * (D + 2) + D]);
+    for (int64_t sp = 0; sp < splits; ++sp) mmax = fmax_(mmax, part[((tile * splits + sp) * width + j) * (D + 2) + D]);
     std::vector<float> acc(D, 0.f);
     float l = 0.f;
     for (int64_t sp = 0; sp < splits; ++sp) {
@@ -317,19 +281,20 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
 template <typename T>
 void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T* value_cache,
                              const int64_t* block_tables, const int64_t* query_start_loc, const int64_t* seq_lens,
-                             const PagedAttentionShape& s, int64_t num_reqs, int64_t max_query_len, int64_t q_tok,
+                             const PagedAttentionShape& s, int64_t num_reqs, int64_t q_tok,
                              int64_t q_head) {
   const int64_t G = s.q_heads / s.kv_heads, D = s.head_dim;
-  const int width = tile_width(max_query_len * G);
   const float qscale = s.scale * 1.4426950408889634f;
-  // Tiles of `width` consecutive (query, head-in-group) rows; the costliest (most keys) go first.
-  struct Tile { int64_t req, row0, keys; };
+  // Tiles of `width` consecutive (query, head-in-group) rows, the width fitted to each request (a q_len 1
+  // request in a mixed batch gets a decode-sized tile); the costliest tiles (most keys) go first.
+  struct Tile { int64_t req, row0, keys; int width; };
   std::vector<Tile> tiles;
   for (int64_t r = 0; r < num_reqs; ++r) {
     const int64_t q_len = query_start_loc[r + 1] - query_start_loc[r], prefix = seq_lens[r] - q_len;
+    const int width = tile_width(q_len * G);
     for (int64_t row0 = 0; row0 < q_len * G; row0 += width) {
       const int64_t last_q = std::min(row0 + width, q_len * G) - 1;
-      tiles.push_back({r, row0, prefix + last_q / G + 1});
+      tiles.push_back({r, row0, prefix + last_q / G + 1, width});
     }
   }
   std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.keys > b.keys; });
@@ -337,7 +302,7 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
     const Tile& tl = tiles[it / s.kv_heads];
     const int64_t h = it % s.kv_heads, r = tl.req;
     const int64_t q0 = query_start_loc[r], q_len = query_start_loc[r + 1] - q0, prefix = seq_lens[r] - q_len;
-    const int rows = static_cast<int>(std::min<int64_t>(width, q_len * G - tl.row0));
+    const int rows = static_cast<int>(std::min<int64_t>(tl.width, q_len * G - tl.row0));
     std::vector<float> buf(rows * (2 * D + 2));
     float *q = buf.data(), *acc = q + rows * D, *mx = acc + rows * D, *l = mx + rows;
     int64_t row_off[64], limit[64], out_off[64];
@@ -348,7 +313,7 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
       limit[j] = prefix + qi + 1;
     }
     load_queries(query, row_off, rows, D, qscale, q);
-    attend(width, key_cache + h * s.head_stride, value_cache + h * s.head_stride, block_tables + r * s.max_blocks,
+    attend(tl.width, key_cache + h * s.head_stride, value_cache + h * s.head_stride, block_tables + r * s.max_blocks,
            s.block_stride, s.block_size, D, q, limit, rows, 0, tl.keys, acc, mx, l);
     store_rows(out, out_off, acc, l, rows, D);
   });

@@ -91,10 +91,10 @@ inline float exp_approx(float x) {
   x = x < -87.3365447504f ? -87.3365447504f : x;
   const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;           // Cody-Waite reduction
-  float p = 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
+  float p = 1.38888889e-3f;  // 1/720 ... 1/6 as literals: GCC keeps inexact constant divisions at run time
+  p = p * r + 8.33333333e-3f;
+  p = p * r + 4.16666667e-2f;
+  p = p * r + 1.66666667e-1f;
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;

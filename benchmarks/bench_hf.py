@@ -1,0 +1,132 @@
+"""HF transformers generate with and without infinilm_torch.patch, eager and compiled, same run, one table.
+
+    python benchmarks/bench_hf.py                                   # CPU, tiny random Llama
+    python benchmarks/bench_hf.py --device cuda --shapes llama-3.2-1b --batch 1 32
+
+Random weights with the model's shapes. "prefill ms" is one generate() of a single token; "decode tok/s" is
+batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Eager rows with transformers'
+default dynamic cache and with a static cache; compiled rows use generate's own compile hook (static cache,
+fullgraph; CUDA graphs through mode="reduce-overhead" on CUDA, inductor "default" on CPU).
+"""
+import argparse
+import copy
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import sync  # noqa: E402
+
+import infinilm_torch  # noqa: E402
+
+SHAPES = {
+    "tiny": dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                 num_key_value_heads=4, max_position_embeddings=2048),
+    # meta-llama/Llama-3.2-1B
+    "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                         tie_word_embeddings=True, rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192}),
+}
+
+
+def build(shapes, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(LlamaConfig(**SHAPES[shapes])).to(dtype).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.8, 1.2)
+            else:
+                p.normal_(0.0, 0.02)
+    return model
+
+
+def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, clock=time.perf_counter):
+    from transformers import CompileConfig
+
+    kw = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    if cache == "static":
+        kw.update(cache_implementation="static", max_cache_len=cache_len)
+    if mode == "compiled":
+        cfg = CompileConfig(fullgraph=True, mode="reduce-overhead" if ids.is_cuda else "default")
+        cfg._compile_all_devices = True
+        kw.update(compile_config=cfg)
+    else:
+        kw.update(disable_compile=True)
+    mask = torch.ones_like(ids)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            sync(ids.device)
+            t0 = clock()
+            model.generate(ids, attention_mask=mask, **kw)
+            sync(ids.device)
+            best = min(best, clock() - t0)
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--shapes", default="tiny", choices=sorted(SHAPES))
+    ap.add_argument("--batch", type=int, nargs="+", default=None)
+    ap.add_argument("--prompt-len", type=int, default=None)
+    ap.add_argument("--new-tokens", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: this process's CPU time, steadier than wall time on a shared CPU machine")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
+    batches = args.batch or ([1, 32] if cuda else [1, 4])
+    plen = args.prompt_len or (128 if cuda else 32)
+    new = args.new_tokens or (128 if cuda else 32)
+
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    base = build(args.shapes, args.device, dtype)
+    patched = infinilm_torch.patch(copy.deepcopy(base))
+    print(f"# {args.shapes} {str(dtype).replace('torch.', '')} on {args.device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, prompt {plen}, {new} new tokens,"
+          f" {torch.get_num_threads()} CPU threads, {args.clock} clock, torch {torch.__version__}, transformers {__import__('transformers').__version__}")
+    rows = []
+    for bsz in batches:
+        ids = torch.randint(3, base.config.vocab_size, (bsz, plen), device=args.device)
+        ref_decode = None
+        # Static caches sized to a multiple of 64 tokens (the CUDA kernels take power-of-two blocks of >= 8).
+        cache_len = -(-(plen + new) // 64) * 64
+        modes = [("eager", "dynamic"), ("eager", "static")] + ([] if args.no_compile else [("compiled", "static")])
+        for mode, cache in modes:
+            for name, model in (("hf", base), ("infinilm", patched)):
+                torch._dynamo.reset()
+                timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
+                t1 = timed_generate(model, ids, 1, mode, cache, cache_len, args.repeats, clock)
+                tn = timed_generate(model, ids, new, mode, cache, cache_len, args.repeats, clock)
+                decode = bsz * (new - 1) / max(tn - t1, 1e-9)
+                ref_decode = ref_decode or decode
+                rows.append((name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}",
+                             f"{decode / ref_decode:.2f}x"))
+    head = ("model", "mode", "cache", "batch", "prefill ms", "decode tok/s", "vs hf eager")
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    print(fmt.format(*head))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt.format(*r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Replacement forwards for HF Llama-family modules (RMSNorm, RoPE, SiLU-and-mul MLP, decoder layer) on torch.ops.infinilm.
+
+Each ``*_forward`` has the signature of the module's own ``forward`` and is installed either on the class
+(``apply_infinilm_to_*``) or on one instance (``patch(model)``). Every one falls back to plain PyTorch where
+our op cannot express the case (mixed dtypes, unsupported rope types, unfused weights), so patching never
+changes what a model computes, only how.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+_ops = torch.ops.infinilm
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _kernels(op: str) -> dict:
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return {"cpu": has(f"infinilm::{op}", "CPU"), "cuda": has(f"infinilm::{op}", "CUDA")}
+
+
+# Which devices each op has a kernel for, looked up once (torch.compile cannot trace the dispatcher query);
+# a module on a device without the kernel keeps its transformers forward.
+KERNELS = {op: _kernels(op) for op in ("rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul")}
+
+
+def has_kernel(op: str, t: torch.Tensor) -> bool:
+    return KERNELS[op].get(t.device.type, False)
+
+
+# ---- RMSNorm -------------------------------------------------------------------------------------------------
+
+
+def _eps(norm) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+def _norm_ok(norm, x: torch.Tensor) -> bool:
+    w = getattr(norm, "weight", None)
+    # HF multiplies in the weight's dtype; with mixed dtypes the output dtype differs from ours, so leave it to HF.
+    return (
+        isinstance(w, torch.Tensor) and w.dtype == x.dtype and x.dtype in _FLOATS and w.dim() == 1
+        and has_kernel("rms_norm", x)
+    )
+
+
+def rms_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    if not _norm_ok(self, hidden_states):
+        return self._infinilm_orig_forward(hidden_states)
+    return _ops.rms_norm(hidden_states, self.weight, _eps(self))
+
+
+# ---- SiLU-and-mul MLP with a fused gate_up weight ------------------------------------------------------------
+
+
+def _plain_linear(m) -> bool:
+    return type(m) is torch.nn.Linear and m.weight.dtype in _FLOATS and type(m.weight) is torch.nn.Parameter
+
+
+def fuse_gate_up(mlp) -> bool:
+    """Store gate_proj/up_proj as two halves of one ``[2I, H]`` buffer, so one GEMM feeds silu_and_mul.
+
+    The halves stay the modules' own parameters (as views), so in-place weight updates (load_state_dict,
+    copy_) keep the fused buffer in sync; ``.to()``/``.half()`` re-fuse through the patched ``_apply``.
+    """
+    mlp._infinilm_gate_up = None  # requested; _apply retries after every dtype/device move
+    g, u = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
+    if g is None or u is None or not (_plain_linear(g) and _plain_linear(u)):
+        return False
+    if g.weight.shape != u.weight.shape or g.weight.dtype != u.weight.dtype or g.weight.device != u.weight.device:
+        return False
+    if (g.bias is None) != (u.bias is None) or g.weight.device.type == "meta":
+        return False
+    inter = g.weight.shape[0]
+    with torch.no_grad():
+        w = torch.cat([g.weight, u.weight], 0)
+        g.weight.data, u.weight.data = w[:inter], w[inter:]
+        b = None
+        if g.bias is not None:
+            b = torch.cat([g.bias, u.bias], 0)
+            g.bias.data, u.bias.data = b[:inter], b[inter:]
+    mlp._infinilm_gate_up = (w, b)
+    return True
+
+
+def unfuse_gate_up(mlp) -> None:
+    """Give gate_proj/up_proj back storage of their own (undoes :func:`fuse_gate_up`)."""
+    if "_infinilm_gate_up" not in mlp.__dict__:
+        return
+    with torch.no_grad():
+        for lin in (mlp.gate_proj, mlp.up_proj) if mlp._infinilm_gate_up is not None else ():
+            lin.weight.data = lin.weight.data.clone()
+            if lin.bias is not None:
+                lin.bias.data = lin.bias.data.clone()
+    del mlp._infinilm_gate_up
+
+
+def _fused_valid(self, x: torch.Tensor):
+    fused = getattr(self, "_infinilm_gate_up", None)
+    if fused is None:
+        return None
+    w, b = fused
+    g = self.gate_proj.weight
+    # dtype/device are static under torch.compile; a mismatch means the halves were moved without us (re-fused
+    # on the next eager _apply), so take the two-GEMM path meanwhile.
+    if w.dtype != g.dtype or w.device != g.device or w.dtype != x.dtype:
+        return None
+    return w, b
+
+
+def mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    act = getattr(self.config, "hidden_act", None) if hasattr(self, "config") else None
+    if act not in (None, "silu", "swish") or x.dtype not in _FLOATS or not has_kernel("silu_and_mul", x):
+        return self._infinilm_orig_forward(x)
+    fused = _fused_valid(self, x)
+    if fused is not None:
+        gate_up = F.linear(x, fused[0], fused[1])
+    else:
+        gate_up = torch.cat([self.gate_proj(x), self.up_proj(x)], dim=-1)
+    return self.down_proj(_ops.silu_and_mul(gate_up))
+
+
+def mlp_apply(self, fn, *args, **kwargs):
+    """Module._apply that re-establishes the fused gate_up storage after .to()/.half()/.cuda()."""
+    out = torch.nn.Module._apply(self, fn, *args, **kwargs)
+    if "_infinilm_gate_up" in self.__dict__:
+        fuse_gate_up(self)
+    return out
+
+
+# ---- rotary embedding ----------------------------------------------------------------------------------------
+
+
+def rope_supported(config) -> bool:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if float(getattr(config, "partial_rotary_factor", 1.0) or 1.0) != 1.0 or head_dim % 2:
+        return False
+    scaling = dict(getattr(config, "rope_scaling", None) or {})
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        scaling = {**params, **scaling}
+    rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+    return rope_type in ROPE_TYPES
+
+
+def attach_rope_table(rotary, config, device=None) -> None:
+    """Register the float32 cos|sin table as a non-persistent buffer, so it follows the module across devices."""
+    from infinilm_torch.ops import rope_cache_from_hf_config
+
+    table = rope_cache_from_hf_config(config)
+    if device is None:
+        inv = getattr(rotary, "inv_freq", None)
+        device = inv.device if isinstance(inv, torch.Tensor) else "cpu"
+    rotary.register_buffer("_infinilm_cos_sin", table.to(device), persistent=False)
+
+
+def rotary_forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **kwargs):
+    """Returns ``(cos_sin_table, position_ids)`` instead of ``(cos, sin)``; ``apply_rotary_pos_emb_dispatch``
+    recognises the pair by the integer dtype of its second member."""
+    table = getattr(self, "_infinilm_cos_sin", None)
+    if table is None and not torch.compiler.is_compiling() and rope_supported(self.config):
+        attach_rope_table(self, self.config, x.device)
+        table = self._infinilm_cos_sin
+    # The pair only works where the modeling module's apply_rotary_pos_emb is our dispatcher.
+    apply = getattr(sys.modules.get(type(self).__module__), "apply_rotary_pos_emb", None)
+    if (
+        table is None or table.device != x.device or not has_kernel("rotary_embedding", x)
+        or not hasattr(apply, "_infinilm_orig")
+    ):
+        return self._infinilm_orig_forward(x, position_ids, *args, **kwargs)
+    return table, position_ids
+
+
+def _rotate_inplace(t: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, other: torch.Tensor):
+    """Rotate q ``t`` and k ``other`` (both HF ``[B, H, S, D]`` views) in place through ``[T, H, D]`` views."""
+    qt, kt = t.transpose(1, 2), other.transpose(1, 2)  # [B, S, H, D]
+    bsz, seq = qt.shape[0], qt.shape[1]
+    # The op takes one token dim with a free stride: merge B and S when the layout allows it (the usual
+    # projection-output views), else one call per batch row.
+    if qt.stride(0) == seq * qt.stride(1) and kt.stride(0) == seq * kt.stride(1):
+        _ops.rotary_embedding(positions.reshape(-1), qt.flatten(0, 1), kt.flatten(0, 1), table, True)
+    else:
+        for b in range(bsz):
+            _ops.rotary_embedding(positions[b], qt[b], kt[b], table, True)
+
+
+def make_rope_dispatch(orig_apply):
+    """A drop-in for the modeling module's ``apply_rotary_pos_emb``: our op for (table, positions) pairs, the
+    original function for HF's (cos, sin), so patched and unpatched models can live in one process."""
+
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        if sin.dtype in (torch.int32, torch.int64) and cos.dim() == 2:
+            pos = sin
+            if pos.dim() == 2 and pos.shape[0] != q.shape[0]:
+                pos = pos.expand(q.shape[0], -1)
+            if pos.dim() == 1:
+                pos = pos.unsqueeze(0).expand(q.shape[0], -1)
+            _rotate_inplace(q, pos, cos, k)
+            return q, k
+        return orig_apply(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb._infinilm_orig = orig_apply
+    return apply_rotary_pos_emb
+
+
+# ---- decoder layer: residual add fused into the post-attention RMSNorm ---------------------------------------
+
+try:  # transformers >= 5: hidden states are recorded by hooks through this collector
+    from transformers.utils.output_capturing import _active_collector as _collector
+except Exception:  # pragma: no cover - older transformers: never write into the layer input
+    _collector = None
+
+
+def _may_overwrite_input(layer) -> bool:
+    """The fused op writes the residual sum into the layer input. That input is the previous layer's fresh
+    output unless this is layer 0 (it may be the caller's inputs_embeds) or hidden states are being recorded."""
+    if _collector is None or getattr(getattr(layer, "self_attn", None), "layer_idx", 0) == 0:
+        return False
+    collected = _collector.get()
+    return collected is None or "hidden_states" not in collected
+
+
+def decoder_layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+    for name, value in zip(self._infinilm_arg_names, args):
+        kwargs[name] = value
+    residual = hidden_states
+    hidden_states = self.input_layernorm(hidden_states)
+    out = self.self_attn(hidden_states=hidden_states, **kwargs)
+    attn = out[0] if isinstance(out, tuple) else out
+    post = self.post_attention_layernorm
+    if (
+        _norm_ok(post, attn) and residual.dtype == attn.dtype and has_kernel("fused_add_rms_norm", attn)
+        and _may_overwrite_input(self)
+    ):
+        _ops.fused_add_rms_norm(attn, residual, post.weight, _eps(post))  # residual += attn; attn = norm(residual)
+        hidden_states = attn
+    else:
+        residual = residual + attn
+        hidden_states = post(residual)
+    hidden_states = residual + self.mlp(hidden_states)
+    return (hidden_states,) if self._infinilm_returns_tuple else hidden_states
