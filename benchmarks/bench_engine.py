@@ -2,12 +2,16 @@
 
     python benchmarks/bench_engine.py                       # ~100M-param Llama, CPU, batch 1 and 8
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --batch 1 8 64
+    python benchmarks/bench_engine.py --tp 2 --skip-hf         # adds TP=2 (in-process Gloo/NCCL ranks)
 
 Decode steps are timed after the prefill, for both; HF's through a logits processor called once per step.
 Measured 2026-11-25 on the shared 2-core AMD EPYC CI box (--threads 1: two-thread parallel regions stall
 there under load), 134M-param Llama, prompt 32, 32 new tokens, greedy:
     float32   batch 1: engine 16.0 tok/s, HF 8.9  (1.80x)   batch 8: engine 44.3, HF 33.0 (1.34x)
     bfloat16  batch 1: engine 17.7 tok/s, HF 13.7 (1.30x)   batch 8: engine 145.4, HF 77.0 (1.89x)
+--tp 2 --skip-hf, same box under load, torch threads 2 (TP=1: one rank, 2 threads; TP=2: two rank threads of
+one thread each, in-process Gloo): batch 1: 9.3 vs 15.9 tok/s; batch 8: 12.6 vs 71.4 tok/s. The all-reduce
+column (38-45 ms/step) is rank 0's host time inside all-reduces, so it includes waiting for the slower rank.
 Both sides are weight-bandwidth (batch 1) or MKL-sgemm (batch 8, fp32) bound there; HF's Python overhead is
 what the engine removes, so the ratio grows with faster hardware.
 """
@@ -26,7 +30,8 @@ from infinilm_torch.lib import _infinilm  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (engine only)")
+    p.add_argument("--tp", type=int, default=1,
+                   help="also time the engine with this many in-process tensor-parallel ranks (TP=1 always runs)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--prompt-len", type=int, default=32)
@@ -70,14 +75,25 @@ def hf_decode_tok_s(model, ids, n_new, device):
 
 
 def engine_decode_tok_s(engine, ids, n_new):
+    """Decode tokens/s after the prefill, and rank 0's host ms per step inside all-reduces (TP > 1)."""
     B, S = ids.shape
+    engine.reset_cache()
     out = engine.forward(_infinilm.InferEngine.Input(input_ids=ids, temperature=0.0))
     tok = out.output_ids
+    comm0 = engine._comm_seconds()
     t = time.perf_counter()
     for step in range(n_new - 1):
         cache = torch.full((B,), S + step, dtype=torch.long)
         tok = engine.forward(_infinilm.InferEngine.Input(input_ids=tok, cache_lengths=cache, temperature=0.0)).output_ids
-    return B * (n_new - 1) / (time.perf_counter() - t)
+    dt = time.perf_counter() - t
+    return B * (n_new - 1) / dt, 1e3 * (engine._comm_seconds() - comm0) / (n_new - 1)
+
+
+def engine_best(ec, tp, device, cache, model, ids, a):
+    engine = _infinilm.InferEngine(ec, _infinilm.DistConfig(tp), device, cache)
+    for name, t in model.state_dict().items():
+        engine.load_param(name, t)
+    return max(engine_decode_tok_s(engine, ids, a.new_tokens) for _ in range(a.repeats))
 
 
 def main():
@@ -96,22 +112,22 @@ def main():
                                num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
                                head_dim=a.hidden // a.heads, max_position_embeddings=2048, rms_norm_eps=cfg.rms_norm_eps,
                                dtype=a.dtype)
-    dist = _infinilm.DistConfig(a.tp)
     print(f"Llama {n_params / 1e6:.0f}M params, {a.dtype}, {a.device}, torch threads {torch.get_num_threads()}, "
           f"prompt {a.prompt_len}, {a.new_tokens} new tokens")
-    print(f"{'batch':>5} | {'engine tok/s':>12} | {'HF tok/s':>10} | {'speedup':>7}")
-    print("-" * 45)
+    tp_head = f" | {f'TP={a.tp} tok/s':>12} | {'all-reduce ms/step':>18}" if a.tp > 1 else ""
+    print(f"{'batch':>5} | {'engine tok/s':>12} | {'HF tok/s':>10} | {'speedup':>7}{tp_head}")
+    print("-" * (45 + len(tp_head)))
     for B in a.batch:
         cache = _infinilm.StaticKVCacheConfig(B, a.prompt_len + a.new_tokens + 1)
-        engine = _infinilm.InferEngine(ec, dist, a.device, cache)
-        for name, t in model.state_dict().items():
-            engine.load_param(name, t)
         ids = torch.randint(0, a.vocab, (B, a.prompt_len))
-        eng = max(engine_decode_tok_s(engine, ids, a.new_tokens) for _ in range(a.repeats))
-        del engine
+        eng, _ = engine_best(ec, 1, a.device, cache, model, ids, a)
+        tp_cols = ""
+        if a.tp > 1:
+            eng_tp, comm_ms = engine_best(ec, a.tp, a.device, cache, model, ids, a)
+            tp_cols = f" | {eng_tp:>12.1f} | {comm_ms:>18.3f}"
         hf = float("nan") if a.skip_hf else max(
             hf_decode_tok_s(model, ids.to(a.device), a.new_tokens, a.device) for _ in range(a.repeats))
-        print(f"{B:>5} | {eng:>12.1f} | {hf:>10.1f} | {eng / hf:>6.2f}x")
+        print(f"{B:>5} | {eng:>12.1f} | {hf:>10.1f} | {eng / hf:>6.2f}x{tp_cols}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 #include <limits>
 #include <sstream>
 
+#include "csrc/engine/c10d_communicator.h"
 #include "csrc/engine/infer_engine.h"
 
 namespace py = pybind11;
@@ -243,22 +244,30 @@ void bind_engine(py::module_& m) {
       .def_readwrite("top_p", &Input::top_p)
       .def_readwrite("return_logits", &Input::return_logits)
       .def_readwrite("seed", &Input::seed);
-  py::class_<Output>(e, "Output", "output_ids [n, 1] int64; logits [n, vocab] float32 when return_logits.")
+  py::class_<Output>(e, "Output", "output_ids [n, 1] int64 (None in a process without group rank 0); "
+                                 "logits [n, vocab] float32 when return_logits (rank 0 only).")
       .def_readonly("output_ids", &Output::output_ids)
       .def_readonly("logits", &Output::logits);
 
   e.def(py::init([](const LlamaConfig& config, py::object distributed_config, py::object device_type,
-                    py::object cache_config) {
+                    py::object cache_config, py::object process_group, double comm_timeout) {
           DistConfig dist = distributed_config.is_none() ? DistConfig() : distributed_config.cast<DistConfig>();
           const c10::DeviceType dt = parse_device_type(device_type);
           auto cc = as_cache_config(cache_config);
+          auto comms = infinilm::engine::engine_communicators(config, dist, !distributed_config.is_none(), dt,
+                                                              process_group, comm_timeout);
           py::gil_scoped_release nogil;
-          return std::make_shared<InferEngine>(config, dist, dt, std::move(cc));
+          return std::make_shared<InferEngine>(config, dist, dt, std::move(cc), std::move(comms));
         }),
         py::arg("config"), py::arg("distributed_config") = py::none(), py::arg("device_type") = py::none(),
-        py::arg("cache_config") = py::none(),
+        py::arg("cache_config") = py::none(), py::arg("process_group") = py::none(),
+        py::arg("comm_timeout") = 300.0,
         "InferEngine(config, distributed_config=DistConfig(), device_type='cpu'|'cuda'|torch.device|Device.Type, "
-        "cache_config=None -> StaticKVCacheConfig(1, max_position_embeddings))");
+        "cache_config=None -> StaticKVCacheConfig(1, max_position_embeddings), process_group=None, "
+        "comm_timeout=300.0). DistConfig(tp_size > 1): one rank thread per device, Gloo (CPU) or NCCL (CUDA) "
+        "groups built internally. process_group (a torch.distributed group, e.g. after init_process_group under "
+        "torchrun): this process runs one rank of it; only group rank 0 returns output_ids (others get None). "
+        "comm_timeout: seconds an all-reduce may wait for its peers before raising. See docs/tensor_parallel.md.");
   e.def("load_param", [](InferEngine& self, const std::string& name, py::object param) {
          auto t = as_tensor(param, "param");
          if (!t) throw py::type_error("load_param: 'param' for '" + name + "' is None");
@@ -292,6 +301,10 @@ void bind_engine(py::module_& m) {
         "Attach a HookRegistry (None detaches); rank 0 calls its hooks during forward.");
   e.def_property_readonly("config", &InferEngine::config);
   e.def_property_readonly("tp_size", &InferEngine::tp_size);
+  e.def_property_readonly("local_ranks", &InferEngine::local_ranks, "Group ranks this process runs.");
+  e.def("_comm_seconds", &InferEngine::comm_seconds, "Host seconds local rank 0 spent in all-reduces.");
+  e.def("_inject_rank_failure", &InferEngine::inject_rank_failure, py::arg("rank"),
+        "Test hook: the next forward raises on group rank `rank` before its model runs.");
   e.def_property_readonly("device", [](const InferEngine& self) { return self.device().str(); });
   e.def_property_readonly("is_paged", [](const InferEngine& self) { return self.kv_cache().paged(); });
   e.def_property_readonly("num_blocks", [](const InferEngine& self) { return self.kv_cache().num_blocks(); });

@@ -51,8 +51,10 @@ def engine_config(hf_cfg, dtype):
     return c
 
 
-def make_engine(model, dtype=torch.float32, cache_config=None):
-    engine = _infinilm.InferEngine(engine_config(model.config, dtype), device_type="cpu", cache_config=cache_config)
+def make_engine(model, dtype=torch.float32, cache_config=None, **engine_kw):
+    """engine_kw: further InferEngine arguments (distributed_config, process_group, comm_timeout)."""
+    engine = _infinilm.InferEngine(engine_config(model.config, dtype), device_type="cpu", cache_config=cache_config,
+                                   **engine_kw)
     for name, t in model.state_dict().items():
         engine.load_param(name, t)
     return engine

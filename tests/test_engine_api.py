@@ -53,8 +53,8 @@ def test_cache_sizes_and_device_types():
         assert _infinilm.InferEngine(cfg, device_type=dt).device == "cpu"
     with pytest.raises(ValueError, match="device_type"):
         _infinilm.InferEngine(cfg, device_type="cambricon")
-    with pytest.raises(ValueError, match="communicator"):
-        _infinilm.InferEngine(cfg, _infinilm.DistConfig(2), "cpu")
+    # Tensor parallelism builds its own Gloo groups (tests/test_tp.py covers it).
+    assert _infinilm.InferEngine(cfg, _infinilm.DistConfig(2), "cpu").tp_size == 2
 
 
 @pytest.mark.parametrize("tied", [False, True])

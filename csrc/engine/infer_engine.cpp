@@ -7,52 +7,70 @@
 
 #include <exception>
 #include <future>
+#include <thread>
 
 #include "csrc/engine/batch.h"
 #include "csrc/ops/ops.h"
 
 namespace infinilm::engine {
 
-InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distributed::DistConfig& distributed_config,
-                         c10::DeviceType device_type, std::shared_ptr<const cache::CacheConfig> cache_config,
-                         std::vector<std::shared_ptr<Communicator>> communicators)
-    : config_(config), dist_(distributed_config), cache_config_(std::move(cache_config)) {
-  config_.validate();
-  dist_.validate();
-  const int64_t tp = dist_.tp_size();
+void InferEngine::check_args(const models::llama::LlamaConfig& config, const distributed::DistConfig& dist,
+                             c10::DeviceType device_type, int64_t world_size) {
+  config.validate();
+  dist.validate();
   TORCH_CHECK_VALUE(device_type == c10::DeviceType::CPU || device_type == c10::DeviceType::CUDA,
                     "InferEngine: 'device_type' must be CPU or CUDA, got ", device_type);
   if (device_type == c10::DeviceType::CUDA) {
     TORCH_CHECK_VALUE(at::hasCUDA(), "InferEngine: device_type CUDA requested but this torch has no usable CUDA");
     const int64_t count = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->deviceCount();
-    for (int64_t id : dist_.tp_device_ids) {
+    for (int64_t id : dist.tp_device_ids) {
       TORCH_CHECK_VALUE(id < count, "DistConfig: device id ", id, " in 'tp_device_ids' but only ", count,
                         " CUDA devices are visible");
     }
   }
-  TORCH_CHECK_VALUE(config_.num_key_value_heads % tp == 0, "InferEngine: 'num_key_value_heads' (",
-                    config_.num_key_value_heads, ") must be divisible by tp_size (", tp, ")");
-  TORCH_CHECK_VALUE(tp == 1 || static_cast<int64_t>(communicators.size()) == tp, "InferEngine: tp_size ", tp,
-                    " needs one communicator per rank (tensor parallelism over torch.distributed), got ",
+  TORCH_CHECK_VALUE(config.num_attention_heads % world_size == 0, "InferEngine: 'num_attention_heads' (",
+                    config.num_attention_heads, ") must be divisible by tp_size (", world_size, ")");
+  TORCH_CHECK_VALUE(config.num_key_value_heads % world_size == 0, "InferEngine: 'num_key_value_heads' (",
+                    config.num_key_value_heads, ") must be divisible by tp_size (", world_size, ")");
+  TORCH_CHECK_VALUE(config.intermediate_size % world_size == 0, "InferEngine: 'intermediate_size' (",
+                    config.intermediate_size, ") must be divisible by tp_size (", world_size, ")");
+}
+
+InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distributed::DistConfig& distributed_config,
+                         c10::DeviceType device_type, std::shared_ptr<const cache::CacheConfig> cache_config,
+                         std::vector<std::shared_ptr<Communicator>> communicators)
+    : config_(config), dist_(distributed_config), cache_config_(std::move(cache_config)) {
+  const int64_t local = dist_.tp_size();
+  world_ = communicators.empty() ? local : communicators[0]->size();
+  check_args(config_, dist_, device_type, world_);
+  TORCH_CHECK_VALUE(world_ == 1 || static_cast<int64_t>(communicators.size()) == local, "InferEngine: tp_size ",
+                    world_, " needs one communicator per rank (tensor parallelism over torch.distributed), got ",
                     communicators.size());
+  for (size_t i = 0; i < communicators.size(); ++i) {
+    const auto& c = communicators[i];
+    TORCH_CHECK_VALUE(c && c->size() == world_, "InferEngine: communicator ", i, " has group size ",
+                      c ? c->size() : -1, " but communicator 0 has ", world_);
+    TORCH_CHECK_VALUE(local == 1 || c->rank() == static_cast<int64_t>(i), "InferEngine: in-process rank ", i,
+                      " got a communicator of rank ", c->rank());
+  }
   if (!cache_config_) {
     cache_config_ = std::make_shared<cache::StaticKVCacheConfig>(1, config_.max_position_embeddings);
   }
   const int threads = at::get_num_threads();
-  ranks_.resize(tp);
-  for (int64_t r = 0; r < tp; ++r) {
+  ranks_.resize(local);
+  for (int64_t i = 0; i < local; ++i) {
     const at::Device dev = device_type == c10::DeviceType::CPU
                                ? at::Device(c10::DeviceType::CPU)
-                               : at::Device(device_type, static_cast<c10::DeviceIndex>(dist_.tp_device_ids[r]));
-    // CPU ranks share the cores between them.
-    const int rank_threads = device_type == c10::DeviceType::CPU ? std::max<int>(1, threads / tp) : 1;
-    ranks_[r].worker = std::make_unique<RankWorker>(r, dev, rank_threads);
+                               : at::Device(device_type, static_cast<c10::DeviceIndex>(dist_.tp_device_ids[i]));
+    // CPU ranks in one process share the cores between them.
+    const int rank_threads = device_type == c10::DeviceType::CPU ? std::max<int>(1, threads / local) : 1;
+    const int64_t rank = communicators.empty() ? i : communicators[i]->rank();
+    if (world_ > 1) ranks_[i].comm = communicators[i];
+    ranks_[i].worker = std::make_unique<RankWorker>(rank, dev, rank_threads);
   }
-  auto comms = std::move(communicators);
   run_on_all([&](Rank& rank) {
-    const int64_t r = rank.worker->rank();
-    auto comm = tp > 1 ? comms[r] : nullptr;
-    rank.model = std::make_unique<models::llama::LlamaForCausalLM>(config_, r, tp, rank.worker->device(), comm);
+    rank.model = std::make_unique<models::llama::LlamaForCausalLM>(config_, rank.worker->rank(), world_,
+                                                                   rank.worker->device(), rank.comm);
     rank.cache = std::make_unique<cache::KVCache>(config_, rank.model->local_kv_heads(), *cache_config_,
                                                   rank.worker->device());
   });
@@ -60,27 +78,74 @@ InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distrib
 
 InferEngine::~InferEngine() {
   for (auto& r : ranks_) r.worker.reset();  // join every thread before the models go
+  // Models and caches go on this thread: their tensors may have Python owners (state_dict views), whose
+  // release needs the GIL this thread may hold.
+  for (auto& r : ranks_) {
+    r.model.reset();
+    r.cache.reset();
+  }
+  if (ranks_.size() < 2) return;
+  // The communicators go together: after a failed step a rank's Gloo backend may still wait on a peer, and
+  // only that peer's teardown (closing its connections) ends the wait, so releasing them in turn can block.
+  std::vector<std::thread> release;
+  for (auto& r : ranks_) {
+    Rank* p = &r;
+    release.emplace_back([p] { p->comm.reset(); });
+  }
+  for (auto& t : release) t.join();
 }
 
-void InferEngine::run_on_all(const std::function<void(Rank&)>& command) {
+void InferEngine::run_on_all(const std::function<void(Rank&)>& command, bool collective) {
+  const bool abort_on_failure = collective && world_ > 1;
+  // The first rank to fail holds the cause; ranks it aborted fail later with "aborted" and are not reported.
+  std::mutex root_mu;
+  std::exception_ptr root;
   std::vector<std::future<void>> done;
   for (auto& rank : ranks_) {
     Rank* p = &rank;
-    done.push_back(rank.worker->submit([p, &command] { command(*p); }));
+    done.push_back(rank.worker->submit([this, p, &command, abort_on_failure, &root_mu, &root] {
+      try {
+        command(*p);
+      } catch (...) {
+        {
+          std::lock_guard<std::mutex> lock(root_mu);
+          if (!root) root = std::current_exception();
+        }
+        if (abort_on_failure) {  // from this thread, at once: the other ranks may be waiting for this one
+          broken_ = true;
+          for (auto& r : ranks_) r.comm->abort();
+        }
+        throw;
+      }
+    }));
   }
-  std::exception_ptr first;
   for (auto& f : done) {
     try {
       f.get();
     } catch (...) {
-      if (!first) first = std::current_exception();
     }
   }
-  if (first) std::rethrow_exception(first);
+  if (root) std::rethrow_exception(root);
+}
+
+void InferEngine::check_usable() const {
+  TORCH_CHECK(!broken_.load(), "InferEngine: a tensor-parallel rank failed during an earlier forward and the "
+              "ranks' collectives no longer pair up; create a new engine");
+}
+
+std::vector<int64_t> InferEngine::local_ranks() const {
+  std::vector<int64_t> out;
+  for (const auto& r : ranks_) out.push_back(r.worker->rank());
+  return out;
+}
+
+double InferEngine::comm_seconds() const {
+  return ranks_.at(0).comm ? ranks_.at(0).comm->busy_seconds() : 0.0;
 }
 
 void InferEngine::load_param(const std::string& name, const at::Tensor& param) {
   std::lock_guard<std::mutex> lock(call_mu_);
+  check_usable();
   run_on_all([&](Rank& rank) { rank.model->load_param(name, param); });
 }
 
@@ -93,12 +158,15 @@ std::vector<InferEngine::StateDict> InferEngine::state_dict() const {
 
 InferEngine::Output InferEngine::forward(const Input& input) {
   std::lock_guard<std::mutex> lock(call_mu_);
+  check_usable();
   // Every check happens here, on the host, before any rank writes its cache.
   const models::llama::ForwardBatch host = build_batch(input, config_, *ranks_[0].cache);
   const int64_t n = host.seq_lens.size(0);
   const SamplingParams sp = build_sampling(input, n, config_.vocab_size);
-  Output out;
+  Output out;  // output_ids stays undefined (None) in a process without group rank 0
+  const int64_t failing = inject_failure_rank_.exchange(-1);
   run_on_all([&](Rank& rank) {
+    TORCH_CHECK(rank.worker->rank() != failing, "InferEngine: injected failure on rank ", failing);
     const at::Device dev = rank.worker->device();
     const models::llama::ForwardBatch batch = to_device(host, dev);
     const bool first = rank.worker->rank() == 0;
@@ -108,12 +176,13 @@ InferEngine::Output InferEngine::forward(const Input& input) {
                                       sp.seeds.to(dev));
     out.output_ids = ids.to(at::kCPU, at::kLong).view({n, 1});
     if (input.return_logits) out.logits = logits.to(at::kCPU);
-  });
+  }, /*collective=*/true);
   return out;
 }
 
 void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_config) {
   std::lock_guard<std::mutex> lock(call_mu_);
+  check_usable();
   if (!cache_config) {
     run_on_all([](Rank& rank) { rank.cache->clear(); });
     return;

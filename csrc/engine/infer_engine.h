@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,14 +28,21 @@ class InferEngine {
   using Output = engine::Output;
   using StateDict = std::vector<std::pair<std::string, at::Tensor>>;
 
-  // cache_config null: StaticKVCacheConfig(1, max_position_embeddings). communicators: one per rank, required
-  // when tp_size > 1 (rank r's all-reduces go through communicators[r]).
+  // cache_config null: StaticKVCacheConfig(1, max_position_embeddings). communicators: one per local rank
+  // (per entry of distributed_config.tp_device_ids), required when the group has more than one rank. Each
+  // communicator names its rank and the group size: in-process mode has communicators[r].rank() == r and
+  // size() == tp_device_ids.size(); multi-process mode has one local rank of a larger group.
   InferEngine(const models::llama::LlamaConfig& config,
               const distributed::DistConfig& distributed_config = distributed::DistConfig(),
               c10::DeviceType device_type = c10::DeviceType::CPU,
               std::shared_ptr<const cache::CacheConfig> cache_config = nullptr,
               std::vector<std::shared_ptr<Communicator>> communicators = {});
   ~InferEngine();
+
+  // The checks that need no communicator (heads divisible by world_size, device ids valid), so that callers
+  // can raise before building process groups.
+  static void check_args(const models::llama::LlamaConfig& config, const distributed::DistConfig& dist,
+                         c10::DeviceType device_type, int64_t world_size);
 
   void load_param(const std::string& name, const at::Tensor& param);
   std::vector<StateDict> state_dict() const;
@@ -45,8 +53,15 @@ class InferEngine {
 
   const models::llama::LlamaConfig& config() const { return config_; }
   const distributed::DistConfig& distributed_config() const { return dist_; }
-  int64_t tp_size() const { return dist_.tp_size(); }
-  at::Device device(int64_t rank = 0) const { return ranks_.at(rank).worker->device(); }
+  // Ranks in the whole group (across processes in multi-process mode); local ranks are tp_device_ids.size().
+  int64_t tp_size() const { return world_; }
+  // Group rank of each local rank.
+  std::vector<int64_t> local_ranks() const;
+  at::Device device(int64_t local = 0) const { return ranks_.at(local).worker->device(); }
+  // Host seconds local rank 0 has spent in all-reduces (0 without tensor parallelism).
+  double comm_seconds() const;
+  // Test hook: the next forward fails on group rank `rank` before its model runs (as a crashing rank would).
+  void inject_rank_failure(int64_t rank) { inject_failure_rank_ = rank; }
   std::shared_ptr<const cache::CacheConfig> cache_config() const { return cache_config_; }
   // Rank 0's cache (every rank's has the same geometry).
   const cache::KVCache& kv_cache() const { return *ranks_.at(0).cache; }
@@ -55,10 +70,14 @@ class InferEngine {
   struct Rank {
     std::unique_ptr<models::llama::LlamaForCausalLM> model;
     std::unique_ptr<cache::KVCache> cache;
+    std::shared_ptr<Communicator> comm;
     std::unique_ptr<RankWorker> worker;  // declared last: destroyed (joined) first
   };
-  // Runs command(rank) on every rank's thread; waits for all, then rethrows the first failure.
-  void run_on_all(const std::function<void(Rank&)>& command);
+  // Runs command(rank) on every rank's thread; waits for all, then rethrows the first failure. collective:
+  // the command runs all-reduces, so a failing rank aborts the others' communicators (they would wait for it
+  // forever) and the engine refuses later calls (the ranks' collective sequences no longer pair up).
+  void run_on_all(const std::function<void(Rank&)>& command, bool collective = false);
+  void check_usable() const;
 
   // Serialises the public calls: ranks must see commands in the same order (their collectives pair up).
   mutable std::mutex call_mu_;
@@ -67,6 +86,9 @@ class InferEngine {
   std::shared_ptr<const cache::CacheConfig> cache_config_;
   std::shared_ptr<models::debug_utils::HookRegistry> hooks_;
   std::vector<Rank> ranks_;
+  int64_t world_ = 1;
+  std::atomic<bool> broken_{false};
+  std::atomic<int64_t> inject_failure_rank_{-1};
 };
 
 }  // namespace infinilm::engine
