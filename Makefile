@@ -7,7 +7,6 @@ DEPS    := ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm
 # ccache, when installed, makes rebuilds after a checkout switch nearly free.
 CCACHE  := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
-CSRC    := $(shell find csrc kernels -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 
 .PHONY: demo test build bench cuda-check clean
 

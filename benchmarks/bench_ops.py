@@ -46,7 +46,6 @@ def torch_rope(pos, q, k, table):
 
 
 def torch_cache_write(k, v, kc, vc, slots, bs):
-    kc.view(-1, bs, kc.shape[1], kc.shape[3])  # layout check only
     blk, off = slots // bs, slots % bs
     kc[blk, :, off] = k
     vc[blk, :, off] = v

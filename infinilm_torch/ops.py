@@ -60,16 +60,24 @@ def rope_cos_sin_cache(
     )
 
 
-def rope_cache_from_hf_config(config, max_position: Optional[int] = None) -> torch.Tensor:
-    """The cos/sin table for a transformers Llama/Qwen2/Mistral config (rope_theta and rope_scaling honoured)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    rot = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+def hf_rope_params(config) -> dict:
+    """rope_theta, rope_type and the scaling fields of a transformers config, merged from ``rope_scaling``
+    (transformers 4) and ``rope_parameters`` (transformers 5)."""
     scaling = dict(getattr(config, "rope_scaling", None) or {})
     params = getattr(config, "rope_parameters", None)
     if isinstance(params, dict):
         scaling = {**params, **scaling}
-    theta = scaling.get("rope_theta", getattr(config, "rope_theta", 10000.0))
-    rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+    scaling.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    scaling["rope_type"] = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+    return scaling
+
+
+def rope_cache_from_hf_config(config, max_position: Optional[int] = None) -> torch.Tensor:
+    """The cos/sin table for a transformers Llama/Qwen2/Mistral config (rope_theta and rope_scaling honoured)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    rot = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+    scaling = hf_rope_params(config)
+    theta, rope_type = scaling["rope_theta"], scaling["rope_type"]
     return rope_cos_sin_cache(
         max_position or config.max_position_embeddings,
         rot,
@@ -194,6 +202,7 @@ __all__ = [
     "rotary_embedding",
     "rope_cos_sin_cache",
     "rope_cache_from_hf_config",
+    "hf_rope_params",
     "silu_and_mul",
     "reshape_and_cache",
     "paged_attention_decode",

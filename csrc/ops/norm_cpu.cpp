@@ -8,36 +8,14 @@
 
 namespace infinilm {
 
-namespace {
-// Rows of a [..., H] tensor as (pointer, rows, row stride); leading dims must collapse to one stride.
-int64_t row_stride_of(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.stride(-1) == 1 || t.size(-1) == 1, "infinilm: '", name,
-                    "' must have stride 1 in its last dimension, got strides ", t.strides());
-  if (t.dim() == 1) return t.size(0);
-  const int64_t s = t.stride(-2);
-  for (int64_t d = t.dim() - 3; d >= 0; --d) {
-    TORCH_CHECK_VALUE(t.size(d) == 1 || t.stride(d) == t.stride(d + 1) * t.size(d + 1), "infinilm: '", name,
-                      "' must be viewable as [rows, hidden] with one row stride, got shape ", t.sizes(),
-                      " strides ", t.strides());
-  }
-  return s;
-}
-}  // namespace
-
 at::Tensor rms_norm_cpu(const at::Tensor& input, const at::Tensor& weight, double eps) {
   check_rms_norm_args(input, weight, eps);
   INFINILM_CHECK_CPU(input);
   const int64_t H = input.size(-1);
-  at::Tensor x = input;
-  if (x.stride(-1) != 1 && H != 1) x = x.contiguous();
-  int64_t in_stride;
-  try {
-    in_stride = row_stride_of(x, "input");
-  } catch (const c10::Error&) {
-    x = x.contiguous();
-    in_stride = H;
-  }
-  const at::Tensor w = weight.scalar_type() == x.scalar_type() ? weight.contiguous() : weight.to(x.scalar_type()).contiguous();
+  const auto rows_in = readable_rows(input);  // (tensor, row stride); lambdas cannot capture bindings in C++17
+  const at::Tensor& x = rows_in.first;
+  const int64_t in_stride = rows_in.second;
+  const at::Tensor w = weight_as(weight, x);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t rows = H == 0 ? 0 : input.numel() / H;
   INFINILM_DISPATCH_FLOAT_CPU(x.scalar_type(), "rms_norm", [&] {
@@ -53,7 +31,7 @@ void fused_add_rms_norm_cpu(at::Tensor& input, at::Tensor& residual, const at::T
   const int64_t H = input.size(-1);
   const int64_t x_stride = row_stride_of(input, "input");
   const int64_t r_stride = row_stride_of(residual, "residual");
-  const at::Tensor w = weight.scalar_type() == input.scalar_type() ? weight.contiguous() : weight.to(input.scalar_type()).contiguous();
+  const at::Tensor w = weight_as(weight, input);
   const int64_t rows = H == 0 ? 0 : input.numel() / H;
   INFINILM_DISPATCH_FLOAT_CPU(input.scalar_type(), "fused_add_rms_norm", [&] {
     cpu::fused_add_rms_norm<scalar_t>(ptr<scalar_t>(input), ptr<scalar_t>(residual), ptr<scalar_t>(w), rows, H,

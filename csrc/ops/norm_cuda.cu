@@ -8,40 +8,14 @@
 
 namespace infinilm {
 
-namespace {
-// Rows of a [..., H] tensor as one row stride; leading dims must collapse (same rule as the CPU glue).
-int64_t row_stride_of(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.stride(-1) == 1 || t.size(-1) == 1, "infinilm: '", name,
-                    "' must have stride 1 in its last dimension, got strides ", t.strides());
-  if (t.dim() == 1) return t.size(0);
-  const int64_t s = t.stride(-2);
-  for (int64_t d = t.dim() - 3; d >= 0; --d) {
-    TORCH_CHECK_VALUE(t.size(d) == 1 || t.stride(d) == t.stride(d + 1) * t.size(d + 1), "infinilm: '", name,
-                      "' must be viewable as [rows, hidden] with one row stride, got shape ", t.sizes(),
-                      " strides ", t.strides());
-  }
-  return s;
-}
-
-at::Tensor weight_as(const at::Tensor& weight, const at::Tensor& like) {
-  return weight.scalar_type() == like.scalar_type() ? weight.contiguous() : weight.to(like.scalar_type()).contiguous();
-}
-}  // namespace
-
 at::Tensor rms_norm_cuda(const at::Tensor& input, const at::Tensor& weight, double eps) {
   check_rms_norm_args(input, weight, eps);
   INFINILM_CHECK_CUDA(input);
   const c10::cuda::CUDAGuard guard(input.device());
   const int64_t H = input.size(-1);
-  at::Tensor x = input;
-  if (x.stride(-1) != 1 && H != 1) x = x.contiguous();
-  int64_t in_stride;
-  try {
-    in_stride = row_stride_of(x, "input");
-  } catch (const c10::Error&) {
-    x = x.contiguous();
-    in_stride = H;
-  }
+  const auto rows_in = readable_rows(input);  // (tensor, row stride); lambdas cannot capture bindings in C++17
+  const at::Tensor& x = rows_in.first;
+  const int64_t in_stride = rows_in.second;
   const at::Tensor w = weight_as(weight, x);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t rows = H == 0 ? 0 : input.numel() / H;

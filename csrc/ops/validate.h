@@ -22,6 +22,37 @@ inline void check_rms_norm_args(const at::Tensor& input, const at::Tensor& weigh
   TORCH_CHECK_VALUE(eps >= 0.0, "infinilm: 'eps' must be >= 0, got ", eps);
 }
 
+// Row stride of a [..., H] tensor whose last dimension is dense and whose leading dimensions collapse into one
+// strided row dimension (any 2-D row-strided view qualifies); -1 when they do not.
+inline int64_t collapsed_row_stride(const at::Tensor& t) {
+  if (t.stride(-1) != 1 && t.size(-1) != 1) return -1;
+  if (t.dim() == 1) return t.size(0);
+  for (int64_t d = t.dim() - 3; d >= 0; --d) {
+    if (t.size(d) != 1 && t.stride(d) != t.stride(d + 1) * t.size(d + 1)) return -1;
+  }
+  return t.stride(-2);
+}
+
+// The same for tensors that are written in place, where a copy is not an option: a clear error instead.
+inline int64_t row_stride_of(const at::Tensor& t, const char* name) {
+  const int64_t s = collapsed_row_stride(t);
+  TORCH_CHECK_VALUE(s >= 0, "infinilm: '", name, "' must be viewable as [rows, hidden] with a dense last dimension ",
+                    "and one row stride, got shape ", t.sizes(), " strides ", t.strides());
+  return s;
+}
+
+// An input read row by row: itself when its rows have one stride, else a contiguous copy; with that stride.
+inline std::pair<at::Tensor, int64_t> readable_rows(const at::Tensor& t) {
+  const int64_t s = collapsed_row_stride(t);
+  if (s >= 0) return {t, s};
+  return {t.contiguous(), t.size(-1)};
+}
+
+// The norm weight in the input's dtype (the kernels read both with one element type).
+inline at::Tensor weight_as(const at::Tensor& weight, const at::Tensor& like) {
+  return weight.scalar_type() == like.scalar_type() ? weight.contiguous() : weight.to(like.scalar_type()).contiguous();
+}
+
 inline void check_fused_add_rms_norm_args(const at::Tensor& input, const at::Tensor& residual,
                                           const at::Tensor& weight, double eps) {
   check_rms_norm_args(input, weight, eps);

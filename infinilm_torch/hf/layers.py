@@ -138,12 +138,9 @@ def rope_supported(config) -> bool:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if float(getattr(config, "partial_rotary_factor", 1.0) or 1.0) != 1.0 or head_dim % 2:
         return False
-    scaling = dict(getattr(config, "rope_scaling", None) or {})
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict):
-        scaling = {**params, **scaling}
-    rope_type = scaling.get("rope_type", scaling.get("type", "default")) or "default"
-    return rope_type in ROPE_TYPES
+    from infinilm_torch.ops import hf_rope_params
+
+    return hf_rope_params(config)["rope_type"] in ROPE_TYPES
 
 
 def attach_rope_table(rotary, config, device=None) -> None:

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "kernels/cpu/common.h"
+#include "kernels/cpu/isa.h"
 
 namespace infinilm::cpu {
 
@@ -91,16 +92,6 @@ inline int64_t decode_splits(int64_t items, int64_t max_len) {
 
 namespace infinilm::cpu {
 
-// AVX2 when the CPU has it, unless INFINILM_CPU_GENERIC is set (tests use that to cover the baseline build).
-inline bool attention_use_avx2() {
-#ifdef INFINILM_ATTN_HAVE_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* force = std::getenv("INFINILM_CPU_GENERIC");
-  return ok && (force == nullptr || force[0] == '\0' || force[0] == '0');
-#else
-  return false;
-#endif
-}
 
 // out [batch, Hq, D] (dense) = softmax(scale * q K^T) V over the first seq_lens[b] cached tokens (0 -> zeros).
 template <typename T>
@@ -112,7 +103,7 @@ void paged_attention_decode(T* out,                    // [batch, Hq, D]
                             const int64_t* seq_lens,      // [batch]
                             const PagedAttentionShape& s, int64_t batch, int64_t q_tok, int64_t q_head) {
 #ifdef INFINILM_ATTN_HAVE_AVX2
-  if (attention_use_avx2())
+  if (cpu_use_avx2())
     return avx2::paged_attention_decode(out, query, key_cache, value_cache, block_tables, seq_lens, s, batch, q_tok,
                                         q_head);
 #endif
@@ -132,7 +123,7 @@ void paged_attention_prefill(T* out,                     // [T, Hq, D]
                              const PagedAttentionShape& s, int64_t num_reqs, int64_t q_tok,
                              int64_t q_head) {
 #ifdef INFINILM_ATTN_HAVE_AVX2
-  if (attention_use_avx2())
+  if (cpu_use_avx2())
     return avx2::paged_attention_prefill(out, query, key_cache, value_cache, block_tables, query_start_loc, seq_lens,
                                          s, num_reqs, q_tok, q_head);
 #endif
