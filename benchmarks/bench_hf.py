@@ -35,6 +35,10 @@ SHAPES = {
 }
 
 
+MODES = {"eager-dynamic": ("eager", "dynamic"), "eager-static": ("eager", "static"),
+         "compiled": ("compiled", "static")}
+
+
 def build(shapes, device, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -82,7 +86,9 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=None)
     ap.add_argument("--prompt-len", type=int, default=None)
     ap.add_argument("--new-tokens", type=int, default=None)
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="same as --modes eager-dynamic eager-static")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                    help="rows to run (compiling takes minutes on a 1B model: split runs over calls if needed)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
@@ -102,14 +108,21 @@ def main():
     print(f"# {args.shapes} {str(dtype).replace('torch.', '')} on {args.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, prompt {plen}, {new} new tokens,"
           f" {torch.get_num_threads()} CPU threads, {args.clock} clock, torch {torch.__version__}, transformers {__import__('transformers').__version__}")
-    rows = []
+    # "vs hf": against the unpatched model in the same mode and cache; "vs hf eager": against unpatched eager with
+    # transformers' default dynamic cache (when that row ran), the usual baseline.
+    head = ("model", "mode", "cache", "batch", "prefill ms", "decode tok/s", "vs hf", "vs hf eager")
+    widths = [8, 8, 7, 5, 10, 12, 6, 11]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    print(fmt.format(*head))
+    print("  ".join("-" * w for w in widths), flush=True)
+    modes = [MODES[m] for m in (["eager-dynamic", "eager-static"] if args.no_compile else args.modes)]
     for bsz in batches:
         ids = torch.randint(3, base.config.vocab_size, (bsz, plen), device=args.device)
-        ref_decode = None
         # Static caches sized to a multiple of 64 tokens (the CUDA kernels take power-of-two blocks of >= 8).
         cache_len = -(-(plen + new) // 64) * 64
-        modes = [("eager", "dynamic"), ("eager", "static")] + ([] if args.no_compile else [("compiled", "static")])
+        eager_decode = None
         for mode, cache in modes:
+            ref_decode = None
             for name, model in (("hf", base), ("infinilm", patched)):
                 torch._dynamo.reset()
                 timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
@@ -117,15 +130,11 @@ def main():
                 tn = timed_generate(model, ids, new, mode, cache, cache_len, args.repeats, clock)
                 decode = bsz * (new - 1) / max(tn - t1, 1e-9)
                 ref_decode = ref_decode or decode
-                rows.append((name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}",
-                             f"{decode / ref_decode:.2f}x"))
-    head = ("model", "mode", "cache", "batch", "prefill ms", "decode tok/s", "vs hf eager")
-    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    print(fmt.format(*head))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt.format(*r))
+                if (mode, cache) == ("eager", "dynamic"):
+                    eager_decode = eager_decode or decode
+                vs_eager = f"{decode / eager_decode:.2f}x" if eager_decode else "-"
+                print(fmt.format(name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}",
+                                 f"{decode / ref_decode:.2f}x", vs_eager), flush=True)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,12 @@ KERNELS = {"cpu": _has_paged_kernels("CPU"), "cuda": _has_paged_kernels("CUDA")}
 LAYOUT = {"cpu": "row", "cuda": "head"}
 MAX_BLOCK = 256
 # The CUDA kernels are tested for blocks of 8..256 tokens: in the "head" layout a cache whose length has no
-# power-of-two divisor >= 8 goes to sdpa (size static caches to a multiple of 8: generation_config.max_cache_len).
+# power-of-two divisor >= 8 goes to sdpa: a dynamic cache does so 7 steps in 8; the static caches a patched
+# model's generate() builds are rounded up (STATIC_CACHE_MULTIPLE), and StaticCache objects built by hand should
+# be sized to a multiple of 8 tokens.
 MIN_BLOCK = {"cuda": 8}
+# A patched model's generate() rounds its static caches up to this many tokens on "head"-layout devices.
+STATIC_CACHE_MULTIPLE = 64
 HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
 
 

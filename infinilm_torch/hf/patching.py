@@ -191,6 +191,32 @@ def _set_attn_implementation(model, name: str) -> None:
     model.config._attn_implementation = name
 
 
+# The generate() hook that sizes static caches: ``_prepare_static_cache`` (transformers 5.x), ``_get_cache`` (4.x).
+_STATIC_CACHE_HOOKS = ("_prepare_static_cache", "_get_cache")
+
+
+def _round_static_cache(model) -> None:
+    """Round the static caches that ``generate`` builds for this model up to a multiple of
+    ``attention.STATIC_CACHE_MULTIPLE`` tokens on devices whose kernels take power-of-two blocks (CUDA), so
+    that every step runs on our kernels instead of falling back to sdpa. Extra slots are never attended to."""
+    for name in _STATIC_CACHE_HOOKS:
+        orig = getattr(type(model), name, None)
+        if orig is None or "max_cache_len" not in inspect.signature(orig).parameters:
+            continue
+        sig = inspect.signature(orig)
+
+        def sized(self, *args, _orig=orig, _sig=sig, **kwargs):
+            bound = _sig.bind(self, *args, **kwargs)
+            n = bound.arguments.get("max_cache_len")
+            if isinstance(n, int) and attention.LAYOUT.get(self.device.type) == "head":
+                m = attention.STATIC_CACHE_MULTIPLE
+                bound.arguments["max_cache_len"] = -(-n // m) * m
+            return _orig(*bound.args, **bound.kwargs)
+
+        _bind(model, name, sized)
+        return
+
+
 def patch(model, **parts):
     """Make this transformers Llama/Qwen2/Mistral causal LM run on torch.ops.infinilm (in place; returns it).
 
@@ -231,6 +257,7 @@ def patch(model, **parts):
     if on["attention"]:
         state["attn"] = getattr(model.config, "_attn_implementation", None)
         _set_attn_implementation(model, attention.NAME)
+        _round_static_cache(model)
     model._infinilm_patched = state
     return model
 
@@ -240,7 +267,7 @@ def unpatch(model):
     state = getattr(model, "_infinilm_patched", None)
     if state is None:
         return model
-    for m in model.modules():
+    for m in model.modules():  # the model itself included (its static-cache hook)
         saved = m.__dict__.pop("_infinilm_saved", None)
         if saved is None:
             continue

@@ -1,0 +1,191 @@
+"""HF transformers patching on CUDA: patched vs unpatched tiny Llama/Qwen2/Mistral with head size 64 (the CUDA
+attention kernels' sizes), fp32 and bf16, both caches, sampling, torch.compile fullgraph and "reduce-overhead"
+(CUDA graphs), and an engine built from the HF model on the GPU.
+
+``INFINILM_HF_TEST_DEVICE=cpu`` runs the same file on the CPU kernels with the CUDA cache layout and limits
+(a dry run of the test logic on a machine without a GPU).
+"""
+import copy
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import StaticCache  # noqa: E402
+
+import infinilm_torch  # noqa: E402
+from infinilm_torch.hf import attention  # noqa: E402
+from test_hf_patch import COMMON, FAMILIES, GREEDY, calls, make_model  # noqa: E402,F401
+
+DEV = os.environ.get("INFINILM_HF_TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SHAPE = dict(hidden_size=256, intermediate_size=384)  # 4 heads of 64, 2 kv heads
+LAYERS = COMMON["num_hidden_layers"]
+
+
+@pytest.fixture(autouse=True)
+def cuda_policy(monkeypatch):
+    """On a CPU dry run, show the HF cache to the kernels the way CUDA does."""
+    if DEV == "cpu":
+        monkeypatch.setitem(attention.LAYOUT, "cpu", "head")
+        monkeypatch.setitem(attention.MIN_BLOCK, "cpu", attention.MIN_BLOCK["cuda"])
+        monkeypatch.setitem(attention.HEAD_DIMS, "cpu", attention.HEAD_DIMS["cuda"])
+
+
+def gpu_model(family, dtype=torch.float32, **overrides):
+    return make_model(family, torch.float32, **{**SHAPE, **overrides}).to(device=DEV, dtype=dtype)
+
+
+def gpu_pair(family, dtype=torch.float32, **overrides):
+    ref = gpu_model(family, dtype, **overrides)
+    return ref, infinilm_torch.patch(copy.deepcopy(ref))
+
+
+def gpu_prompt(batch=2, length=8):
+    ids = torch.randint(3, COMMON["vocab_size"], (batch, length), device=DEV)
+    return ids, torch.ones_like(ids)
+
+
+def rel_tol(ref, scale):
+    return dict(atol=scale * ref.abs().max().item(), rtol=scale)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_logits_fp32(family, calls):
+    ref, model = gpu_pair(family)
+    ids, _ = gpu_prompt(3, 24)
+    with torch.no_grad():
+        want, got = ref(ids).logits, model(ids).logits
+    torch.testing.assert_close(got, want, **rel_tol(want, 2e-4))
+    assert calls["prefill"] == LAYERS and calls["sdpa"] == 0  # 24 = 3 blocks of 8
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cuda_logits_bf16(family):
+    """Our bf16 error against the fp32 model is at most twice transformers' own bf16 error (RMS over the logits)."""
+    ref32 = gpu_model(family)
+    ref16 = copy.deepcopy(ref32).to(torch.bfloat16)
+    model = infinilm_torch.patch(copy.deepcopy(ref32).to(torch.bfloat16))
+    ids, _ = gpu_prompt(4, 32)
+    with torch.no_grad():
+        exact = ref32(ids).logits
+        hf_err = (ref16(ids).logits.float() - exact).pow(2).mean().sqrt().item()
+        our_err = (model(ids).logits.float() - exact).pow(2).mean().sqrt().item()
+    assert our_err <= 2 * hf_err, (our_err, hf_err)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cuda_greedy_32_steps(family, cache, calls):
+    ref, model = gpu_pair(family)
+    ids, mask = gpu_prompt(2, 8)
+    extra = {} if cache == "dynamic" else {"cache_implementation": "static"}
+    want = ref.generate(ids, attention_mask=mask, **GREEDY)
+    got = model.generate(ids, attention_mask=mask, **GREEDY, **extra)
+    assert torch.equal(got, want)
+    if cache == "static":  # 8 + 32 = 40 tokens = 5 blocks of 8: every call on our kernels
+        assert calls == {"prefill": LAYERS, "decode": 31 * LAYERS, "sdpa": 0}
+    else:  # cache lengths 9..39 after the prompt: those divisible by 8 (16, 24, 32) on our kernels
+        assert calls == {"prefill": LAYERS, "decode": 3 * LAYERS, "sdpa": 28 * LAYERS}
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cuda_bf16_generate(cache, calls):
+    """bf16 generate runs on our kernels with both caches; the first step's logits are as close to the fp32
+    model's as transformers' own bf16 logits are (RMS, at most twice its error)."""
+    ref32 = gpu_model("llama")
+    ref16 = copy.deepcopy(ref32).to(torch.bfloat16)
+    model = infinilm_torch.patch(copy.deepcopy(ref16))
+    ids, mask = gpu_prompt(4, 16)
+    extra = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 64}
+    kw = dict(GREEDY, max_new_tokens=16, min_new_tokens=16, return_dict_in_generate=True, output_logits=True)
+    exact = ref32.generate(ids, attention_mask=mask, **kw).logits[0]
+    want = ref16.generate(ids, attention_mask=mask, **kw)
+    got = model.generate(ids, attention_mask=mask, **kw, **extra)
+    assert got.sequences.shape == want.sequences.shape and calls["decode"] > 0
+
+    def rms(x):
+        return (x.float() - exact).pow(2).mean().sqrt().item()
+
+    assert rms(got.logits[0]) <= 2 * rms(want.logits[0]), (rms(got.logits[0]), rms(want.logits[0]))
+
+
+def test_cuda_sampling_matches(calls):
+    ref, model = gpu_pair("llama")
+    ids, mask = gpu_prompt()
+    kw = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, max_new_tokens=16, pad_token_id=0,
+              cache_implementation="static", max_cache_len=32)
+    torch.manual_seed(1234)
+    want = ref.generate(ids, attention_mask=mask, **kw)
+    torch.manual_seed(1234)
+    got = model.generate(ids, attention_mask=mask, **kw)
+    assert torch.equal(got, want) and calls["decode"] == 15 * LAYERS and calls["sdpa"] == 0
+
+
+def test_cuda_left_padding_falls_back_exactly(calls):
+    ref, model = gpu_pair("qwen2")
+    ids, mask = gpu_prompt(3, 8)
+    mask[0, :3] = 0
+    ids[mask == 0] = 0
+    kw = {**GREEDY, "max_new_tokens": 8, "min_new_tokens": 8}
+    assert torch.equal(model.generate(ids, attention_mask=mask, **kw), ref.generate(ids, attention_mask=mask, **kw))
+    assert calls["sdpa"] > 0
+
+
+def test_cuda_compile_no_graph_breaks():
+    model = infinilm_torch.patch(gpu_model("llama"))
+    ids, _ = gpu_prompt()
+    cache = StaticCache(config=model.config, max_cache_len=16)
+    with torch.no_grad():
+        prefill = torch._dynamo.explain(model)(ids, cache=cache, use_cache=True)
+        step = torch._dynamo.explain(model)(ids[:, :1], cache=cache, use_cache=True)
+    for ex in (prefill, step):
+        assert ex.graph_break_count == 0, ex.break_reasons
+        assert ex.graph_count == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_reduce_overhead_generate_matches_eager(dtype, calls, monkeypatch):
+    """generate's own compile hook with mode="reduce-overhead" (inductor + CUDA graphs, fullgraph) on a patched
+    model: same tokens as the eager patched model, logits within the dtype's accuracy, no sdpa traced."""
+    model = infinilm_torch.patch(gpu_model("mistral", dtype))
+    ids, mask = gpu_prompt()
+    kw = dict(GREEDY, max_new_tokens=12, min_new_tokens=12, cache_implementation="static", max_cache_len=32,
+              return_dict_in_generate=True, output_logits=True)
+    eager = model.generate(ids, attention_mask=mask, **kw)
+    assert calls == {"prefill": LAYERS, "decode": 11 * LAYERS, "sdpa": 0}
+    for name in ("paged_attention_decode", "paged_attention_prefill"):  # dynamo would guard on the counts
+        monkeypatch.setattr(attention.ops, name, getattr(attention.ops, name).__wrapped__)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("the compiled patched model traced the sdpa fallback")
+
+    monkeypatch.setattr(attention, "_sdpa", no_sdpa)
+    mode = "reduce-overhead" if DEV == "cuda" else "default"
+    model.generation_config.compile_config = transformers.CompileConfig(fullgraph=True, mode=mode)
+    model.generation_config.compile_config._compile_all_devices = True
+    torch._dynamo.reset()
+    with torch.no_grad():
+        first = model.generate(ids, attention_mask=mask, **kw)  # compiles (and records the graphs)
+        compiled = model.generate(ids, attention_mask=mask, **kw)  # replays
+    scale = 1e-4 if dtype == torch.float32 else 0.05
+    for run in (first, compiled):
+        if dtype == torch.float32:
+            assert torch.equal(run.sequences, eager.sequences)
+        torch.testing.assert_close(run.logits[0].float(), eager.logits[0].float(), **rel_tol(eager.logits[0].float(), scale))
+    if dtype == torch.float32:
+        for c, e in zip(compiled.logits, eager.logits):
+            torch.testing.assert_close(c, e, **rel_tol(e, scale))
+
+
+@pytest.mark.parametrize("cache", ["static", "paged"])
+def test_cuda_engine_from_hf_model(cache):
+    """An InferEngine built from the loaded HF model on the GPU generates HF's greedy tokens."""
+    ref = gpu_model("qwen2")
+    ids, mask = gpu_prompt(2, 8)
+    want = ref.generate(ids, attention_mask=mask, **GREEDY)[:, ids.shape[1]:]
+    llm = infinilm_torch.from_hf_model(ref, cache=cache, block_size=16, max_batch_size=2, max_cache_len=64)
+    assert llm.device.type == DEV
+    got = llm.generate(ids.tolist(), max_new_tokens=32, temperature=0, stop_at_eos=False).token_ids
+    assert got == want.tolist()
