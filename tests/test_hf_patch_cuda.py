@@ -12,11 +12,10 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import StaticCache  # noqa: E402
 
 import infinilm_torch  # noqa: E402
 from infinilm_torch.hf import attention  # noqa: E402
-from test_hf_patch import COMMON, FAMILIES, GREEDY, calls, make_model  # noqa: E402,F401
+from test_hf_patch import COMMON, FAMILIES, GREEDY, assert_no_breaks_from_us, calls, make_model  # noqa: E402,F401
 
 DEV = os.environ.get("INFINILM_HF_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -134,15 +133,8 @@ def test_cuda_left_padding_falls_back_exactly(calls):
 
 
 def test_cuda_compile_no_graph_breaks():
-    model = infinilm_torch.patch(gpu_model("llama"))
-    ids, _ = gpu_prompt()
-    cache = StaticCache(config=model.config, max_cache_len=16)
-    with torch.no_grad():
-        prefill = torch._dynamo.explain(model)(ids, cache=cache, use_cache=True)
-        step = torch._dynamo.explain(model)(ids[:, :1], cache=cache, use_cache=True)
-    for ex in (prefill, step):
-        assert ex.graph_break_count == 0, ex.break_reasons
-        assert ex.graph_count == 1
+    ref, model = gpu_pair("llama")
+    assert_no_breaks_from_us(ref, model, gpu_prompt()[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
