@@ -29,21 +29,25 @@ def _engine(model, dtype, cache_config, graphs):
 
 def _pair(dtype=torch.bfloat16, cache="static", batch=4, num_blocks=64, block_size=16, max_pos=256):
     model = make_hf(dtype=dtype, max_pos=max_pos, **CFG)
-    cc = (_infinilm.StaticKVCacheConfig(batch, 256) if cache == "static"
+    cc = (_infinilm.StaticKVCacheConfig(batch, max_pos) if cache == "static"
           else paged_config(model, num_blocks, block_size, dtype))
     return model, _engine(model, dtype, cc, True), _engine(model, dtype, cc, False)
 
 
-def _same(graph_out, eager_out, what):
-    assert torch.equal(graph_out.output_ids, eager_out.output_ids), f"{what}: tokens differ"
+def _same(graph_out, eager_out, what, rel=0.0):
+    """rel == 0: bit-exact; else logits within rel x their scale (tokens may then differ at near-ties)."""
+    if rel == 0:
+        assert torch.equal(graph_out.output_ids, eager_out.output_ids), f"{what}: tokens differ"
     if eager_out.logits is None:
         assert graph_out.logits is None
         return
     diff = (graph_out.logits - eager_out.logits).abs().max().item()
-    assert torch.equal(graph_out.logits, eager_out.logits), f"{what}: logits differ by up to {diff}"
+    bound = rel * eager_out.logits.abs().max().item()
+    assert diff <= bound and (rel > 0 or torch.equal(graph_out.logits, eager_out.logits)), \
+        f"{what}: logits differ by up to {diff} (bound {bound})"
 
 
-def _lockstep_static(graph, eager, prompts, steps, **sampling):
+def _lockstep_static(graph, eager, prompts, steps, rel=0.0, **sampling):
     """Both engines get the same inputs each step (the eager engine's tokens); every output must agree."""
     B, S = len(prompts), max(len(p) for p in prompts)
     ids = torch.zeros(B, S, dtype=torch.long)
@@ -59,7 +63,7 @@ def _lockstep_static(graph, eager, prompts, steps, **sampling):
         kw = dict(input_ids=torch.tensor([[s[-1]] for s in seqs]),
                   cache_lengths=torch.tensor([len(s) - 1 for s in seqs]), **args)
         out_e = eager.forward(Input(**kw))
-        _same(graph.forward(Input(**kw)), out_e, f"decode step {step}")
+        _same(graph.forward(Input(**kw)), out_e, f"decode step {step}", rel)
         for b in range(B):
             seqs[b].append(int(out_e.output_ids[b, 0]))
     return seqs
@@ -134,6 +138,15 @@ def test_engine_cuda_graphs_length_buckets():
     for _ in range(20):  # lengths 501..520 cross from the 512 bucket into the 1024 one
         d.step([(0, 1)])
     assert graph._num_cuda_graphs == 2 and graph._cuda_graph_replays == 20
+
+
+def test_engine_cuda_graphs_other_split_plan_within_rounding():
+    # 48 rows of 700..747 tokens: on a 132-SM GPU the eager steps (max_seq_len ~750) split attention into
+    # 128-token parts, the graph (bucket 1024) into 192-token parts, so the fp32 reduction order differs and
+    # agreement is to rounding only.
+    _, graph, eager = _pair(torch.bfloat16, "static", batch=48, max_pos=1024)
+    _lockstep_static(graph, eager, _prompts([700 + b for b in range(48)]), 8, rel=2e-2)
+    assert graph._cuda_graph_replays == 8
 
 
 def test_engine_cuda_graphs_seeded_sampling():
