@@ -3,6 +3,7 @@
     python benchmarks/bench_engine.py                       # ~100M-param Llama, CPU, batch 1 and 8
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --batch 1 8 64
     python benchmarks/bench_engine.py --tp 2 --skip-hf         # adds TP=2 (in-process Gloo/NCCL ranks)
+    python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --cuda-graphs on off   # a row per mode
 
 Decode steps are timed after the prefill, for both; HF's through a logits processor called once per step.
 Measured 2026-11-25 on the shared 2-core AMD EPYC CI box (--threads 1: two-thread parallel regions stall
@@ -45,6 +46,8 @@ def parse_args():
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--repeats", type=int, default=2, help="best of this many timed runs")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--cuda-graphs", nargs="+", default=["on"], choices=["on", "off"],
+                   help="engine rows with CUDA-graph decode on and/or off (CUDA only; CPU always runs eagerly)")
     return p.parse_args()
 
 
@@ -89,11 +92,14 @@ def engine_decode_tok_s(engine, ids, n_new):
     return B * (n_new - 1) / dt, 1e3 * (engine._comm_seconds() - comm0) / (n_new - 1)
 
 
-def engine_best(ec, tp, device, cache, model, ids, a):
+def engine_best(ec, tp, device, cache, model, ids, a, graphs=True):
+    """Best of a.repeats runs (the first one also captures the CUDA graphs), and the steps graphs replayed."""
     engine = _infinilm.InferEngine(ec, _infinilm.DistConfig(tp), device, cache)
     for name, t in model.state_dict().items():
         engine.load_param(name, t)
-    return max(engine_decode_tok_s(engine, ids, a.new_tokens) for _ in range(a.repeats))
+    engine.enable_cuda_graphs(graphs)
+    best = max((engine_decode_tok_s(engine, ids, a.new_tokens) for _ in range(a.repeats)), key=lambda r: r[0])
+    return best, engine._cuda_graph_replays
 
 
 def main():
@@ -114,20 +120,24 @@ def main():
                                dtype=a.dtype)
     print(f"Llama {n_params / 1e6:.0f}M params, {a.dtype}, {a.device}, torch threads {torch.get_num_threads()}, "
           f"prompt {a.prompt_len}, {a.new_tokens} new tokens")
+    modes = a.cuda_graphs if a.device == "cuda" else ["off"]
     tp_head = f" | {f'TP={a.tp} tok/s':>12} | {'all-reduce ms/step':>18}" if a.tp > 1 else ""
-    print(f"{'batch':>5} | {'engine tok/s':>12} | {'HF tok/s':>10} | {'speedup':>7}{tp_head}")
-    print("-" * (45 + len(tp_head)))
+    print(f"{'batch':>5} | {'graphs':>6} | {'replays':>7} | {'engine tok/s':>12} | {'HF tok/s':>10} | {'speedup':>7}"
+          f"{tp_head}")
+    print("-" * (64 + len(tp_head)))
     for B in a.batch:
         cache = _infinilm.StaticKVCacheConfig(B, a.prompt_len + a.new_tokens + 1)
         ids = torch.randint(0, a.vocab, (B, a.prompt_len))
-        eng, _ = engine_best(ec, 1, a.device, cache, model, ids, a)
-        tp_cols = ""
-        if a.tp > 1:
-            eng_tp, comm_ms = engine_best(ec, a.tp, a.device, cache, model, ids, a)
-            tp_cols = f" | {eng_tp:>12.1f} | {comm_ms:>18.3f}"
         hf = float("nan") if a.skip_hf else max(
             hf_decode_tok_s(model, ids.to(a.device), a.new_tokens, a.device) for _ in range(a.repeats))
-        print(f"{B:>5} | {eng:>12.1f} | {hf:>10.1f} | {eng / hf:>6.2f}x{tp_cols}")
+        for mode in modes:
+            (eng, _), replays = engine_best(ec, 1, a.device, cache, model, ids, a, graphs=mode == "on")
+            tp_cols = ""
+            if a.tp > 1:  # tensor-parallel steps always run eagerly (no NCCL inside graphs yet)
+                (eng_tp, comm_ms), _ = engine_best(ec, a.tp, a.device, cache, model, ids, a, graphs=mode == "on")
+                tp_cols = f" | {eng_tp:>12.1f} | {comm_ms:>18.3f}"
+            print(f"{B:>5} | {mode:>6} | {replays:>7} | {eng:>12.1f} | {hf:>10.1f} | {eng / hf:>6.2f}x{tp_cols}",
+                  flush=True)
 
 
 if __name__ == "__main__":

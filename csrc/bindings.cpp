@@ -299,6 +299,14 @@ void bind_engine(py::module_& m) {
   e.def("set_hook_registry", &InferEngine::set_hook_registry, py::arg("registry"),
         py::call_guard<py::gil_scoped_release>(),
         "Attach a HookRegistry (None detaches); rank 0 calls its hooks during forward.");
+  e.def("enable_cuda_graphs", &InferEngine::enable_cuda_graphs, py::arg("enable") = true,
+        py::call_guard<py::gil_scoped_release>(),
+        "CUDA-graph replay of pure-decode steps (CUDA, tp_size 1, no hooks): on by default on CUDA unless "
+        "INFINILM_CUDA_GRAPHS=0; False runs every step eagerly and frees the graphs. A no-op on CPU.");
+  e.def_property_readonly("cuda_graphs", &InferEngine::cuda_graphs_enabled, "Whether decode steps may replay graphs.");
+  e.def_property_readonly("_num_cuda_graphs", &InferEngine::num_cuda_graphs, "Graphs captured (rank 0).");
+  e.def_property_readonly("_cuda_graph_replays", &InferEngine::cuda_graph_replays,
+                          "Decode steps served by a graph so far (rank 0).");
   e.def_property_readonly("config", &InferEngine::config);
   e.def_property_readonly("tp_size", &InferEngine::tp_size);
   e.def_property_readonly("local_ranks", &InferEngine::local_ranks, "Group ranks this process runs.");

@@ -178,3 +178,13 @@ def test_bad_inputs_raise_and_leave_cache_intact():
         static.forward(Input(input_ids=torch.zeros(3, 4, dtype=torch.long)))
     with pytest.raises(ValueError, match="max_cache_len"):
         static.forward(Input(input_ids=torch.zeros(1, 4, dtype=torch.long), cache_lengths=torch.tensor([30])))
+
+
+def test_engine_cuda_graphs_switch_is_a_noop_on_cpu():
+    engine = make_engine(make_hf(layers=1, heads=4, kv_heads=2, hidden=64, inter=96))
+    assert not engine.cuda_graphs
+    engine.enable_cuda_graphs(True)  # graphs need CUDA: CPU steps stay eager
+    assert not engine.cuda_graphs and engine._num_cuda_graphs == 0
+    out = engine.forward(Input(input_ids=torch.tensor([[1, 2, 3]]), temperature=0.0))
+    engine.forward(Input(input_ids=out.output_ids, cache_lengths=torch.tensor([3]), temperature=0.0))
+    assert engine._cuda_graph_replays == 0

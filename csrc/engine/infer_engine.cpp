@@ -5,6 +5,8 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <future>
 #include <thread>
@@ -67,7 +69,10 @@ InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distrib
     const int64_t rank = communicators.empty() ? i : communicators[i]->rank();
     if (world_ > 1) ranks_[i].comm = communicators[i];
     ranks_[i].worker = std::make_unique<RankWorker>(rank, dev, rank_threads);
+    if (!dev.is_cpu()) ranks_[i].graphs = std::make_unique<DecodeGraphs>();
   }
+  const char* env = std::getenv("INFINILM_CUDA_GRAPHS");
+  graphs_enabled_ = device_type == c10::DeviceType::CUDA && !(env && std::strcmp(env, "0") == 0);
   run_on_all([&](Rank& rank) {
     rank.model = std::make_unique<models::llama::LlamaForCausalLM>(config_, rank.worker->rank(), world_,
                                                                    rank.worker->device(), rank.comm);
@@ -77,10 +82,15 @@ InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distrib
 }
 
 InferEngine::~InferEngine() {
+  try {
+    clear_graphs();
+  } catch (...) {  // a destructor must not throw; the graphs then go with the ranks below
+  }
   for (auto& r : ranks_) r.worker.reset();  // join every thread before the models go
   // Models and caches go on this thread: their tensors may have Python owners (state_dict views), whose
   // release needs the GIL this thread may hold.
   for (auto& r : ranks_) {
+    r.graphs.reset();
     r.model.reset();
     r.cache.reset();
   }
@@ -146,7 +156,12 @@ double InferEngine::comm_seconds() const {
 void InferEngine::load_param(const std::string& name, const at::Tensor& param) {
   std::lock_guard<std::mutex> lock(call_mu_);
   check_usable();
-  run_on_all([&](Rank& rank) { rank.model->load_param(name, param); });
+  run_on_all([&](Rank& rank) {
+    // Weights are copied in place, so graphs would stay valid; they go anyway so no replay can ever see a
+    // half-loaded model.
+    if (rank.graphs) rank.graphs->clear();
+    rank.model->load_param(name, param);
+  });
 }
 
 std::vector<InferEngine::StateDict> InferEngine::state_dict() const {
@@ -165,15 +180,20 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   const SamplingParams sp = build_sampling(input, n, config_.vocab_size);
   Output out;  // output_ids stays undefined (None) in a process without group rank 0
   const int64_t failing = inject_failure_rank_.exchange(-1);
+  // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly.
+  const bool graphed = graphs_enabled_ && world_ == 1 && ranks_.size() == 1 && host.is_decode &&
+                       !(hooks_ && hooks_->has_hooks());
   run_on_all([&](Rank& rank) {
     TORCH_CHECK(rank.worker->rank() != failing, "InferEngine: injected failure on rank ", failing);
     const at::Device dev = rank.worker->device();
-    const models::llama::ForwardBatch batch = to_device(host, dev);
     const bool first = rank.worker->rank() == 0;
-    at::Tensor logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
-    if (!first) return;  // only rank 0 samples
-    at::Tensor ids = infinilm::sample(logits, sp.temperature.to(dev), sp.top_k.to(dev), sp.top_p.to(dev),
-                                      sp.seeds.to(dev));
+    at::Tensor logits, ids;
+    if (!(graphed && rank.graphs && rank.graphs->run(*rank.model, *rank.cache, host, sp, &ids, &logits))) {
+      const models::llama::ForwardBatch batch = to_device(host, dev);
+      logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
+      if (!first) return;  // only rank 0 samples
+      ids = infinilm::sample(logits, sp.temperature.to(dev), sp.top_k.to(dev), sp.top_p.to(dev), sp.seeds.to(dev));
+    }
     out.output_ids = ids.to(at::kCPU, at::kLong).view({n, 1});
     if (input.return_logits) out.logits = logits.to(at::kCPU);
   }, /*collective=*/true);
@@ -183,7 +203,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
 void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_config) {
   std::lock_guard<std::mutex> lock(call_mu_);
   check_usable();
-  if (!cache_config) {
+  if (!cache_config) {  // zeroed in place: the graphs' addresses stay valid
     run_on_all([](Rank& rank) { rank.cache->clear(); });
     return;
   }
@@ -195,6 +215,7 @@ void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_co
                      "reset_cache: 'cache_config' must be a StaticKVCacheConfig or a PagedKVCacheConfig");
   }
   run_on_all([&](Rank& rank) {
+    if (rank.graphs) rank.graphs->clear();  // they hold the old pool's addresses
     rank.cache.reset();  // free the old pool before allocating the new one
     rank.cache = std::make_unique<cache::KVCache>(config_, rank.model->local_kv_heads(), *cache_config,
                                                   rank.worker->device());
@@ -205,6 +226,28 @@ void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_co
 void InferEngine::set_hook_registry(std::shared_ptr<models::debug_utils::HookRegistry> registry) {
   std::lock_guard<std::mutex> lock(call_mu_);
   hooks_.swap(registry);
+}
+
+void InferEngine::clear_graphs() {
+  run_on_all([](Rank& rank) {
+    if (rank.graphs) rank.graphs->clear();
+  });
+}
+
+void InferEngine::enable_cuda_graphs(bool enable) {
+  std::lock_guard<std::mutex> lock(call_mu_);
+  if (!enable) clear_graphs();  // frees their memory
+  graphs_enabled_ = enable && ranks_.at(0).graphs != nullptr;
+}
+
+int64_t InferEngine::num_cuda_graphs() const {
+  std::lock_guard<std::mutex> lock(call_mu_);
+  return ranks_.at(0).graphs ? ranks_.at(0).graphs->num_graphs() : 0;
+}
+
+int64_t InferEngine::cuda_graph_replays() const {
+  std::lock_guard<std::mutex> lock(call_mu_);
+  return ranks_.at(0).graphs ? ranks_.at(0).graphs->replays() : 0;
 }
 
 }  // namespace infinilm::engine

@@ -13,6 +13,7 @@
 #include "csrc/cache/cache_config.h"
 #include "csrc/cache/kv_cache.h"
 #include "csrc/engine/communicator.h"
+#include "csrc/engine/cuda_graphs.h"
 #include "csrc/engine/dist_config.h"
 #include "csrc/engine/io.h"
 #include "csrc/engine/rank_worker.h"
@@ -50,6 +51,13 @@ class InferEngine {
   void reset_cache(std::shared_ptr<const cache::CacheConfig> cache_config = nullptr);
   // Rank 0 calls the registry's hooks during forward; null detaches it.
   void set_hook_registry(std::shared_ptr<models::debug_utils::HookRegistry> registry);
+  // CUDA-graph replay of pure-decode steps (CUDA, tp_size 1, no hooks attached, at most
+  // DecodeGraphs::kMaxBatch requests). On by default on CUDA unless INFINILM_CUDA_GRAPHS=0; off drops the graphs.
+  void enable_cuda_graphs(bool enable);
+  bool cuda_graphs_enabled() const { return graphs_enabled_; }
+  // Graphs captured and decode steps replayed so far (rank 0), for tests and benchmarks.
+  int64_t num_cuda_graphs() const;
+  int64_t cuda_graph_replays() const;
 
   const models::llama::LlamaConfig& config() const { return config_; }
   const distributed::DistConfig& distributed_config() const { return dist_; }
@@ -71,6 +79,7 @@ class InferEngine {
     std::unique_ptr<models::llama::LlamaForCausalLM> model;
     std::unique_ptr<cache::KVCache> cache;
     std::shared_ptr<Communicator> comm;
+    std::unique_ptr<DecodeGraphs> graphs;  // hold the addresses of model and cache: dropped before them
     std::unique_ptr<RankWorker> worker;  // declared last: destroyed (joined) first
   };
   // Runs command(rank) on every rank's thread; waits for all, then rethrows the first failure. collective:
@@ -78,6 +87,8 @@ class InferEngine {
   // forever) and the engine refuses later calls (the ranks' collective sequences no longer pair up).
   void run_on_all(const std::function<void(Rank&)>& command, bool collective = false);
   void check_usable() const;
+  // Drops the captured graphs on each rank's thread (they point at cache and weight memory).
+  void clear_graphs();
 
   // Serialises the public calls: ranks must see commands in the same order (their collectives pair up).
   mutable std::mutex call_mu_;
@@ -87,6 +98,7 @@ class InferEngine {
   std::shared_ptr<models::debug_utils::HookRegistry> hooks_;
   std::vector<Rank> ranks_;
   int64_t world_ = 1;
+  bool graphs_enabled_ = false;
   std::atomic<bool> broken_{false};
   std::atomic<int64_t> inject_failure_rank_{-1};
 };

@@ -1,0 +1,57 @@
+// DecodeGraphs: CUDA-graph capture and replay of one rank's pure-decode steps (a no-op stub in CPU builds).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "csrc/cache/kv_cache.h"
+#include "csrc/engine/batch.h"
+#include "csrc/models/llama/model.h"
+
+namespace infinilm::engine {
+
+// One graph per (request count n, length bucket L): the step's inputs live in one static device buffer
+// refilled by a single H2D copy, the model forward and the sampler are replayed from the graph. No padded
+// rows: a padded row would write its K/V into a slot another request owns. The attention grid is sized from
+// L (the capture's max_seq_len), so a graph serves every step whose longest sequence fits L; L is a power of
+// two >= 512 capped at the block-table capacity, which keeps short contexts on short grids.
+// All calls must come from the rank's worker thread (the one that runs its model).
+class DecodeGraphs {
+ public:
+  static constexpr int64_t kMaxBatch = 64;   // larger decode batches run eagerly
+  static constexpr int64_t kMaxGraphs = 32;  // beyond this many captures, new shapes run eagerly
+
+  DecodeGraphs();
+  ~DecodeGraphs();
+  DecodeGraphs(const DecodeGraphs&) = delete;
+  DecodeGraphs& operator=(const DecodeGraphs&) = delete;
+
+  // Runs the validated host decode batch through a graph (capturing it on first use) and sets *ids ([n] int64)
+  // and *logits ([n, vocab] float32), both on the device and overwritten by the next replay. Returns false,
+  // having run nothing, when no graph may serve the step (the caller runs it eagerly).
+  bool run(const models::llama::LlamaForCausalLM& model, cache::KVCache& cache,
+           const models::llama::ForwardBatch& host, const SamplingParams& sp, at::Tensor* ids, at::Tensor* logits);
+
+  // Drops every graph (they hold the cache's and the weights' addresses).
+  void clear();
+
+  int64_t num_graphs() const;
+  int64_t replays() const { return replays_; }
+
+ private:
+  struct Graph;
+  std::unique_ptr<Graph> capture(const models::llama::LlamaForCausalLM& model, cache::KVCache& cache,
+                                 const models::llama::ForwardBatch& host, const SamplingParams& sp, int64_t n,
+                                 int64_t max_len, at::Device device);
+
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Graph>> graphs_;
+  int64_t replays_ = 0;
+  bool failed_ = false;                                      // a capture failed: stay eager
+  std::pair<unsigned long long, unsigned long long> pool_{0, 0};  // at::cuda::MempoolId_t, shared by the graphs
+};
+
+}  // namespace infinilm::engine
