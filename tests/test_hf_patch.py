@@ -260,6 +260,9 @@ def test_compile_no_graph_breaks():
     for ex in explain_steps(model, ids):
         assert ex.graph_break_count == 0, ex.break_reasons
         assert ex.graph_count == 1
+        code = ex.graphs[0].code
+        for op in ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "paged_attention_"):
+            assert f"infinilm.{op}" in code, op
     assert_no_breaks_from_us(ref, model, ids)
 
 

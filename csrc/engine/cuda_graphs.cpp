@@ -130,7 +130,11 @@ int64_t DecodeGraphs::num_graphs() const { return static_cast<int64_t>(graphs_.s
 static_assert(std::is_same_v<at::cuda::MempoolId_t, std::pair<unsigned long long, unsigned long long>>,
               "DecodeGraphs::pool_ mirrors MempoolId_t");
 
-void DecodeGraphs::clear() { graphs_.clear(); }
+void DecodeGraphs::clear() {
+  graphs_.clear();
+  // Destroying a pool's last graph releases the pool: the next capture must ask for a fresh one.
+  pool_ = {0, 0};
+}
 
 std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::llama::LlamaForCausalLM& model,
                                                            cache::KVCache& cache, const ForwardBatch& host,

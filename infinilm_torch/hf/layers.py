@@ -216,7 +216,15 @@ def _may_overwrite_input(layer) -> bool:
     output unless this is layer 0 (it may be the caller's inputs_embeds) or hidden states are being recorded."""
     if _collector is None or getattr(getattr(layer, "self_attn", None), "layer_idx", 0) == 0:
         return False
-    collected = _collector.get()
+    if torch.compiler.is_compiling():
+        # ContextVar.get is not traceable on every torch release; under compile transformers keeps the collector
+        # in a plain attribute once its own output-capturing wrapper has run inside the graph. Otherwise do not
+        # assume anything: take the unfused path.
+        if not getattr(_collector, "compiling", False):
+            return False
+        collected = _collector.global_var
+    else:
+        collected = _collector.get()
     return collected is None or "hidden_states" not in collected
 
 
