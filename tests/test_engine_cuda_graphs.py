@@ -143,9 +143,11 @@ def test_engine_cuda_graphs_length_buckets():
 def test_engine_cuda_graphs_other_split_plan_within_rounding():
     # 48 rows of 700..747 tokens: on a 132-SM GPU the eager steps (max_seq_len ~750) split attention into
     # 128-token parts, the graph (bucket 1024) into 192-token parts, so the fp32 reduction order differs and
-    # agreement is to rounding only.
+    # agreement is to rounding only: one bf16 ulp (0.4%) in an attention output, carried through the layers of
+    # a random net, measured up to 2.4% of the logit scale on an H100; a wrong split or block moves logits by
+    # about the whole scale.
     _, graph, eager = _pair(torch.bfloat16, "static", batch=48, max_pos=1024)
-    _lockstep_static(graph, eager, _prompts([700 + b for b in range(48)]), 8, rel=2e-2)
+    _lockstep_static(graph, eager, _prompts([700 + b for b in range(48)]), 8, rel=6e-2)
     assert graph._cuda_graph_replays == 8
 
 

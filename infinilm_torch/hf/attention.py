@@ -43,6 +43,27 @@ STATIC_CACHE_MULTIPLE = 64
 HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
 
 
+# transformers modules used inside traced code, imported once outside it (an import statement in a traced
+# function breaks the graph on some torch releases).
+_TF: dict = {}
+
+
+def _masking_utils():
+    if "mu" not in _TF:
+        from transformers import masking_utils
+
+        _TF["mu"] = masking_utils
+    return _TF["mu"]
+
+
+def _sdpa_forward():
+    if "sdpa" not in _TF:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        _TF["sdpa"] = sdpa_attention_forward
+    return _TF["sdpa"]
+
+
 def is_length_descriptor(mask) -> bool:
     return isinstance(mask, torch.Tensor) and mask.dtype == torch.int32 and mask.dim() == 4 and mask.shape[1:] == (1, 1, 1)
 
@@ -68,8 +89,7 @@ def infinilm_mask(**kw):
     """Mask function for ALL_MASK_ATTENTION_FUNCTIONS: a length descriptor when the kernels' implicit causal
     pattern is exact, else sdpa's materialised boolean mask. Accepts the 5.x (q_length/q_offset) and the
     4.5x (cache_position) keyword sets."""
-    from transformers import masking_utils as mu
-
+    mu = _masking_utils()
     bsz, kv_len, kv_off = kw["batch_size"], kw["kv_length"], kw.get("kv_offset", 0)
     device = kw.get("device", "cpu")
     cache_position = kw.get("cache_position")
@@ -118,9 +138,7 @@ def _kernel_ok(query, key, value, dropout) -> bool:
 
 
 def _sdpa(module, query, key, value, mask, dropout, scaling, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    return _sdpa_forward()(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
 def infinilm_attention_forward(
@@ -234,6 +252,7 @@ def register() -> None:
     from transformers.modeling_utils import AttentionInterface
 
     AttentionInterface.register(NAME, infinilm_attention_forward)
+    _masking_utils(), _sdpa_forward()  # resolved here, before any tracing
     try:
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:  # pragma: no cover - transformers < 4.53 builds 4D float masks itself
