@@ -10,6 +10,7 @@
 
 #include "csrc/engine/c10d_communicator.h"
 #include "csrc/engine/infer_engine.h"
+#include "csrc/ops/ops.h"
 
 namespace py = pybind11;
 using infinilm::cache::CacheConfig;
@@ -328,4 +329,11 @@ PYBIND11_MODULE(_infinilm, m) {
   bind_config(m);
   bind_caches(m);
   bind_engine(m);
+  // The engine's dense layer, exposed for tests and benchmarks (not a torch op: no autograd, no fake).
+  m.def(
+      "_linear",
+      [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b) {
+        return infinilm::linear(x, w, b.value_or(at::Tensor()));
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
 }

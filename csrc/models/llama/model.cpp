@@ -126,9 +126,9 @@ std::vector<std::pair<std::string, at::Tensor>> LlamaForCausalLM::state_dict() c
 
 at::Tensor LlamaForCausalLM::row_parallel_linear(const at::Tensor& x, const at::Tensor& w,
                                                  const at::Tensor& b) const {
-  if (tp_size_ == 1) return at::linear(x, w, b);
+  if (tp_size_ == 1) return infinilm::linear(x, w, b);
   // Each rank holds a slice of the input features: partial sums, reduced, then the (replicated) bias once.
-  at::Tensor y = at::linear(x, w);
+  at::Tensor y = infinilm::linear(x, w);
   comm_->all_reduce_sum(y);
   if (b.defined()) y.add_(b);
   return y;
@@ -161,7 +161,7 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
       infinilm::fused_add_rms_norm(h, residual, L.input_norm, c.rms_norm_eps);  // residual += h; h = norm
       x = h;
     }
-    at::Tensor qkv = at::linear(x, L.qkv_w, L.qkv_b);  // [T, q + 2 kv]
+    at::Tensor qkv = infinilm::linear(x, L.qkv_w, L.qkv_b);  // [T, q + 2 kv]
     at::Tensor qt = qkv.narrow(1, 0, q).view({T, q_heads_, D});
     at::Tensor kt = qkv.narrow(1, q, kv).view({T, kv_heads_, D});
     at::Tensor vt = qkv.narrow(1, q + kv, kv).view({T, kv_heads_, D});
@@ -183,7 +183,7 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
     at::Tensor o = row_parallel_linear(attn, L.o_w, L.o_b);  // [T, H]
     hook("attention", o, i);
     infinilm::fused_add_rms_norm(o, residual, L.post_norm, c.rms_norm_eps);  // residual += o; o = norm
-    at::Tensor gate_up = at::linear(o, L.gate_up_w, L.gate_up_b);            // [T, 2 I]
+    at::Tensor gate_up = infinilm::linear(o, L.gate_up_w, L.gate_up_b);            // [T, 2 I]
     hook("mlp_gate_up", gate_up, i);
     at::Tensor act = infinilm::silu_and_mul(gate_up);  // [T, I]
     hook("mlp_intermediate", act, i);
@@ -196,7 +196,7 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
   at::Tensor last_res = residual.index_select(0, batch.last_token_idx);
   infinilm::fused_add_rms_norm(last_h, last_res, norm_, c.rms_norm_eps);
   hook("final_norm", last_h, -1);
-  at::Tensor logits = at::linear(last_h, lm_head()).to(at::kFloat);  // [n, V]
+  at::Tensor logits = infinilm::linear(last_h, lm_head()).to(at::kFloat);  // [n, V]
   hook("logits", logits, -1);
   return logits;
 }

@@ -1,0 +1,37 @@
+// CPU linear for few rows (decode steps): y[M, N] = x[M, K] @ w[N, K]^T (+ bias), fp32 accumulation.
+//
+// Napkin math: with M <= 16 the product is a stream over w (N*K elements read once) with M FMAs per element,
+// so it runs at memory bandwidth when w is read in long unit-stride rows and x stays in L1/L2. MKL's sgemm
+// on this shape (an "NT" product with a tiny M) reached 8-13 GB/s on a 2-core EPYC where a plain row-dot
+// stream reaches 19-30 GB/s (benchmarks/bench_engine.py). Blocks of 64 rows of w are shared out among the
+// threads; each block is read from memory once and again from L2 for every further group of 4 rows of x.
+#pragma once
+
+#include "kernels/cpu/common.h"
+#include "kernels/cpu/isa.h"
+
+#define INFINILM_ISA generic
+#include "kernels/cpu/linear_impl.h"
+#undef INFINILM_ISA
+#ifdef INFINILM_CPU_HAVE_AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define INFINILM_ISA avx2
+#include "kernels/cpu/linear_impl.h"
+#undef INFINILM_ISA
+#pragma GCC pop_options
+#endif
+
+namespace infinilm::cpu {
+
+// Rows of x up to which skinny_linear beats a general GEMM (above it the product is no longer a pure stream).
+constexpr int64_t kSkinnyLinearMaxRows = 16;
+
+// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); T = float or bf16_t. xf: scratch of M*K floats.
+template <typename T>
+void skinny_linear(T* y, const T* x, const T* w, const T* bias, float* xf, int64_t M, int64_t N, int64_t K,
+                   int64_t ldx, int64_t ldy) {
+  INFINILM_CPU_ISA_CALL(skinny_linear<T>, y, x, w, bias, xf, M, N, K, ldx, ldy);
+}
+
+}  // namespace infinilm::cpu
