@@ -13,8 +13,9 @@ namespace {
 
 bool skinny_ok(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const auto st = x.scalar_type();
-  return x.is_cpu() && w.is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(0) >= 1 &&
-         x.size(0) <= cpu::kSkinnyLinearMaxRows && x.size(1) == w.size(1) && (st == at::kFloat || st == at::kBFloat16) &&
+  const int64_t max_rows = st == at::kFloat ? cpu::kSkinnyLinearMaxRowsF32 : cpu::kSkinnyLinearMaxRowsBF16;
+  return x.is_cpu() && w.is_cpu() && x.dim() == 2 && w.dim() == 2 && x.size(0) >= 1 && x.size(0) <= max_rows &&
+         x.size(1) == w.size(1) && (st == at::kFloat || st == at::kBFloat16) &&
          w.scalar_type() == st && x.stride(1) == 1 && w.is_contiguous() &&
          (!b.defined() || (b.is_cpu() && b.dim() == 1 && b.size(0) == w.size(0) && b.scalar_type() == st &&
                            b.is_contiguous()));

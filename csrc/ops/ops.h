@@ -65,7 +65,7 @@ at::Tensor rope_cos_sin_cache(int64_t max_position, int64_t rotary_dim, double b
                               double factor, double low_freq_factor, double high_freq_factor,
                               int64_t original_max_position);
 
-// y = x @ w^T (+ b), like at::linear; CPU products of at most 16 rows in float32 or bfloat16 (decode steps)
+// y = x @ w^T (+ b), like at::linear; CPU products of few rows (decode steps: float32 up to 16, bfloat16 up to 4)
 // run on a bandwidth-bound kernel (kernels/cpu/linear.h), everything else on at::linear (csrc/ops/linear_cpu.cpp).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
