@@ -6,15 +6,16 @@
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --cuda-graphs on off   # a row per mode
 
 Decode steps are timed after the prefill, for both; HF's through a logits processor called once per step.
-Measured 2026-11-25 on the shared 2-core AMD EPYC CI box (--threads 1: two-thread parallel regions stall
-there under load), 134M-param Llama, prompt 32, 32 new tokens, greedy:
-    float32   batch 1: engine 16.0 tok/s, HF 8.9  (1.80x)   batch 8: engine 44.3, HF 33.0 (1.34x)
-    bfloat16  batch 1: engine 17.7 tok/s, HF 13.7 (1.30x)   batch 8: engine 145.4, HF 77.0 (1.89x)
+Measured 2026-11-25 on the 2-core AMD EPYC CI box, quiet, 134M-param Llama, prompt 32, 32 new tokens, greedy
+(benchmarks/results/bench_engine_cpu.txt):
+    float32   batch 1: engine 55.2 tok/s, HF 20.7 (2.67x)   batch 8: engine 225.0, HF 114.9 (1.96x)
+    bfloat16  batch 1: engine 78.7 tok/s, HF 30.1 (2.62x)   batch 8: engine 281.9, HF 191.5 (1.47x)
+Batch-1 steps stream the weights at the memory bandwidth through the skinny linear (kernels/cpu/linear.h);
+before it the engine ran its products on at::linear like HF and was 1.19x (batch 1) and 1.01x (batch 8) on the
+same quiet box. Batch 8 in bf16 runs on oneDNN like HF (the skinny kernel takes bf16 only up to 4 rows).
 --tp 2 --skip-hf, same box under load, torch threads 2 (TP=1: one rank, 2 threads; TP=2: two rank threads of
 one thread each, in-process Gloo): batch 1: 9.3 vs 15.9 tok/s; batch 8: 12.6 vs 71.4 tok/s. The all-reduce
 column (38-45 ms/step) is rank 0's host time inside all-reduces, so it includes waiting for the slower rank.
-Both sides are weight-bandwidth (batch 1) or MKL-sgemm (batch 8, fp32) bound there; HF's Python overhead is
-what the engine removes, so the ratio grows with faster hardware.
 """
 import argparse
 import os
