@@ -154,6 +154,18 @@ def test_silu_and_mul(device, dtype, tokens, d):
     assert_close(out, ref, dtype)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+@pytest.mark.parametrize("tokens,d", [(1, 8192), (1, 8203), (3, 2050), (5, 7), (40, 264)])
+def test_silu_and_mul_cpu_isas(isa, tokens, d, monkeypatch):
+    """Both CPU builds (AVX2 with the reciprocal-estimate division, and the baseline), row chunking for few
+    rows, block and vector tails, against fp32 PyTorch over a wide input range (exp under- and overflow)."""
+    if isa == "generic":
+        monkeypatch.setenv("INFINILM_CPU_GENERIC", "1")
+    x = torch.randn(tokens, 2 * d) * 30
+    ref = torch.nn.functional.silu(x[:, :d]) * x[:, d:]
+    torch.testing.assert_close(ops.silu_and_mul(x), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_silu_and_mul_3d_and_strided(device):
     x = torch.randn(3, 5, 2 * 100, device=device)
     ref = torch.nn.functional.silu(x[..., :100]) * x[..., 100:]
