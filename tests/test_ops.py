@@ -83,6 +83,21 @@ def test_fused_add_rms_norm(device, dtype, tokens, hidden):
     assert_close(x, ref_out, dtype)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_add_rms_norm_cpu_isas(isa, dtype, monkeypatch):
+    """Both CPU builds; hidden sizes around the 256-element scratch blocks (255, 256, 257, 1000)."""
+    if isa == "generic":
+        monkeypatch.setenv("INFINILM_CPU_GENERIC", "1")
+    for hidden in (255, 256, 257, 1000):
+        x, r, w = torch.randn(5, hidden, dtype=dtype), torch.randn(5, hidden, dtype=dtype), torch.randn(hidden, dtype=dtype)
+        ref_res = (r.float() + x.float()).to(dtype)
+        ref_out = ref_rms_norm(ref_res, w, 1e-6)
+        ops.fused_add_rms_norm(x, r, w, 1e-6)
+        assert torch.equal(r, ref_res)  # one rounding of an exact float sum: bit-exact
+        assert_close(x, ref_out, dtype)
+
+
 def test_fused_add_rms_norm_strided_rows(device):
     xb = torch.randn(9, 300, device=device)
     rb = torch.randn(9, 200, device=device)

@@ -32,13 +32,25 @@ void fused_add_rms_norm(T* x,          // [rows, hidden], row stride x_stride; o
   parallel_for(rows, hidden, [&](int64_t r) {
     T* xr = x + r * x_stride;
     T* rr = residual + r * res_stride;
+    // Blocks through float scratch: conversion loops and float loops vectorise on their own, where one fused
+    // loop over bf16 loads, a bf16 store and a reduction did not.
+    constexpr int64_t kBlock = 256;
+    float a[kBlock], b[kBlock];
     float ss = 0.f;
+    for (int64_t i0 = 0; i0 < hidden; i0 += kBlock) {
+      const int64_t n = hidden - i0 < kBlock ? hidden - i0 : kBlock;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        a[i] = to_float(xr[i0 + i]);
+        b[i] = to_float(rr[i0 + i]);
+      }
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) rr[i0 + i] = from_float<T>(a[i] + b[i]);
 #pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < hidden; ++i) {
-      const T s = from_float<T>(to_float(xr[i]) + to_float(rr[i]));
-      rr[i] = s;
-      const float v = to_float(s);
-      ss += v * v;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = to_float(rr[i0 + i]);  // the sum as stored, rounded to T
+        ss += v * v;
+      }
     }
     const float inv = 1.f / std::sqrt(ss / static_cast<float>(hidden) + eps);
 #pragma omp simd
