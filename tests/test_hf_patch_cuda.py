@@ -15,7 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 import infinilm_torch  # noqa: E402
 from infinilm_torch.hf import attention  # noqa: E402
-from test_hf_patch import COMMON, FAMILIES, GREEDY, assert_no_breaks_from_us, calls, make_model  # noqa: E402,F401
+from test_hf_patch import (  # noqa: E402,F401
+    COMMON, FAMILIES, GREEDY, assert_bf16_rule, assert_no_breaks_from_us, calls, make_model)
 
 DEV = os.environ.get("INFINILM_HF_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -62,16 +63,7 @@ def test_cuda_logits_fp32(family, calls):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cuda_logits_bf16(family):
-    """Our bf16 error against the fp32 model is at most twice transformers' own bf16 error (RMS over the logits)."""
-    ref32 = gpu_model(family)
-    ref16 = copy.deepcopy(ref32).to(torch.bfloat16)
-    model = infinilm_torch.patch(copy.deepcopy(ref32).to(torch.bfloat16))
-    ids, _ = gpu_prompt(4, 32)
-    with torch.no_grad():
-        exact = ref32(ids).logits
-        hf_err = (ref16(ids).logits.float() - exact).pow(2).mean().sqrt().item()
-        our_err = (model(ids).logits.float() - exact).pow(2).mean().sqrt().item()
-    assert our_err <= 2 * hf_err, (our_err, hf_err)
+    assert_bf16_rule(gpu_model(family), gpu_prompt(4, 32)[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
