@@ -181,7 +181,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   Output out;  // output_ids stays undefined (None) in a process without group rank 0
   const int64_t failing = inject_failure_rank_.exchange(-1);
   // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly.
-  const bool graphed = graphs_enabled_ && world_ == 1 && ranks_.size() == 1 && host.is_decode &&
+  const bool graphed = graphs_enabled_ && world_ == 1 && host.is_decode &&
                        !(hooks_ && hooks_->has_hooks());
   run_on_all([&](Rank& rank) {
     TORCH_CHECK(rank.worker->rank() != failing, "InferEngine: injected failure on rank ", failing);

@@ -27,10 +27,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   if (!skinny_ok(x, w, b)) return at::linear(x, w, b);
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   at::Tensor y = at::empty({M, N}, x.options());
-  std::vector<float> xf(static_cast<size_t>(M * K));
+  // Per calling thread (each engine rank has its own), so a decode step allocates nothing here.
+  thread_local std::vector<float> scratch;
+  if (scratch.size() < static_cast<size_t>(M * K)) scratch.resize(static_cast<size_t>(M * K));
   const auto run = [&](auto tag) {
     using T = decltype(tag);
-    cpu::skinny_linear<T>(ptr<T>(y), ptr<T>(x), ptr<T>(w), b.defined() ? ptr<T>(b) : nullptr, xf.data(), M, N, K,
+    cpu::skinny_linear<T>(ptr<T>(y), ptr<T>(x), ptr<T>(w), b.defined() ? ptr<T>(b) : nullptr, scratch.data(), M, N, K,
                           x.stride(0), N);
   };
   if (x.scalar_type() == at::kFloat) {

@@ -43,25 +43,10 @@ STATIC_CACHE_MULTIPLE = 64
 HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
 
 
-# transformers modules used inside traced code, imported once outside it (an import statement in a traced
-# function breaks the graph on some torch releases).
-_TF: dict = {}
-
-
-def _masking_utils():
-    if "mu" not in _TF:
-        from transformers import masking_utils
-
-        _TF["mu"] = masking_utils
-    return _TF["mu"]
-
-
-def _sdpa_forward():
-    if "sdpa" not in _TF:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        _TF["sdpa"] = sdpa_attention_forward
-    return _TF["sdpa"]
+# transformers helpers that traced code calls, imported by register() (before any tracing): an import statement
+# inside a traced function breaks the graph on some torch releases.
+_mu = None  # transformers.masking_utils
+_sdpa_attention_forward = None
 
 
 def is_length_descriptor(mask) -> bool:
@@ -89,7 +74,7 @@ def infinilm_mask(**kw):
     """Mask function for ALL_MASK_ATTENTION_FUNCTIONS: a length descriptor when the kernels' implicit causal
     pattern is exact, else sdpa's materialised boolean mask. Accepts the 5.x (q_length/q_offset) and the
     4.5x (cache_position) keyword sets."""
-    mu = _masking_utils()
+    mu = _mu
     bsz, kv_len, kv_off = kw["batch_size"], kw["kv_length"], kw.get("kv_offset", 0)
     device = kw.get("device", "cpu")
     cache_position = kw.get("cache_position")
@@ -138,7 +123,7 @@ def _kernel_ok(query, key, value, dropout) -> bool:
 
 
 def _sdpa(module, query, key, value, mask, dropout, scaling, **kwargs):
-    return _sdpa_forward()(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    return _sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
 def infinilm_attention_forward(
@@ -249,12 +234,16 @@ def _attend_per_kv_head(query, key, value, seq_lens, scaling):
 
 def register() -> None:
     """Register "infinilm" in transformers' attention and mask registries (idempotent)."""
+    global _mu, _sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import AttentionInterface
 
+    _sdpa_attention_forward = sdpa_attention_forward
     AttentionInterface.register(NAME, infinilm_attention_forward)
-    _masking_utils(), _sdpa_forward()  # resolved here, before any tracing
     try:
+        from transformers import masking_utils
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:  # pragma: no cover - transformers < 4.53 builds 4D float masks itself
         return
+    _mu = masking_utils
     AttentionMaskInterface.register(NAME, infinilm_mask)

@@ -201,9 +201,9 @@ def _round_static_cache(model) -> None:
     that every step runs on our kernels instead of falling back to sdpa. Extra slots are never attended to."""
     for name in _STATIC_CACHE_HOOKS:
         orig = getattr(type(model), name, None)
-        if orig is None or "max_cache_len" not in inspect.signature(orig).parameters:
+        sig = inspect.signature(orig) if orig is not None else None
+        if sig is None or "max_cache_len" not in sig.parameters:
             continue
-        sig = inspect.signature(orig)
 
         def sized(self, *args, _orig=orig, _sig=sig, **kwargs):
             bound = _sig.bind(self, *args, **kwargs)

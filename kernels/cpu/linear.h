@@ -10,6 +10,8 @@
 #include "kernels/cpu/common.h"
 #include "kernels/cpu/isa.h"
 
+#include <type_traits>
+
 #define INFINILM_ISA generic
 #include "kernels/cpu/linear_impl.h"
 #undef INFINILM_ISA
@@ -31,11 +33,12 @@ namespace infinilm::cpu {
 constexpr int64_t kSkinnyLinearMaxRowsF32 = 16;
 constexpr int64_t kSkinnyLinearMaxRowsBF16 = 4;
 
-// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); T = float or bf16_t. xf: scratch of M*K floats.
+// y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]); T = float or bf16_t. scratch: M*K floats, where x is
+// converted (or gathered from strided rows) unless it is float with dense rows.
 template <typename T>
-void skinny_linear(T* y, const T* x, const T* w, const T* bias, float* xf, int64_t M, int64_t N, int64_t K,
+void skinny_linear(T* y, const T* x, const T* w, const T* bias, float* scratch, int64_t M, int64_t N, int64_t K,
                    int64_t ldx, int64_t ldy) {
-  INFINILM_CPU_ISA_CALL(skinny_linear<T>, y, x, w, bias, xf, M, N, K, ldx, ldy);
+  INFINILM_CPU_ISA_CALL(skinny_linear<T>, y, x, w, bias, scratch, M, N, K, ldx, ldy);
 }
 
 }  // namespace infinilm::cpu

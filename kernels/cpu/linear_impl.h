@@ -70,10 +70,19 @@ void skinny_linear(T* y,             // [M, N], row stride ldy
                    const T* x,       // [M, K], row stride ldx
                    const T* w,       // [N, K] dense
                    const T* bias,    // [N] or null
-                   float* xf,        // [M, K] scratch
+                   float* scratch,   // [M, K]; unused when x is float with dense rows
                    int64_t M, int64_t N, int64_t K, int64_t ldx, int64_t ldy) {
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) xf[m * K + k] = to_float(x[m * ldx + k]);
+  const float* xf;
+  if constexpr (std::is_same_v<T, float>) {
+    xf = ldx == K ? x : nullptr;
+  } else {
+    xf = nullptr;
+  }
+  if (xf == nullptr) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) scratch[m * K + k] = to_float(x[m * ldx + k]);
+    xf = scratch;
+  }
   constexpr int64_t kBlock = 64;
   const int64_t blocks = (N + kBlock - 1) / kBlock;
   parallel_for(blocks, kBlock * K, [&](int64_t blk) {
