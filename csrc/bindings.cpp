@@ -3,8 +3,11 @@
 #include <pybind11/stl.h>
 #include <torch/extension.h>
 
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <limits>
 #include <sstream>
 
@@ -35,15 +38,10 @@ std::optional<at::Tensor> as_tensor(py::handle obj, const char* name) {
                        std::string(py::str(py::type::of(obj))));
 }
 
-// "cpu", "cuda", "nvidia", torch.device, an adapter Device/Device.Type (anything with .name), or None.
+// "cpu", "cuda", "nvidia", torch.device, an adapter Device/Device.Type (anything with .name). The spec's default
+// (None: the adapter's current device) is resolved by the Python side before it calls in (infinilm_torch/lib/_engine.py).
 c10::DeviceType parse_device_type(py::handle obj) {
-  if (obj.is_none()) {
-    try {  // the spec's default: the adapter's current device
-      obj = py::module_::import("infinilm_torch.infinicore").attr("context").attr("getDevice")().attr("getType")();
-    } catch (py::error_already_set&) {
-      return c10::DeviceType::CPU;
-    }
-  }
+  if (obj.is_none()) return c10::DeviceType::CPU;
   std::string s;
   if (py::isinstance<py::str>(obj)) {
     s = obj.cast<std::string>();
@@ -62,6 +60,26 @@ c10::DeviceType parse_device_type(py::handle obj) {
   if (key == "cpu") return c10::DeviceType::CPU;
   if (key == "cuda" || key == "nvidia" || key == "gpu") return c10::DeviceType::CUDA;
   throw py::value_error("InferEngine: unsupported 'device_type' '" + s + "': this build runs on cpu and cuda (nvidia)");
+}
+
+// c10d Backend objects built by the caller (one per local rank) -> communicators. Call with the GIL held.
+std::vector<std::shared_ptr<infinilm::engine::Communicator>> as_communicators(py::handle backends, double timeout_s,
+                                                                             bool owned) {
+  TORCH_CHECK_VALUE(timeout_s > 0, "InferEngine: 'comm_timeout' must be > 0 seconds, got ", timeout_s);
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000.0));
+  std::vector<std::shared_ptr<infinilm::engine::Communicator>> out;
+  if (backends.is_none()) return out;
+  for (py::handle obj : backends) {
+    c10::intrusive_ptr<c10d::Backend> backend;
+    try {
+      backend = obj.cast<c10::intrusive_ptr<c10d::Backend>>();
+    } catch (const py::cast_error&) {
+      throw py::type_error("InferEngine: 'process_group' must be a torch.distributed ProcessGroup or Backend, got " +
+                           std::string(py::str(py::type::of(obj))));
+    }
+    out.push_back(std::make_shared<infinilm::engine::C10dCommunicator>(std::move(backend), timeout, owned));
+  }
+  return out;
 }
 
 // Python callables kept alive by C++ std::function: released and called under the GIL.
@@ -250,25 +268,29 @@ void bind_engine(py::module_& m) {
       .def_readonly("output_ids", &Output::output_ids)
       .def_readonly("logits", &Output::logits);
 
+  // The raw constructor: the defaults and process groups that need Python (the adapter's current device,
+  // Gloo/NCCL backends built by torch.distributed) are resolved by infinilm_torch/lib/_engine.py, which wraps this
+  // as InferEngine(config, distributed_config, device_type, cache_config, process_group, comm_timeout).
   e.def(py::init([](const LlamaConfig& config, py::object distributed_config, py::object device_type,
-                    py::object cache_config, py::object process_group, double comm_timeout) {
+                    py::object cache_config, py::object comm_backends, bool comm_owned, double comm_timeout) {
           DistConfig dist = distributed_config.is_none() ? DistConfig() : distributed_config.cast<DistConfig>();
           const c10::DeviceType dt = parse_device_type(device_type);
           auto cc = as_cache_config(cache_config);
-          auto comms = infinilm::engine::engine_communicators(config, dist, !distributed_config.is_none(), dt,
-                                                              process_group, comm_timeout);
+          auto comms = as_communicators(comm_backends, comm_timeout, comm_owned);
           py::gil_scoped_release nogil;
           return std::make_shared<InferEngine>(config, dist, dt, std::move(cc), std::move(comms));
         }),
         py::arg("config"), py::arg("distributed_config") = py::none(), py::arg("device_type") = py::none(),
-        py::arg("cache_config") = py::none(), py::arg("process_group") = py::none(),
-        py::arg("comm_timeout") = 300.0,
-        "InferEngine(config, distributed_config=DistConfig(), device_type='cpu'|'cuda'|torch.device|Device.Type, "
-        "cache_config=None -> StaticKVCacheConfig(1, max_position_embeddings), process_group=None, "
-        "comm_timeout=300.0). DistConfig(tp_size > 1): one rank thread per device, Gloo (CPU) or NCCL (CUDA) "
-        "groups built internally. process_group (a torch.distributed group, e.g. after init_process_group under "
-        "torchrun): this process runs one rank of it; only group rank 0 returns output_ids (others get None). "
-        "comm_timeout: seconds an all-reduce may wait for its peers before raising. See docs/tensor_parallel.md.");
+        py::arg("cache_config") = py::none(), py::arg("comm_backends") = py::none(), py::arg("comm_owned") = true,
+        py::arg("comm_timeout") = 300.0);
+  e.def_static("_check_args", [](const LlamaConfig& config, const DistConfig& dist, py::object device_type,
+                                 int64_t world_size) {
+        InferEngine::check_args(config, dist, parse_device_type(device_type), world_size);
+      }, py::arg("config"), py::arg("distributed_config"), py::arg("device_type"), py::arg("world_size"),
+      "The checks that need no communicator, so that callers raise before building process groups.");
+  m.def("_device_type_name", [](py::object device_type) {
+        return std::string(parse_device_type(device_type) == c10::DeviceType::CUDA ? "cuda" : "cpu");
+      }, py::arg("device_type"), "'cpu' or 'cuda' for any device_type InferEngine accepts (ValueError otherwise).");
   e.def("load_param", [](InferEngine& self, const std::string& name, py::object param) {
          auto t = as_tensor(param, "param");
          if (!t) throw py::type_error("load_param: 'param' for '" + name + "' is None");

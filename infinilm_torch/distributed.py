@@ -1,7 +1,7 @@
 """Process groups for tensor parallelism: the c10d backends the C++ engine's rank threads all-reduce through.
 
 The torch wheel ships no Gloo headers, so C++ cannot build a ProcessGroupGloo; Python builds the backends and
-the engine takes them as c10d::Backend (DESIGN.md, Tensor parallelism). InferEngine's binding calls
+the engine takes them as c10d::Backend (DESIGN.md, Tensor parallelism). InferEngine's constructor (lib/_engine.py) calls
 `rank_backends` (in-process ranks) and `local_device_id` (multi-process mode); users call `init_from_env`
 under torchrun. See docs/tensor_parallel.md.
 """

@@ -13,4 +13,8 @@ if _lib_dir not in sys.path:
 
 import _infinilm  # noqa: E402
 
+from infinilm_torch.lib import _engine  # noqa: E402
+
+_engine.install(_infinilm)
+
 __all__ = ["_infinilm"]
