@@ -8,7 +8,7 @@ DEPS    := ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm
 CCACHE  := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
 
-.PHONY: demo test build bench cuda-check clean
+.PHONY: demo test build cpp bench cuda-check clean
 
 $(VENV)/.stamp-deps:
 	python3 -m venv $(VENV)
@@ -29,8 +29,21 @@ build: $(VENV)/.stamp-install
 demo: build
 	$(PY) -m infinilm_torch
 
-test: build
+test: build cpp
 	$(PY) -m pytest tests
+
+# The C++ library over LibTorch (CMakeLists.txt, docs/cpp.md): configure, build, and ctest its example on the
+# demo checkpoint. Installs Debian's nlohmann-json3-dev first when the header is missing and apt-get can.
+CPP_BUILD ?= build-cpp
+cpp: build
+	@[ -f /usr/include/nlohmann/json.hpp ] || ! command -v apt-get >/dev/null || \
+	  (apt-get install -y -q nlohmann-json3-dev >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q nlohmann-json3-dev >/dev/null))
+	@cmake -S . -B $(CPP_BUILD) -DCMAKE_BUILD_TYPE=Release $(if $(CCACHE),-DCMAKE_CXX_COMPILER_LAUNCHER=ccache) \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" \
+	  -DINFINILM_TEST_CHECKPOINT="$$($(PY) -c 'from infinilm_torch.demo_model import ensure_demo_model; print(ensure_demo_model())')" \
+	  > $(VENV)/cpp.log 2>&1 || (cat $(VENV)/cpp.log; exit 1)
+	@cmake --build $(CPP_BUILD) -j $${MAX_JOBS:-$$(nproc)} >> $(VENV)/cpp.log 2>&1 || (tail -40 $(VENV)/cpp.log; exit 1)
+	@ctest --test-dir $(CPP_BUILD) --output-on-failure -Q
 
 bench: build
 	$(PY) benchmarks/bench_ops.py
@@ -40,4 +53,4 @@ cuda-check:
 	@if command -v nvcc >/dev/null; then $(MAKE) -C kernels/cuda check; else echo "nvcc not found: skipping"; fi
 
 clean:
-	rm -rf build infinilm_torch/lib/*.so *.egg-info
+	rm -rf build build-cpp infinilm_torch/lib/*.so *.egg-info

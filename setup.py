@@ -24,9 +24,14 @@ def _want_cuda() -> bool:
 
 
 def _sources(with_cuda: bool):
-    cpp = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
-    cu = sorted(glob.glob("csrc/**/*.cu", recursive=True)) if with_cuda else []
-    return cpp + cu
+    """core + python (+ cuda) from csrc/SOURCES.txt, the list CMakeLists.txt reads too."""
+    groups = {}
+    with open(os.path.join(ROOT, "csrc", "SOURCES.txt"), encoding="utf-8") as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                group, pattern = line.split(maxsplit=1)
+                groups.setdefault(group, []).extend(sorted(glob.glob(pattern.strip(), root_dir=ROOT)))
+    return groups.get("core", []) + groups.get("python", []) + (groups.get("cuda", []) if with_cuda else [])
 
 
 def _extension():
