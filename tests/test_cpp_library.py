@@ -203,3 +203,12 @@ def test_installed_package_builds_the_docs_example(binaries, tmp_path):
     assert res.returncode == 0, res.stderr
     vocab = json.loads((Path(ensure_demo_model()) / "config.json").read_text())["vocab_size"]
     assert len(res.stdout.split()) == 32 and all(0 <= int(t) < vocab for t in res.stdout.split())
+
+
+def test_tensor_parallel_without_communicators_is_a_clear_error():
+    """A C++-only program (no Python-built process groups) asking for tp_size > 1 gets a clear error."""
+    cfg = to_llama_config(parse_config(read_config_file(ensure_demo_model())))
+    engine = _infinilm.InferEngine.__new__(_infinilm.InferEngine)
+    # The compiled constructor, as a C++ program calls it: no communicators.
+    with pytest.raises(ValueError, match="tp_size 2 needs one communicator per rank"):
+        _infinilm.InferEngine._raw_init(engine, cfg, _infinilm.DistConfig(2), "cpu", None, None, True, 300.0)
