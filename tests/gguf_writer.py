@@ -45,12 +45,13 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name of a HF tensor; names that aren't HF ones (e.g. rope_freqs.weight) pass through."""
     if hf_name.startswith("model.layers."):
         _, _, i, rest = hf_name.split(".", 3)
         stem, suffix = rest.rsplit(".", 1)
         return f"blk.{i}.{_GGUF_NAMES[stem]}.{suffix}"
     return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-            "lm_head.weight": "output.weight"}[hf_name]
+            "lm_head.weight": "output.weight"}.get(hf_name, hf_name)
 
 
 def gpt2_vocab():
