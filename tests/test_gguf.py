@@ -184,6 +184,8 @@ def test_truncated_and_corrupted(small_gguf, tmp_path):
         path.write_bytes(blob)
         with pytest.raises(GGUFError, match=name):
             read_config_file(path)
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        load_tokenizer(tmp_path / "nope.gguf")
 
 
 def test_unknown_architecture(small_gguf, tmp_path):

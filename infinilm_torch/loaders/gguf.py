@@ -32,8 +32,9 @@ class GGUFError(ValueError):
 
 
 def is_gguf(path) -> bool:
+    """True for a path naming a .gguf file (existing or not: a missing one then fails as a missing file)."""
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".gguf") and \
-        os.path.isfile(os.fspath(path))
+        not os.path.isdir(os.fspath(path))
 
 
 def _gguf():
