@@ -142,14 +142,17 @@ def test_model_roundtrip(tmp_path, qtype):
         dict(hf_from_gguf(path).config.to_dict(), dtype="float32")).items() if k in FIELDS}
 
 
-def test_llm_on_gguf_matches_hf(tmp_path):
-    """LLM("x.gguf") builds the engine; its teacher-forced logits equal HF's on the same file (fp32)."""
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llm_on_gguf_matches_hf(tmp_path, arch):
+    """LLM("x.gguf") builds the engine; its last-token logits equal HF's on the same file (fp32). Qwen2: q/k/v
+    biases, no Q/K permutation."""
     from engine_utils import Input
     from infinilm_torch.llm import LLM
 
-    model, cfg = hf_llama(tied=True)
-    path = write_model(tmp_path / "m.gguf", cfg, model.state_dict(), Q.Q8_0, skip=("lm_head.weight",))
+    model, cfg = hf_llama(tied=True, arch=arch)
+    path = write_model(tmp_path / "m.gguf", cfg, model.state_dict(), Q.Q8_0, arch=arch, skip=("lm_head.weight",))
     llm = LLM(path, progress=False)
+    assert llm.fields["model_type"] == arch and llm.fields["attention_bias"] == (arch == "qwen2")
     assert llm.tokenizer.encode("hello world") == [1, 2 + 256 + 3, 2 + 256 + 8]  # BOS, "hello", " world"
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
     for text in TEXTS:
