@@ -10,18 +10,19 @@ Input = _infinilm.InferEngine.Input
 
 
 def make_hf(model_type="llama", hidden=64, layers=2, heads=4, kv_heads=4, head_dim=None, inter=128, vocab=256,
-            tied=False, bias=False, rope_scaling=None, max_pos=256, dtype=torch.float32):
-    """A tiny random HF causal LM with weights spread wide enough that greedy paths vary."""
+            tied=False, bias=False, mlp_bias=False, rope_scaling=None, max_pos=256, eps=1e-5, dtype=torch.float32):
+    """A tiny random HF causal LM with weights spread wide enough that greedy paths vary. bias: Llama's
+    attention_bias (q/k/v/o); mlp_bias: gate/up/down biases; Qwen2 always has q/k/v biases."""
     kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
               num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_pos,
-              rms_norm_eps=1e-5, tie_word_embeddings=tied, rope_theta=10000.0)
+              rms_norm_eps=eps, tie_word_embeddings=tied, rope_theta=10000.0)
     if head_dim is not None:
         kw["head_dim"] = head_dim
     if model_type == "qwen2":
         cfg = transformers.Qwen2Config(**kw)
         cls = transformers.Qwen2ForCausalLM
     else:
-        cfg = transformers.LlamaConfig(attention_bias=bias, rope_scaling=rope_scaling, **kw)
+        cfg = transformers.LlamaConfig(attention_bias=bias, mlp_bias=mlp_bias, rope_scaling=rope_scaling, **kw)
         cls = transformers.LlamaForCausalLM
     cfg._attn_implementation = "eager"
     model = cls(cfg).eval()
@@ -46,6 +47,7 @@ def engine_config(hf_cfg, dtype):
     c.head_dim = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
     c.model_type = hf_cfg.model_type
     c.attention_bias = True if hf_cfg.model_type == "qwen2" else hf_cfg.attention_bias
+    c.mlp_bias = bool(getattr(hf_cfg, "mlp_bias", False))
     c.rope_scaling = getattr(hf_cfg, "rope_parameters", None) or getattr(hf_cfg, "rope_scaling", None)
     c.dtype = dtype
     return c
