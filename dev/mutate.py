@@ -163,6 +163,16 @@ def table(rows: list[dict], max_names: int) -> str:
     return "\n".join(lines)
 
 
+def write_markdown(args, rows: list[dict]) -> None:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    scope = "the whole suite" if args.all else "each mutation's listed test files"
+    base = "no baseline run" if args.no_baseline else "failures of the unmutated baseline not counted"
+    args.markdown.write_text(f"# Mutation results\n\n`python dev/mutate.py{' --all' if args.all else ''}` at "
+                             f"{head}, INFINILM_TEST_SEED={args.seed}, {scope}, {base}; "
+                             f"{time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n{table(rows, args.max_names)}\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutations", type=Path, default=ROOT / "dev" / "mutations.py")
@@ -249,6 +259,8 @@ def main() -> int:
         finally:
             path.write_text(originals[m["file"]])
         rows.append(row)
+        if args.markdown:  # after every mutation, so an interrupted run still leaves its rows
+            write_markdown(args, rows)
     if any(m["file"].endswith(NATIVE) for m in muts):
         ok, _ = build(tree, python)  # leave the copy built unmutated for the next run
         if not ok:
@@ -258,12 +270,7 @@ def main() -> int:
     print()
     print(out)
     if args.markdown:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True).stdout.strip()
-        scope = "the whole suite" if args.all else "each mutation's listed test files"
-        args.markdown.write_text(f"# Mutation results\n\n`python dev/mutate.py{' --all' if args.all else ''}` at "
-                                 f"{head} (plus uncommitted changes, if any), INFINILM_TEST_SEED={args.seed}, "
-                                 f"{scope}; {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n{out}\n")
+        write_markdown(args, rows)
     return 1 if any(r["result"] in ("MISSED", "NO TESTS RAN", "build failed") for r in rows) else 0
 
 

@@ -10,12 +10,8 @@ MUTATIONS = [
     dict(name="tp_row_bias_every_rank", file="csrc/models/llama/model.cpp",
          pattern="  comm_->all_reduce_sum(y);\n  if (b.defined()) y.add_(b);\n",
          replacement="  if (b.defined()) y.add_(b);\n  comm_->all_reduce_sum(y);\n",
-         tests=["tests/test_tp.py"],
+         tests=["tests/test_tp.py"],  # the static/paged TP tests with biases vs HF
          why="o_proj/down_proj bias added on every rank before the all-reduce: tp x bias under TP"),
-    dict(name="top_p_not_forwarded", file="csrc/engine/batch.cpp",
-         pattern="greedy ? 1.0 : in.top_p", replacement="greedy ? 1.0 : 1.0",
-         tests=["tests/test_sampling.py", "tests/test_engine_api.py", "tests/test_frontend.py"],
-         why="the engine never passes top_p to the sampler"),
     dict(name="hf_fused_norm_eps_hardcoded", file="infinilm_torch/hf/layers.py",
          pattern="_ops.fused_add_rms_norm(attn, residual, post.weight, _eps(post))",
          replacement="_ops.fused_add_rms_norm(attn, residual, post.weight, 1e-6)",
@@ -45,4 +41,8 @@ MUTATIONS = [
          pattern='return attention_bias && model_type != "qwen2";', replacement="return attention_bias;",
          tests=["tests/test_engine.py"],
          why="Qwen2 treated like Llama: an o_proj bias that no checkpoint loads (uninitialised memory)"),
+    dict(name="top_p_not_forwarded", file="csrc/engine/batch.cpp",
+         pattern="greedy ? 1.0 : in.top_p", replacement="greedy ? 1.0 : 1.0",
+         tests=["tests/test_sampling.py", "tests/test_engine_api.py", "tests/test_frontend.py"],
+         why="the engine never passes top_p to the sampler"),
 ]
