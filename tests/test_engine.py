@@ -1,4 +1,9 @@
 """InferEngine vs HF transformers on tiny random Llama/Qwen2 models: logits at every step and greedy tokens."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -113,3 +118,16 @@ def test_long_context_split_decode_matches_hf(cache):
         torch.set_num_threads(threads)
     for p, s, lg in zip(prompts, seqs, logits):
         check_sequence(model, len(p), s, lg, min_distinct=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU these files run for real")
+def test_cuda_engine_files_dry_run_on_cpu():
+    """The CUDA engine test files' logic on the CPU engine (INFINILM_ENGINE_TEST_DEVICE=cpu): what the GPU
+    run will execute is at least known to run and pass on the CPU kernels."""
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, INFINILM_ENGINE_TEST_DEVICE="cpu")
+    files = [str(here / "test_engine_cuda.py"), str(here / "test_engine_cuda_graph_fallbacks.py")]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", *files], env=env,
+                          cwd=here.parent, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
