@@ -209,3 +209,36 @@ def test_load_param_error_reaches_caller_and_engine_stays_usable():
         engine.load_param("model.layers.0.self_attn.q_proj.weight", torch.randn(3, 3))
     out = engine.forward(Input(input_ids=torch.tensor([[1, 2]]), temperature=0.0))
     assert out.output_ids.shape == (1, 1)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_row_parallel_outputs_match_hf_modules(tp):
+    """Module level: each layer's o_proj and down_proj outputs (row-parallel, bias added once after the
+    all-reduce) under TP vs the HF modules' own outputs in the same prefill."""
+    model = _model("llama_bias")
+    prompt = [3, 17, 42, 9, 100, 7, 55]
+    want = {}
+
+    def keep(key):
+        return lambda mod, args, out: want.__setitem__(key, (out[0] if isinstance(out, tuple) else out)[0].detach())
+
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        handles += [layer.self_attn.register_forward_hook(keep(f"layer{i}_attention")),
+                    layer.mlp.register_forward_hook(keep(f"layer{i}_mlp"))]
+    with torch.no_grad():
+        model(torch.tensor([prompt]))
+    for h in handles:
+        h.remove()
+    got = {}
+    reg = _infinilm.HookRegistry()
+    for key in want:
+        reg.register_hook(key, lambda n, t, i: got.__setitem__(n, t.clone()))
+    engine = make_engine(model, distributed_config=DistConfig(tp))
+    engine.set_hook_registry(reg)
+    engine.forward(Input(input_ids=torch.tensor([prompt]), temperature=0.0))
+    assert set(got) == set(want)
+    for key, w in want.items():
+        g = got[key].reshape(w.shape)
+        err = (g - w).abs().max().item()
+        assert err <= 1e-4 * w.abs().max().item() + 1e-5, f"{key}: TP={tp} differs from HF by {err}"
