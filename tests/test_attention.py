@@ -97,23 +97,44 @@ DECODE_CONFIGS = [
     ([200, 3, 31, 90, 17, 1, 129], 1, 8, 64, 16, torch.int64, True),
     ([45, 96, 70], 2, 6, 128, 16, torch.int32, False),
     ([1500], 1, 4, 64, 32, torch.int64, False),  # few items, long context: the split-sequence path
+    ([600, 1029, 5, 512], 2, 4, 64, 16, torch.int32, True),  # split lengths that do not divide the context
+    ([2049, 300], 1, 8, 128, 32, torch.int64, False),  # 8 splits of 257 keys; the short row ends mid-split
+    ([513, 1, 777], 2, 6, 128, 16, torch.int64, True),  # two 6-row tiles per kv head, a 1-key row
+    ([1100], 4, 1, 64, 16, torch.int32, False),  # MHA, 4 splits
 ]
+# The CPU decode splits a context into ranges of >= 256 keys when there are fewer (request, kv head, row tile)
+# items than threads: SPLIT_THREADS makes every config with a context of >= 512 keys take that path.
+SPLIT_THREADS = 32
 
 
+def decode_with_threads(case, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run_decode(case)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["default-threads", "split"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg", DECODE_CONFIGS, ids=lambda c: f"B{len(c[0])}-hk{c[1]}-g{c[2]}-d{c[3]}-bs{c[4]}")
-def test_paged_attention_decode(device, dtype, cfg):
+def test_paged_attention_decode(device, dtype, cfg, split):
     lens, hk, group, d, bs, idx, strided = cfg
+    if split and (device != "cpu" or max(lens) < 512):
+        pytest.skip("the thread count steers only the CPU kernel's splits, for contexts of >= 512 keys")
     case = make_case(device, dtype, [(1, s) for s in lens], hk, group, d, bs, idx, strided)
-    threads = torch.get_num_threads()
-    if len(lens) * hk < 4:  # make sure the CPU kernel splits the sequence even on a 1-core runner
-        torch.set_num_threads(4)
-    try:
-        out = run_decode(case)
-    finally:
-        torch.set_num_threads(threads)
-    check(out, case, dtype)
+    # Without `split`, a 1-request MQA case still splits on a 1-core runner (4 threads).
+    threads = SPLIT_THREADS if split else (4 if len(lens) * hk < 4 else torch.get_num_threads())
+    check(decode_with_threads(case, threads), case, dtype)
     check(run_prefill(case), case, dtype)  # the same requests as prefill with q_len 1
+
+
+@pytest.mark.parametrize("threads", [4, 7, 64])
+def test_paged_attention_decode_split_counts(threads):
+    """Split counts that leave a short last range (and, at 64 threads, ranges past the shorter contexts' ends)."""
+    case = make_case("cpu", torch.float32, [(1, s) for s in (1800, 257, 999)], 1, 4, 64, 16, torch.int64, True)
+    check(decode_with_threads(case, threads), case, torch.float32)
 
 
 # (q_len, seq_len) per request: fresh prompts (seq_len == q_len), chunked prefill over a cached prefix, q_len 1.

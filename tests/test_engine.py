@@ -1,4 +1,9 @@
 """InferEngine vs HF transformers on tiny random Llama/Qwen2 models: logits at every step and greedy tokens."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +17,7 @@ CONFIGS = {
     "gqa_d128_tied_llama3": dict(heads=4, kv_heads=2, head_dim=128, tied=True, rope_scaling=LLAMA3),
     "gqa_d64_llama_bias": dict(heads=8, kv_heads=2, hidden=128, head_dim=64, bias=True),
     "qwen2_gqa_bias": dict(model_type="qwen2", heads=4, kv_heads=1, hidden=128, head_dim=64, tied=True),
+    "gqa_eps1e-2_mlp_bias": dict(heads=4, kv_heads=2, eps=1e-2, bias=True, mlp_bias=True),  # eps matters here
 }
 STEPS = 32
 
@@ -85,3 +91,43 @@ def _static(batch, length):
     from infinilm_torch.lib import _infinilm
 
     return _infinilm.StaticKVCacheConfig(max_batch_size=batch, max_cache_len=length)
+
+
+@pytest.mark.parametrize("cache", ["static", "paged"])
+def test_long_context_split_decode_matches_hf(cache):
+    """Contexts of 600+ tokens with more threads than (request, kv head) items: the CPU decode splits each
+    context into ranges and merges them; every step's logits must still be HF's."""
+    from infinilm_torch.lib import _infinilm
+
+    model = make_hf(heads=4, kv_heads=2, max_pos=1024)
+    prompts = [torch.randint(0, 256, (n,)).tolist() for n in (700, 555)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(16)  # the engine's rank thread takes its thread count at construction
+    try:
+        if cache == "static":
+            engine = make_engine(model, cache_config=_infinilm.StaticKVCacheConfig(2, 1024))
+            seqs, logits = run_static(engine, prompts, 12)
+        else:
+            engine = make_engine(model, cache_config=paged_config(model, 96, 16))
+            d = PagedDriver(engine, prompts, 96, 16)
+            d.step([(0, 700), (1, 555)])
+            for _ in range(12):
+                d.step([(0, 1), (1, 1)])
+            seqs, logits = [q["tokens"] for q in d.reqs], [q["logits"] for q in d.reqs]
+    finally:
+        torch.set_num_threads(threads)
+    for p, s, lg in zip(prompts, seqs, logits):
+        check_sequence(model, len(p), s, lg, min_distinct=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU these files run for real")
+def test_cuda_engine_files_dry_run_on_cpu():
+    """The CUDA engine test files' logic on the CPU engine (INFINILM_ENGINE_TEST_DEVICE=cpu): what the GPU
+    run will execute is at least known to run and pass on the CPU kernels."""
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, INFINILM_ENGINE_TEST_DEVICE="cpu")
+    files = [str(here / "test_engine_cuda.py"), str(here / "test_engine_cuda_graph_fallbacks.py")]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", *files], env=env,
+                          cwd=here.parent, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]

@@ -94,7 +94,7 @@ def _prompts(lengths):
     return [torch.randint(0, 256, (n,)).tolist() for n in lengths]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
 def test_engine_cuda_graphs_static_equals_eager(dtype):
     _, graph, eager = _pair(dtype, "static", batch=3)
     seqs = _lockstep_static(graph, eager, _prompts([70, 83, 99]), STEPS)

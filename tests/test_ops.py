@@ -98,6 +98,41 @@ def test_fused_add_rms_norm_cpu_isas(isa, dtype, monkeypatch):
         assert_close(x, ref_out, dtype)
 
 
+# Inputs whose mean square is comparable to eps (or far below it): eps must sit inside the square root.
+EPS_CASES = [(1e-2, 0.05), (1e-2, 0.3), (1e-5, 2e-3), (1e-6, 1.0)]  # (eps, input scale)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["native", "generic"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps,scale", EPS_CASES)
+def test_rms_norm_eps(device, dtype, eps, scale, generic, monkeypatch):
+    if generic:
+        if device != "cpu":
+            pytest.skip("the generic build is a CPU one")
+        monkeypatch.setenv("INFINILM_CPU_GENERIC", "1")
+    x = (torch.randn(7, 769, device=device) * scale).to(dtype)
+    w = torch.randn(769, device=device, dtype=dtype)
+    assert_close(ops.rms_norm(x, w, eps), ref_rms_norm(x, w, eps), dtype)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["native", "generic"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps,scale", EPS_CASES)
+def test_fused_add_rms_norm_eps(device, dtype, eps, scale, generic, monkeypatch):
+    if generic:
+        if device != "cpu":
+            pytest.skip("the generic build is a CPU one")
+        monkeypatch.setenv("INFINILM_CPU_GENERIC", "1")
+    x = (torch.randn(7, 1000, device=device) * scale).to(dtype)
+    r = (torch.randn(7, 1000, device=device) * scale).to(dtype)
+    w = torch.randn(1000, device=device, dtype=dtype)
+    ref_res = (r.float() + x.float()).to(dtype)
+    ref_out = ref_rms_norm(ref_res, w, eps)
+    ops.fused_add_rms_norm(x, r, w, eps)
+    assert_close(r, ref_res, dtype, scale=max(scale, 1e-2))
+    assert_close(x, ref_out, dtype)
+
+
 def test_fused_add_rms_norm_strided_rows(device):
     xb = torch.randn(9, 300, device=device)
     rb = torch.randn(9, 200, device=device)

@@ -1,4 +1,5 @@
-"""Tensor parallelism on CPU: in-process Gloo rank threads and two Gloo processes vs TP=1; failure handling."""
+"""Tensor parallelism on CPU: in-process Gloo rank threads vs HF transformers and vs TP=1 (with and without
+biases), two Gloo processes vs TP=1; failure handling."""
 import importlib.util
 import json
 import os
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_utils import Input, PagedDriver, engine_config, make_engine, make_hf, paged_config, run_static
+from engine_utils import (Input, PagedDriver, check_sequence, engine_config, make_engine, make_hf, paged_config,
+                          run_static)
 from infinilm_torch.lib import _infinilm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,9 +21,14 @@ STEPS = 32
 DistConfig = _infinilm.DistConfig
 
 
-def _model():
+# Llama with attention_bias and mlp_bias has a bias on both row-parallel projections (o_proj, down_proj), which
+# must be added once after the all-reduce; Qwen2 has q/k/v biases only (column-parallel, sharded).
+KINDS = {"plain": dict(), "llama_bias": dict(bias=True, mlp_bias=True), "qwen2": dict(model_type="qwen2")}
+
+
+def _model(kind="plain"):
     # 8 query heads over 4 kv heads: TP 2 and 4 both split the kv heads, and GQA stays on within a rank.
-    return make_hf(hidden=64, heads=8, kv_heads=4, inter=128, vocab=256, layers=2)
+    return make_hf(hidden=64, heads=8, kv_heads=4, inter=128, vocab=256, layers=2, **KINDS[kind])
 
 
 def _close(got, want):
@@ -31,9 +38,10 @@ def _close(got, want):
     assert err <= 1e-4 * scale + 1e-5, f"TP logits differ from TP=1 by {err} (scale {scale})"
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("tp", [2, 4])
-def test_static_tp_matches_tp1(tp):
-    model = _model()
+def test_static_tp_matches_tp1_and_hf(tp, kind):
+    model = _model(kind)
     prompts = [[3, 17, 42, 9, 100, 7], [250, 1, 64]]
     cache = _infinilm.StaticKVCacheConfig(2, 64)
     want_seqs, want_logits = run_static(make_engine(model, cache_config=cache), prompts, STEPS)
@@ -44,6 +52,7 @@ def test_static_tp_matches_tp1(tp):
     assert len(set(seqs[0][len(prompts[0]):])) >= 4, "greedy path is degenerate: the test would prove nothing"
     for b in range(len(prompts)):
         _close(logits[b], want_logits[b])
+        check_sequence(model, len(prompts[b]), seqs[b], logits[b], min_distinct=1)
 
 
 def _paged_run(model, tp, block_size=4, num_blocks=48):
@@ -58,18 +67,21 @@ def _paged_run(model, tp, block_size=4, num_blocks=48):
     return d.reqs
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("tp", [2, 4])
-def test_paged_tp_matches_tp1(tp):
-    model = _model()
+def test_paged_tp_matches_tp1_and_hf(tp, kind):
+    model = _model(kind)
     want = _paged_run(model, 1)
     got = _paged_run(model, tp)
-    for g, w in zip(got, want):
+    for g, w, n in zip(got, want, (7, 2, 5)):
         assert g["tokens"] == w["tokens"]
         _close(g["logits"], w["logits"])
+        check_sequence(model, n, g["tokens"], g["logits"], min_distinct=1)
 
 
-def test_state_dict_shards_concatenate_to_full():
-    model = _model()
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_state_dict_shards_concatenate_to_full(kind):
+    model = _model(kind)
     tp = 2
     engine = make_engine(model, distributed_config=DistConfig(tp))
     shards = engine.state_dict()
@@ -197,3 +209,36 @@ def test_load_param_error_reaches_caller_and_engine_stays_usable():
         engine.load_param("model.layers.0.self_attn.q_proj.weight", torch.randn(3, 3))
     out = engine.forward(Input(input_ids=torch.tensor([[1, 2]]), temperature=0.0))
     assert out.output_ids.shape == (1, 1)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_row_parallel_outputs_match_hf_modules(tp):
+    """Module level: each layer's o_proj and down_proj outputs (row-parallel, bias added once after the
+    all-reduce) under TP vs the HF modules' own outputs in the same prefill."""
+    model = _model("llama_bias")
+    prompt = [3, 17, 42, 9, 100, 7, 55]
+    want = {}
+
+    def keep(key):
+        return lambda mod, args, out: want.__setitem__(key, (out[0] if isinstance(out, tuple) else out)[0].detach())
+
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        handles += [layer.self_attn.register_forward_hook(keep(f"layer{i}_attention")),
+                    layer.mlp.register_forward_hook(keep(f"layer{i}_mlp"))]
+    with torch.no_grad():
+        model(torch.tensor([prompt]))
+    for h in handles:
+        h.remove()
+    got = {}
+    reg = _infinilm.HookRegistry()
+    for key in want:
+        reg.register_hook(key, lambda n, t, i: got.__setitem__(n, t.clone()))
+    engine = make_engine(model, distributed_config=DistConfig(tp))
+    engine.set_hook_registry(reg)
+    engine.forward(Input(input_ids=torch.tensor([prompt]), temperature=0.0))
+    assert set(got) == set(want)
+    for key, w in want.items():
+        g = got[key].reshape(w.shape)
+        err = (g - w).abs().max().item()
+        assert err <= 1e-4 * w.abs().max().item() + 1e-5, f"{key}: TP={tp} differs from HF by {err}"

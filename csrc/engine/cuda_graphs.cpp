@@ -10,6 +10,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <type_traits>
@@ -160,6 +161,10 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::llama::
     g->graph.capture_begin(pool_, cudaStreamCaptureModeThreadLocal);
     try {
       g->step(model, cache);
+      // Test hook: a capture that fails midway, the only way to reach the eager fallback on a healthy GPU.
+      const char* fail = std::getenv("INFINILM_TEST_FAIL_GRAPH_CAPTURE");
+      TORCH_CHECK(fail == nullptr || std::strcmp(fail, "1") != 0,
+                  "CUDA-graph capture failed on purpose (INFINILM_TEST_FAIL_GRAPH_CAPTURE=1)");
     } catch (...) {
       try {
         g->graph.capture_end();  // leaves capture mode on the side stream
