@@ -182,8 +182,9 @@ inline void check_paged_attention_values(const at::Tensor& key_cache, const at::
   if (!seq_lens.device().is_cpu() || seq_lens.numel() == 0) return;
   const int64_t block_size = key_cache.size(2), num_blocks = key_cache.size(0);
   const int64_t capacity = block_tables.size(1) * block_size;
-  auto sl = seq_lens.to(at::kLong);
-  auto bt = block_tables.to(at::kLong);
+  // .to() of an int64 view is the view itself: the raw pointer would walk memory, not the logical values.
+  auto sl = seq_lens.to(at::kLong).contiguous();
+  auto bt = block_tables.to(at::kLong).contiguous();
   const int64_t* s = sl.data_ptr<int64_t>();
   const int64_t* b = bt.data_ptr<int64_t>();
   for (int64_t r = 0; r < sl.numel(); ++r) {
