@@ -38,14 +38,33 @@ at::Tensor aligned_rows(const at::Tensor& q) {
   return ok ? q : q.contiguous();
 }
 
-int checked_log2_block_size(const at::Tensor& key_cache) {
+// Power-of-two blocks are addressed by shifts. A block of any other length is allowed when every request
+// owns one block (block_tables [n, 1]), e.g. an HF cache [B, Hk, max_len, D] shown as B blocks of max_len.
+int checked_log2_block_size(const at::Tensor& key_cache, const at::Tensor& block_tables) {
   const int64_t bs = key_cache.size(2);
-  TORCH_CHECK_VALUE(bs >= 1 && bs <= 1024 && (bs & (bs - 1)) == 0,
-                    "infinilm: CUDA paged attention needs a power-of-two block_size (8..256 tested), got ", bs,
-                    " ('key_cache' shape ", key_cache.sizes(), ")");
+  const bool pow2 = bs >= 1 && bs <= 1024 && (bs & (bs - 1)) == 0;
+  TORCH_CHECK_VALUE(pow2 || (bs >= 1 && block_tables.size(1) == 1),
+                    "infinilm: CUDA paged attention needs a power-of-two block_size (8..256 tested), or one block "
+                    "per request ('block_tables' with 1 column), got block_size ", bs, " ('key_cache' shape ",
+                    key_cache.sizes(), ", 'block_tables' shape ", block_tables.sizes(), ")");
+  if (!pow2) return ka::kWholeRowLogBs;
   int lg = 0;
   while ((int64_t{1} << lg) < bs) ++lg;
   return lg;
+}
+
+// Both caches are addressed with the key cache's strides: they must match (token rows D apart, 16-byte aligned).
+void check_cache_strides(const at::Tensor& key_cache, const at::Tensor& value_cache) {
+  TORCH_CHECK_VALUE(key_cache.strides() == value_cache.strides() && key_cache.stride(3) == 1 &&
+                        (key_cache.size(2) == 1 || key_cache.stride(2) == key_cache.size(3)),
+                    "infinilm: CUDA paged attention needs 'key_cache' and 'value_cache' with equal strides and dense "
+                    "token rows, got strides ", key_cache.strides(), " and ", value_cache.strides());
+  const int64_t vec = 16 / key_cache.element_size();
+  TORCH_CHECK_VALUE(key_cache.stride(0) % vec == 0 && key_cache.stride(1) % vec == 0 &&
+                        reinterpret_cast<uintptr_t>(key_cache.data_ptr()) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(value_cache.data_ptr()) % 16 == 0,
+                    "infinilm: CUDA paged attention needs 16-byte aligned cache blocks, got strides ",
+                    key_cache.strides());
 }
 
 void check_cuda_head_dim(const at::Tensor& query) {
@@ -79,6 +98,9 @@ void fill_common(ka::DecodeParams& p, const at::Tensor& q, const at::Tensor& key
   p.hk = static_cast<int>(key_cache.size(1));
   p.log_bs = log_bs;
   p.max_blocks = static_cast<int>(block_tables.size(1));
+  p.block_stride = key_cache.stride(0);
+  p.head_stride = key_cache.stride(1);
+  p.capacity = block_tables.size(1) * key_cache.size(2);
   p.bt64 = block_tables.scalar_type() == at::kLong;
   p.sl64 = seq_lens.scalar_type() == at::kLong;
   p.scale_log2 = static_cast<float>(scale) * ka::kLog2e;
@@ -92,7 +114,8 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   check_paged_attention_args(query, key_cache, value_cache, block_tables, seq_lens, scale);
   INFINILM_CHECK_CUDA(query);
   check_cuda_head_dim(query);
-  const int log_bs = checked_log2_block_size(key_cache);
+  const int log_bs = checked_log2_block_size(key_cache, block_tables);
+  check_cache_strides(key_cache, value_cache);
   check_paged_attention_decode_args(query, seq_lens);
   check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);  // host data only
   TORCH_CHECK_VALUE(!max_seq_len.has_value() || *max_seq_len >= 0, "infinilm: 'max_seq_len' must be >= 0, got ",
@@ -137,7 +160,8 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
   check_paged_attention_prefill_values(query, query_start_loc, seq_lens, max_query_len);
   INFINILM_CHECK_CUDA(query);
   check_cuda_head_dim(query);
-  const int log_bs = checked_log2_block_size(key_cache);
+  const int log_bs = checked_log2_block_size(key_cache, block_tables);
+  check_cache_strides(key_cache, value_cache);
   TORCH_CHECK_VALUE(!max_query_len.has_value() || *max_query_len >= 0,
                     "infinilm: 'max_query_len' must be >= 0, got ", max_query_len.value_or(0));
   const c10::cuda::CUDAGuard guard(query.device());
@@ -157,7 +181,7 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
     p.qsl64 = qsl.scalar_type() == at::kLong;
     p.rows = static_cast<int>(T);
     p.splits = 1;
-    p.part_size = static_cast<int>(std::min<int64_t>(block_tables.size(1) * key_cache.size(2), INT32_MAX));
+    p.part_size = static_cast<int>(std::min<int64_t>(p.capacity, INT32_MAX));
     p.out = out.data_ptr();
     check_launch(ka::launch_paged_decode(p, ka::DType::kFloat32, static_cast<int>(d), stream),
                  "paged_attention_prefill");
@@ -180,6 +204,9 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
   p.hk = static_cast<int>(key_cache.size(1));
   p.log_bs = log_bs;
   p.max_blocks = static_cast<int>(block_tables.size(1));
+  p.block_stride = key_cache.stride(0);
+  p.head_stride = key_cache.stride(1);
+  p.capacity = block_tables.size(1) * key_cache.size(2);
   p.bt64 = block_tables.scalar_type() == at::kLong;
   p.sl64 = sl.scalar_type() == at::kLong;
   p.qsl64 = qsl.scalar_type() == at::kLong;

@@ -11,6 +11,11 @@ exactly that causal pattern (no padding, no window in reach, no packing), it ret
 instead of a mask: an int32 ``[B, 1, 1, 1]`` tensor holding ``-L_b`` (real masks are bool or float, and
 int masks hold 0/1). Any other mask is materialised as sdpa's boolean mask and attention falls back to
 ``sdpa_attention_forward`` for that call, so padded batches stay exact.
+
+Every decision is taken on Python values, shapes and dtypes (guards under torch.compile): a boolean mask that
+reaches attention inside a compiled graph (its values unknown at trace time) goes to sdpa; no data-dependent
+control flow is traced. The kernels take a cache row of any length as one block, so every step of a dynamic
+cache runs on them.
 """
 from __future__ import annotations
 
@@ -29,16 +34,13 @@ def _has_paged_kernels(dispatch_key: str) -> bool:
 
 # Looked up once: torch.compile cannot trace the dispatcher query, but a dict of constants is fine.
 KERNELS = {"cpu": _has_paged_kernels("CPU"), "cuda": _has_paged_kernels("CUDA")}
-# How the HF cache is shown to the kernels: "row" = one block of Skv tokens per batch row (any block size:
-# the CPU kernels), "head" = one request per (row, kv head) with power-of-two blocks up to MAX_BLOCK (CUDA).
-LAYOUT = {"cpu": "row", "cuda": "head"}
+# How the HF cache is shown to the kernels: "row" = one block of Skv tokens per batch row (any length; both
+# devices). "head" = one request per (row, kv head) with power-of-two blocks up to MAX_BLOCK: kept for kernels
+# limited to such blocks; a cache length without a power-of-two divisor >= MIN_BLOCK then goes to sdpa, and a
+# patched model's generate() rounds static caches up to STATIC_CACHE_MULTIPLE tokens.
+LAYOUT = {"cpu": "row", "cuda": "row"}
 MAX_BLOCK = 256
-# The CUDA kernels are tested for blocks of 8..256 tokens: in the "head" layout a cache whose length has no
-# power-of-two divisor >= 8 goes to sdpa: a dynamic cache does so 7 steps in 8; the static caches a patched
-# model's generate() builds are rounded up (STATIC_CACHE_MULTIPLE), and StaticCache objects built by hand should
-# be sized to a multiple of 8 tokens.
 MIN_BLOCK = {"cuda": 8}
-# A patched model's generate() rounds its static caches up to this many tokens on "head"-layout devices.
 STATIC_CACHE_MULTIPLE = 64
 HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
 
@@ -57,8 +59,9 @@ def length_descriptor(lengths, batch_size: int, device) -> torch.Tensor:
     """int32 ``[B, 1, 1, 1]`` holding ``-L_b``; ``lengths`` is an int, a 0-d or a ``[B]`` tensor."""
     if isinstance(lengths, torch.Tensor):
         t = (-lengths).to(device=device, dtype=torch.int32).reshape(-1).expand(batch_size)
-    else:
-        t = torch.full((batch_size,), -int(lengths), dtype=torch.int32, device=device)
+    else:  # an int, or a SymInt under torch.compile(dynamic=True): no int() that would specialise it
+        t = torch.full((batch_size,), -lengths if isinstance(lengths, torch.SymInt) else -int(lengths),
+                       dtype=torch.int32, device=device)
     return t.reshape(batch_size, 1, 1, 1).contiguous()
 
 
@@ -137,65 +140,75 @@ def infinilm_attention_forward(
     **kwargs,
 ):
     """AttentionInterface entry: returns ``(out [B, Sq, Hq, D], None)`` like ``sdpa_attention_forward``."""
-    bsz, n_heads, q_len, head_dim = query.shape
-    kv_len = key.shape[2]
     if scaling is None:
-        scaling = head_dim**-0.5
-    window = kwargs.get("sliding_window")
-    if is_length_descriptor(attention_mask):
-        seq_lens = (-attention_mask).reshape(bsz)
-    elif attention_mask is None and (window is None or kv_len <= window):
-        seq_lens = torch.full((bsz,), kv_len, dtype=torch.int32, device=query.device)
-    elif (
-        torch.compiler.is_compiling() and kwargs.get("softcap") is None and _kernel_ok(query, key, value, dropout)
-        and isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.bool
-        and attention_mask.dim() == 4 and attention_mask.shape[1] == 1 and attention_mask.shape[-1] == kv_len
-    ):
-        return _attend_or_sdpa(query, key, value, attention_mask, scaling), None
-    else:
+        scaling = query.shape[-1] ** -0.5
+    if attention_mask is None:
+        window = kwargs.get("sliding_window")
+        if window is not None and key.shape[2] > window:
+            return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    elif not is_length_descriptor(attention_mask):
+        # A real mask (padding, a window in reach, packing), also inside compiled graphs where its values are
+        # unknown: sdpa computes it exactly.
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if kwargs.get("softcap") is not None or not _kernel_ok(query, key, value, dropout):
-        mask = causal_pattern(seq_lens, q_len, kv_len)
+        seq_lens = _seq_lens(attention_mask, query.shape[0], key.shape[2], query.device)
+        mask = causal_pattern(seq_lens, query.shape[2], key.shape[2])
         return _sdpa(module, query, key, value, mask, dropout, scaling, **kwargs)
-    return _attend(query, key, value, seq_lens, scaling), None
+    return _attend(query, key, value, attention_mask, scaling), None
 
 
-def _attend_or_sdpa(query, key, value, mask, scaling):
-    """Inside a compiled graph the mask's values are unknown at trace time (a 2D padding mask passed to the
-    compiled forward): test on the device whether it is the kernels' causal pattern, and branch with torch.cond."""
-    q_len, kv_len = query.shape[2], key.shape[2]
-    lengths = mask[:, 0, -1, :].sum(-1).to(torch.int32)
-    pred = (lengths >= q_len).all() & torch.eq(mask, causal_pattern(lengths, q_len, kv_len)).all()
-
-    def ours(q, k, v, lens, m):
-        return _attend(q, k, v, lens, scaling)
-
-    def theirs(q, k, v, lens, m):
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scaling)
-        return out.transpose(1, 2).contiguous()
-
-    return torch.cond(pred, ours, theirs, (query, key, value, lengths, mask))
+def _seq_lens(desc, bsz: int, kv_len: int, device) -> torch.Tensor:
+    if desc is None:
+        return torch.full((bsz,), kv_len, dtype=torch.int32, device=device)
+    return (-desc).reshape(bsz)
 
 
-def _attend(query, key, value, seq_lens, scaling):
+# Eager only: the index tensors of the last forward, shared by all its layers (one descriptor object per
+# forward), so a decode layer launches the attention kernel alone. Under torch.compile they are traced per layer
+# and deduplicated by the graph's common-subexpression pass.
+_last_indices: list = [None, None]
+
+
+def _same(a, b) -> bool:
+    return a is b if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) else a == b
+
+
+def _indices(desc, bsz: int, q_len: int, kv_len: int, device):
+    """``(seq_lens [B], block_tables [B, 1], query_start_loc [B+1] or None)`` int32 for the row layout."""
+    eager = not torch.compiler.is_compiling()
+    if eager:
+        key = (desc, q_len) if desc is not None else (bsz, q_len, kv_len, device)
+        hit = _last_indices[0]
+        if hit is not None and len(hit) == len(key) and all(map(_same, hit, key)):
+            return _last_indices[1]
+    seq_lens = _seq_lens(desc, bsz, kv_len, device)
+    block_tables = torch.arange(bsz, dtype=torch.int32, device=device).view(bsz, 1)
+    starts = None
+    if q_len > 1:
+        starts = torch.arange(0, (bsz + 1) * q_len, q_len, dtype=torch.int32, device=device)
+    out = (seq_lens, block_tables, starts)
+    if eager:
+        _last_indices[0], _last_indices[1] = key, out
+    return out
+
+
+def _attend(query, key, value, desc, scaling):
     """Our kernels over the HF cache: ``query [B, Hq, Sq, D]``, ``key/value [B, Hk, Skv, D]`` -> ``[B, Sq, Hq, D]``."""
     bsz, n_heads, q_len, head_dim = query.shape
     kv_len = key.shape[2]
     # Cached K/V are contiguous already; without a cache they are views of the projection output.
     key, value = key.contiguous(), value.contiguous()
     if LAYOUT.get(query.device.type) == "head":
+        seq_lens = _seq_lens(desc, bsz, kv_len, query.device)
         return _attend_per_kv_head(query, key, value, seq_lens, scaling)
     # [B, Hk, Skv, D] is a paged cache of B blocks of Skv tokens; row b owns block b.
-    block_tables = torch.arange(bsz, dtype=torch.int32, device=query.device).view(bsz, 1)
+    seq_lens, block_tables, starts = _indices(desc, bsz, q_len, kv_len, query.device)
     if q_len == 1:
         out = ops.paged_attention_decode(
             query.reshape(bsz, n_heads, head_dim), key, value, block_tables, seq_lens, scaling, kv_len
         )
         return out.view(bsz, 1, n_heads, head_dim)
     q = query.transpose(1, 2).reshape(bsz * q_len, n_heads, head_dim)
-    starts = torch.arange(0, (bsz + 1) * q_len, q_len, dtype=torch.int32, device=query.device)
     out = ops.paged_attention_prefill(q, key, value, block_tables, starts, seq_lens, scaling, q_len, kv_len)
     return out.view(bsz, q_len, n_heads, head_dim)
 

@@ -1,9 +1,10 @@
-"""patch/unpatch one HF model instance, and class-level apply_infinilm_to_{llama,qwen2,mistral} with reverts.
+"""patch/unpatch one HF model instance, and class-level apply_infinilm_to_{llama,qwen2,qwen3,mistral} with reverts.
 
 Instance patching binds the replacement forwards on that model's modules only (so a patched and an unpatched
 model can run side by side); class patching replaces the forwards on the modeling classes, like Liger's
 ``apply_liger_kernel_to_llama``. Both use the same replacement functions (``layers.py``) and the "infinilm"
-attention implementation (``attention.py``). Inference only: our ops have no autograd formulas.
+attention implementation (``attention.py``). Qwen3's per-head q/k RMSNorms are Qwen3RMSNorm modules, so the
+rms_norm part covers them. Inference only: our ops have no autograd formulas.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ FAMILIES = {
     "llama": ("transformers.models.llama.modeling_llama", "Llama"),
     "qwen2": ("transformers.models.qwen2.modeling_qwen2", "Qwen2"),
     "mistral": ("transformers.models.mistral.modeling_mistral", "Mistral"),
+    "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3"),
 }
 PARTS = ("rms_norm", "rope", "swiglu", "fused_add_norm", "attention")
 _CLASS_SUFFIX = {"rms_norm": "RMSNorm", "rope": "RotaryEmbedding", "swiglu": "MLP", "fused_add_norm": "DecoderLayer"}
@@ -38,6 +40,7 @@ _MISSING = object()
 
 def _module(family: str):
     return importlib.import_module(FAMILIES[family][0])
+
 
 
 def _classes(family: str) -> dict:
@@ -149,6 +152,11 @@ def apply_infinilm_to_mistral(model=None, **parts) -> None:
     apply_infinilm_to("mistral", model, **parts)
 
 
+def apply_infinilm_to_qwen3(model=None, **parts) -> None:
+    """Make Qwen3ForCausalLM (all instances, q/k norms included) use torch.ops.infinilm; see :func:`apply_infinilm_to`."""
+    apply_infinilm_to("qwen3", model, **parts)
+
+
 def revert_infinilm_to_llama() -> None:
     revert_infinilm_to("llama")
 
@@ -161,16 +169,21 @@ def revert_infinilm_to_mistral() -> None:
     revert_infinilm_to("mistral")
 
 
+def revert_infinilm_to_qwen3() -> None:
+    revert_infinilm_to("qwen3")
+
+
 # ---- instance level -------------------------------------------------------------------------------------------
 
 
 def _family_of(model) -> str:
+    modules = {modname: family for family, (modname, _) in FAMILIES.items()}
     for m in model.modules():
-        for family, (modname, _) in FAMILIES.items():
-            if type(m).__module__ == modname:
-                return family
+        family = modules.get(type(m).__module__)
+        if family is not None:
+            return family
     raise TypeError(
-        f"infinilm_torch.patch: {type(model).__name__} is not a Llama, Qwen2 or Mistral transformers model"
+        f"infinilm_torch.patch: {type(model).__name__} is not a Llama, Qwen2, Qwen3 or Mistral transformers model"
     )
 
 
@@ -217,8 +230,30 @@ def _round_static_cache(model) -> None:
         return
 
 
+def _prepare_inputs_for_generation(self, *args, **kwargs):
+    """generate()'s per-step inputs with an all-ones 2D attention mask dropped (checked here, outside any
+    compiled forward): no padding means the kernels' causal pattern, which a compiled forward cannot prove from
+    a mask tensor whose values it does not know, and then hands to sdpa."""
+    inputs = self._infinilm_orig_prepare(*args, **kwargs)
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if (
+        isinstance(mask, torch.Tensor) and mask.dim() == 2
+        and not torch.compiler.is_compiling() and getattr(self.config, "_attn_implementation", None) == attention.NAME
+        and bool(mask.all())
+    ):
+        inputs["attention_mask"] = None
+    return inputs
+
+
+def _hook_generate_inputs(model) -> None:
+    orig = getattr(model, "prepare_inputs_for_generation", None)
+    if orig is not None:
+        _bind(model, "_infinilm_orig_prepare", orig)
+        _bind(model, "prepare_inputs_for_generation", _prepare_inputs_for_generation)
+
+
 def patch(model, **parts):
-    """Make this transformers Llama/Qwen2/Mistral causal LM run on torch.ops.infinilm (in place; returns it).
+    """Make this transformers Llama/Qwen2/Qwen3/Mistral causal LM run on torch.ops.infinilm (in place; returns it).
 
     parts: rms_norm, rope, swiglu, fused_add_norm, attention (all True by default). Patch after loading the
     weights and before torch.compile; ``unpatch(model)`` restores the original forwards, weights layout and
@@ -258,6 +293,7 @@ def patch(model, **parts):
         state["attn"] = getattr(model.config, "_attn_implementation", None)
         _set_attn_implementation(model, attention.NAME)
         _round_static_cache(model)
+        _hook_generate_inputs(model)
     model._infinilm_patched = state
     return model
 

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
     if (t >= t_end) return -1;
     const int64_t b = load_index(p.block_tables, p.bt64, bt_row + (t >> p.log_bs));
     if (b < 0 || b >= p.num_blocks) return -1;
-    return (((b * p.hk + kvh) << p.log_bs) + (t & bs_mask)) * D + li * VEC;
+    return b * p.block_stride + kvh * p.head_stride + (t & bs_mask) * D + li * VEC;
   };
 
   // K/V stream through a STAGES-deep cp.async ring in shared memory. Thread (g, li) copies exactly the

@@ -31,7 +31,7 @@ __device__ __forceinline__ RowInfo decode_row_info(const DecodeParams& p, int ro
     ri.req = lo;
     ri.len = (row >= start && row < end) ? load_index(p.seq_lens, p.sl64, lo) - (end - start) + (row - start) + 1 : 0;
   }
-  const int64_t cap = static_cast<int64_t>(p.max_blocks) << p.log_bs;
+  const int64_t cap = p.capacity;
   ri.len = ri.len < 0 ? 0 : (ri.len > cap ? cap : ri.len);
   return ri;
 }

@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
     const int64_t tok = t_begin + static_cast<int64_t>(tile) * TILE + (lane & 15);
     if (tok < t_end) {
       const int64_t b = load_index(p.block_tables, p.bt64, bt_row + (tok >> p.log_bs));
-      if (b >= 0 && b < p.num_blocks) my_off = (((b * p.hk + kvh) << p.log_bs) + (tok & bs_mask)) * D;
+      if (b >= 0 && b < p.num_blocks) my_off = b * p.block_stride + kvh * p.head_stride + (tok & bs_mask) * D;
     }
   };
   uint64_t valid_ring = 0;  // 16 bits per stage: token k of the tile in that stage is real

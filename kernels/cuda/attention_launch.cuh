@@ -11,7 +11,19 @@ namespace infinilm {
 namespace cuda {
 namespace attn {
 
-cudaError_t launch_paged_decode(const DecodeParams& p, DType dtype, int head_dim, cudaStream_t stream) {
+// Zero strides/capacity mean the dense [num_blocks, Hk, 2^log_bs, D] cache (callers that predate them).
+template <typename P>
+P with_layout_defaults(const P& in, int head_dim) {
+  P p = in;
+  const int64_t bs = int64_t{1} << (p.log_bs < kWholeRowLogBs ? p.log_bs : 0);
+  if (p.head_stride == 0) p.head_stride = bs * head_dim;
+  if (p.block_stride == 0) p.block_stride = p.hk * p.head_stride;
+  if (p.capacity == 0) p.capacity = static_cast<int64_t>(p.max_blocks) * bs;
+  return p;
+}
+
+cudaError_t launch_paged_decode(const DecodeParams& in, DType dtype, int head_dim, cudaStream_t stream) {
+  const DecodeParams p = with_layout_defaults(in, head_dim);
   switch (dtype) {
     case DType::kFloat32: return launch_paged_decode_t<float>(p, head_dim, stream);
     case DType::kFloat16: return launch_paged_decode_tc_t<__half>(p, head_dim, stream);
@@ -20,7 +32,8 @@ cudaError_t launch_paged_decode(const DecodeParams& p, DType dtype, int head_dim
   return cudaErrorInvalidValue;
 }
 
-cudaError_t launch_paged_prefill(const PrefillParams& p, DType dtype, int head_dim, cudaStream_t stream) {
+cudaError_t launch_paged_prefill(const PrefillParams& in, DType dtype, int head_dim, cudaStream_t stream) {
+  const PrefillParams p = with_layout_defaults(in, head_dim);
   switch (dtype) {
     case DType::kFloat16: return launch_paged_prefill_t<__half>(p, head_dim, stream);
     case DType::kBFloat16: return launch_paged_prefill_t<__nv_bfloat16>(p, head_dim, stream);

@@ -27,6 +27,9 @@ struct DecodeParams {
   float* part_o;                // [rows, Hq, splits, D], used when splits > 1
   float* part_ml;               // [rows, Hq, splits, 2] (running max in log2 units, sum of exponentials)
   int64_t num_blocks;
+  // Element strides of a block id and of a kv head inside a block (tokens are D apart); 0 = the dense
+  // [num_blocks, Hk, block_size, D] layout. capacity: tokens a block-table row holds (0 = max_blocks << log_bs).
+  int64_t block_stride, head_stride, capacity;
   int rows, num_reqs, hq, hk, log_bs, max_blocks, splits, part_size;
   bool bt64, sl64, qsl64;
   float scale_log2;  // scale * log2(e): scores live in base-2 units so exp2f does the exponentials
@@ -43,6 +46,7 @@ struct PrefillParams {
   const void* query_start_loc;  // [num_reqs + 1]
   void* out;                    // [T, Hq, D] contiguous
   int64_t num_blocks;
+  int64_t block_stride, head_stride, capacity;  // as in DecodeParams
   int num_reqs, hq, hk, log_bs, max_blocks, tiles_upper;
   bool bt64, sl64, qsl64;
   float scale_log2;
@@ -80,6 +84,10 @@ inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, i
   *splits = static_cast<int>(s < 1 ? 1 : s);
   *part_size = static_cast<int>(part);
 }
+
+// A block of any length (not a power of two) is addressed with this shift: one block per request, so the
+// block index of every token is 0 and its offset the token itself.
+constexpr int kWholeRowLogBs = 40;
 
 // Launch on `stream`; head_dim 64 or 128. Decode: any dtype; with splits > 1 it also runs the merge kernel.
 // Prefill: float16/bfloat16 only (float32 goes through the decode kernel in query_start_loc mode).

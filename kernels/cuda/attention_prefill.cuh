@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
 
   const int64_t q_start = load_index(p.query_start_loc, p.qsl64, r);
   const int64_t q_len = load_index(p.query_start_loc, p.qsl64, r + 1) - q_start;
-  const int64_t cap = static_cast<int64_t>(p.max_blocks) << p.log_bs;
+  const int64_t cap = p.capacity;
   int64_t seq = load_index(p.seq_lens, p.sl64, r);
   seq = seq < 0 ? 0 : (seq > cap ? cap : seq);
   const int64_t prefix = seq - q_len;  // negative only on bad input: such rows then see nothing
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
       int64_t b = -1;
       if (key < kv_hi) b = load_index(p.block_tables, p.bt64, bt_row + (key >> p.log_bs));
       if (b >= 0 && b < p.num_blocks) {
-        const int64_t off = (((b * p.hk + kvh) << p.log_bs) + (key & bs_mask)) * D + ch * 8;
+        const int64_t off = b * p.block_stride + kvh * p.head_stride + (key & bs_mask) * D + ch * 8;
         cp_async16(dk + row * STR + ch * 8, kc + off);
         cp_async16(dv + row * STR + ch * 8, vc + off);
       } else {
