@@ -47,10 +47,7 @@ inline int tile_width(int64_t rows) {
 
 // Decode splits long contexts into ranges when there are fewer (request, KV head) items than threads.
 inline int64_t decode_splits(int64_t items, int64_t max_len) {
-  int64_t threads = 1;
-#ifdef _OPENMP
-  threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-#endif
+  const int64_t threads = cpu_threads();
   if (items <= 0 || items >= threads) return 1;
   constexpr int64_t kMinKeysPerSplit = 256;
   const int64_t want = (2 * threads + items - 1) / items;

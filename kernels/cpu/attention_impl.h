@@ -202,18 +202,6 @@ inline void store_rows(T* out, const int64_t* out_off, const float* acc, const f
   }
 }
 
-template <typename F>
-inline void parallel_dynamic(int64_t n, F&& body) {
-#ifdef _OPENMP
-  if (n > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < n; ++i) body(i);
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; ++i) body(i);
-}
-
 template <typename T>
 void paged_attention_decode(T* out, const T* query, const T* key_cache, const T* value_cache, const int64_t* block_tables,
                             const int64_t* seq_lens, const PagedAttentionShape& s, int64_t batch, int64_t q_tok,
@@ -229,7 +217,7 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
   const float qscale = s.scale * 1.4426950408889634f;
   // Split partials: [items * splits][width][D + 2] (acc, max, denominator), combined below.
   std::vector<float> part(splits > 1 ? items * splits * width * (D + 2) : 0);
-  parallel_dynamic(items * splits, [&](int64_t it) {
+  parallel_for_each(items * splits, [&](int64_t it) {
     const int64_t sp = it % splits, tile = it / splits;
     const int64_t rt = tile % row_tiles, h = (tile / row_tiles) % s.kv_heads, b = tile / (row_tiles * s.kv_heads);
     const int64_t g0 = rt * width;
@@ -298,7 +286,7 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
     }
   }
   std::stable_sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.keys > b.keys; });
-  parallel_dynamic(static_cast<int64_t>(tiles.size()) * s.kv_heads, [&](int64_t it) {
+  parallel_for_each(static_cast<int64_t>(tiles.size()) * s.kv_heads, [&](int64_t it) {
     const Tile& tl = tiles[it / s.kv_heads];
     const int64_t h = it % s.kv_heads, r = tl.req;
     const int64_t q0 = query_start_loc[r], q_len = query_start_loc[r + 1] - q0, prefix = seq_lens[r] - q_len;

@@ -1,9 +1,13 @@
-// Torch-free CPU helpers: 16-bit float storage types, their float conversions, and a parallel-for.
+// Torch-free CPU helpers: 16-bit float storage types, their float conversions, and the parallel loops.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
+#include <type_traits>
+
+#include "kernels/cpu/thread_pool.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -105,17 +109,47 @@ inline float exp_approx(float x) {
   return p * scale;
 }
 
-// Runs body(i) for i in [0, n), split over OpenMP threads when the work is large enough.
+// Threads a kernel called here may use: torch's intra-op count for this thread (at::set_num_threads sets the
+// OpenMP value per thread), 1 inside a pool item or an OpenMP region.
+inline int cpu_threads() {
+  if (ThreadPool::in_pool_job()) return 1;
+#ifdef _OPENMP
+  return omp_in_parallel() ? 1 : omp_get_max_threads();
+#else
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+#endif
+}
+
+// Runs body(i) for i in [0, n) on this thread's pool (kernels/cpu/thread_pool.h) when the work is large
+// enough: contiguous ranges of items, a few per thread so that a late or preempted worker costs little.
 template <typename F>
 inline void parallel_for(int64_t n, int64_t work_per_item, F&& body) {
-#ifdef _OPENMP
-  if (n > 1 && n * work_per_item >= 32768 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
+  const int threads = n > 1 && n * work_per_item >= 32768 ? cpu_threads() : 1;
+  if (threads <= 1) {
     for (int64_t i = 0; i < n; ++i) body(i);
     return;
   }
-#endif
-  for (int64_t i = 0; i < n; ++i) body(i);
+  const int64_t tasks = n < 16 * threads ? n : 16 * threads;
+  struct Ctx { std::remove_reference_t<F>* body; int64_t n, tasks; } ctx{&body, n, tasks};
+  pool_for_this_thread(threads)->run(tasks, [](void* p, int64_t t) {
+    const Ctx& c = *static_cast<Ctx*>(p);
+    const int64_t i1 = (t + 1) * c.n / c.tasks;
+    for (int64_t i = t * c.n / c.tasks; i < i1; ++i) (*c.body)(i);
+  }, &ctx);
+}
+
+// Like parallel_for, one item per claim, for items of uneven cost (attention tiles).
+template <typename F>
+inline void parallel_for_each(int64_t n, F&& body) {
+  const int threads = n > 1 ? cpu_threads() : 1;
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+  using B = std::remove_reference_t<F>;
+  pool_for_this_thread(threads)->run(n, [](void* p, int64_t i) { (*static_cast<B*>(p))(i); },
+                                     const_cast<void*>(static_cast<const void*>(&body)));
 }
 
 }  // namespace infinilm::cpu
