@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate(args) -> int:
     from infinilm_torch.demo_model import ensure_demo_model
-    from infinilm_torch.llm import LLM
+    from infinilm_torch import LLM, SamplingParams
 
     model = args.model or ensure_demo_model(args.demo_dir)
     prompts: List = [[int(t) for t in s.split(",") if t.strip()] for s in args.prompt_ids or []]
@@ -45,15 +45,17 @@ def _generate(args) -> int:
         prompts = list(DEFAULT_PROMPTS)
     llm = LLM(model, device=args.device, dtype=args.dtype, cache=args.cache, block_size=args.block_size,
               max_batch_size=args.max_batch_size)
-    out = llm.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_at_eos=not args.ignore_eos)
+    sp = SamplingParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed, ignore_eos=args.ignore_eos)
+    outs = llm.generate(prompts, sp)
     print(f"model {model} ({llm.fields['model_type']}, {llm.fields['num_hidden_layers']} layers, "
           f"{llm.fields['dtype'] if args.dtype is None else args.dtype}) on {llm.device}, {args.cache} cache")
     for i, prompt in enumerate(prompts):
         shown = prompt if isinstance(prompt, str) else str(prompt)
-        gen = out.texts[i] if out.texts is not None else str(out.token_ids[i])
-        print(f"--- [{i}] {shown!r} -> ({len(out.token_ids[i])} tokens, {out.finish_reasons[i]})\n{gen}")
-    s = out.stats
+        o = outs[i].outputs[0]
+        gen = o.text if llm.tokenizer is not None else str(o.token_ids)
+        print(f"--- [{i}] {shown!r} -> ({len(o.token_ids)} tokens, {o.finish_reason})\n{gen}")
+    s = llm.last_stats
     print(f"{s.requests} requests, {s.prompt_tokens} prompt tokens, {s.generated_tokens} new tokens in "
           f"{s.total_s:.3f} s: {s.tokens_per_s:.1f} tokens/s (first step {1e3 * s.first_step_s:.1f} ms, "
           f"then {s.decode_tokens_per_s:.1f} tokens/s)")
