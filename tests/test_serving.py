@@ -4,6 +4,7 @@ Every check compares a request's tokens with the same request run alone (or with
 over the engine's own logits), on a tiny random Llama with wide weights (greedy paths vary) and the demo's
 character tokenizer (so text, stop strings and chat work).
 """
+import json
 import os
 import threading
 
@@ -22,6 +23,13 @@ BLOCK_BYTES = 2 * 16 * 2 * 4 * 2 * 4  # k+v, head_dim 16, 2 kv heads, block 4, 2
 def tiny_model(path, eos=None):
     """A 2-layer random Llama with std-0.5 weights and a char tokenizer, saved to ``path``."""
     vocab = save_char_tokenizer(path)
+    cfg_file = os.path.join(path, "tokenizer_config.json")
+    with open(cfg_file) as f:
+        tok_cfg = json.load(f)
+    tok_cfg["chat_template"] = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                                "{% if add_generation_prompt %}[assistant] {% endif %}")
+    with open(cfg_file, "w") as f:
+        json.dump(tok_cfg, f)
     cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                    eos_token_id=eos, bos_token_id=1, pad_token_id=0)
