@@ -1,11 +1,12 @@
-"""AutoConfig: a HF ``config.json`` (llama, qwen2, mistral) -> ``_infinilm.LlamaConfig``.
+"""AutoConfig: a HF ``config.json`` or a ``.gguf`` file (llama, qwen2, mistral) -> ``_infinilm.LlamaConfig``.
 
 ``parse_config(dict)`` does the reading and checking in plain Python and returns the engine's fields;
-``AutoConfig.from_pretrained(dir)`` turns them into the C++ ``LlamaConfig`` and validates it.
+``AutoConfig.from_pretrained(dir_or_gguf)`` turns them into the C++ ``LlamaConfig`` and validates it.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from typing import Any, Dict, Union
@@ -21,6 +22,37 @@ _DTYPES = {"float32": "float32", "float": "float32", "fp32": "float32", "float16
 
 class ConfigError(ValueError):
     """A config.json the engine can't serve: unsupported model type, missing or inconsistent fields."""
+
+
+def _int(d: Dict[str, Any], field: str, src: str, minimum: int = 1) -> int:
+    """An integer field (an integral float such as 2.0 passes; 2.5, "2", true do not), at least ``minimum``."""
+    value = d[field]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{src}: '{field}' must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{src}: '{field}' must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(d: Dict[str, Any], field: str, src: str, default: float) -> float:
+    """A finite, positive number field."""
+    value = d.get(field)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{src}: '{field}' must be a finite positive number, got {value!r}")
+    return float(value)
+
+
+def _bool(d: Dict[str, Any], field: str, src: str, default: bool) -> bool:
+    value = d.get(field)
+    if value is None:
+        return default
+    if not isinstance(value, bool):  # bool("false") is True: a string here is a broken config
+        raise ConfigError(f"{src}: '{field}' must be true or false, got {value!r}")
+    return value
 
 
 def _as_list(value, field: str, src: str) -> list:
@@ -51,6 +83,8 @@ def _rope(d: Dict[str, Any], src: str) -> Dict[str, Any]:
                           f"{d.get('rope_parameters')!r} / {d.get('rope_scaling')!r}")
     merged = {**params, **scaling}
     theta = d.get("rope_theta", merged.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
+        raise ConfigError(f"{src}: 'rope_theta' must be a finite positive number, got {theta!r}")
     rope_type = merged.get("rope_type", merged.get("type", "default")) or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise ConfigError(f"{src}: rope scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
@@ -59,7 +93,7 @@ def _rope(d: Dict[str, Any], src: str) -> Dict[str, Any]:
     if rope_type in ("linear", "llama3"):
         if "factor" not in merged:
             raise ConfigError(f"{src}: rope scaling {rope_type!r} needs 'factor', got {merged!r}")
-        out["rope_factor"] = float(merged["factor"])
+        out["rope_factor"] = _float(merged, "factor", f"{src} rope scaling", 1.0)
     if rope_type == "llama3":
         for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
             if key not in merged:
@@ -80,16 +114,16 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
     missing = [k for k in _REQUIRED if d.get(k) is None]
     if missing:
         raise ConfigError(f"{src}: missing required field(s) {missing} for model_type {model_type!r}")
-    heads = int(d["num_attention_heads"])
-    hidden = int(d["hidden_size"])
-    head_dim = d.get("head_dim")
-    if head_dim is None:
+    heads = _int(d, "num_attention_heads", src)
+    hidden = _int(d, "hidden_size", src)
+    if d.get("head_dim") is None:
         if hidden % heads:
             raise ConfigError(f"{src}: no 'head_dim' and hidden_size {hidden} is not divisible by "
                               f"num_attention_heads {heads}")
         head_dim = hidden // heads
-    kv_heads = d.get("num_key_value_heads")
-    kv_heads = heads if kv_heads is None else int(kv_heads)
+    else:
+        head_dim = _int(d, "head_dim", src)
+    kv_heads = heads if d.get("num_key_value_heads") is None else _int(d, "num_key_value_heads", src)
     if heads % kv_heads:
         raise ConfigError(f"{src}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
     act = d.get("hidden_act", "silu")
@@ -97,32 +131,42 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
         raise ConfigError(f"{src}: hidden_act {act!r} is not supported (only 'silu')")
 
     # Qwen2 always has q/k/v biases (its config has no switch); Mistral has none; Llama follows attention_bias.
-    attention_bias = {"qwen2": True, "mistral": False}.get(model_type, bool(d.get("attention_bias", False)))
-    max_pos = d.get("max_position_embeddings") or _DEFAULT_MAX_POSITIONS[model_type]
+    attention_bias = {"qwen2": True, "mistral": False}.get(model_type, _bool(d, "attention_bias", src, False))
+    if d.get("max_position_embeddings") is None:
+        max_pos = _DEFAULT_MAX_POSITIONS[model_type]
+    else:
+        max_pos = _int(d, "max_position_embeddings", src)
     window = d.get("sliding_window")
-    if window is not None and (model_type == "mistral" or d.get("use_sliding_window")) and window < max_pos:
-        warnings.warn(f"{src}: sliding-window attention ({window}) is not implemented; outputs are exact up to "
-                      f"{window} tokens of context", stacklevel=3)
+    if window is not None and (model_type == "mistral" or d.get("use_sliding_window")):
+        window = _int(d, "sliding_window", src)
+        if window < max_pos:
+            warnings.warn(f"{src}: sliding-window attention ({window}) is not implemented; outputs are exact up "
+                          f"to {window} tokens of context", stacklevel=3)
     fields = {
         "model_type": model_type,
-        "vocab_size": int(d["vocab_size"]),
+        "vocab_size": _int(d, "vocab_size", src),
         "hidden_size": hidden,
-        "intermediate_size": int(d["intermediate_size"]),
-        "num_hidden_layers": int(d["num_hidden_layers"]),
+        "intermediate_size": _int(d, "intermediate_size", src),
+        "num_hidden_layers": _int(d, "num_hidden_layers", src),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": int(head_dim),
-        "max_position_embeddings": int(max_pos),
-        "rms_norm_eps": float(d.get("rms_norm_eps", 1e-6)),
+        "head_dim": head_dim,
+        "max_position_embeddings": max_pos,
+        "rms_norm_eps": _float(d, "rms_norm_eps", src, 1e-6),
         "hidden_act": act,
         "attention_bias": attention_bias,
-        "mlp_bias": bool(d.get("mlp_bias", False)) if model_type == "llama" else False,
-        "tie_word_embeddings": bool(d.get("tie_word_embeddings", False)),
-        "use_cache": bool(d.get("use_cache", True)),
+        "mlp_bias": _bool(d, "mlp_bias", src, False) if model_type == "llama" else False,
+        "tie_word_embeddings": _bool(d, "tie_word_embeddings", src, False),
+        "use_cache": _bool(d, "use_cache", src, True),
         "eos_token_id": _as_list(d.get("eos_token_id"), "eos_token_id", src),
         "bos_token_id": _as_list(d.get("bos_token_id"), "bos_token_id", src),
         "dtype": _dtype_name(d.get("dtype", d.get("torch_dtype")), src),
     }
+    vocab = fields["vocab_size"]
+    for key in ("eos_token_id", "bos_token_id"):
+        bad = [t for t in fields[key] if not 0 <= t < vocab]
+        if bad:
+            raise ConfigError(f"{src}: '{key}' {bad} out of range [0, vocab_size {vocab})")
     fields.update(_rope(d, src))
     return fields
 
@@ -140,26 +184,40 @@ def to_llama_config(fields: Dict[str, Any]):
     return cfg
 
 
-def read_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The dict of ``path/config.json`` (or of ``path`` itself when it is a file)."""
+def config_source(path: Union[str, os.PathLike]) -> str:
+    """The file a model's config is read from (for error messages): the .gguf itself or DIR/config.json."""
     path = os.fspath(path)
+    return path if path.lower().endswith(".gguf") else os.path.join(path, "config.json")
+
+
+def read_config_file(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """The config dict of ``path/config.json``, of ``path`` itself when it is a JSON file, or the HF-style config
+    derived from a ``.gguf`` file's metadata."""
+    from infinilm_torch.loaders import gguf
+
+    path = os.fspath(path)
+    if gguf.is_gguf(path):
+        return gguf.config_dict(path)
     file = os.path.join(path, "config.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"no config.json at {path!r}")
     with open(file, encoding="utf-8") as f:
         try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
+            d = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{file}: expected a JSON object, got {type(d).__name__}")
+    return d
 
 
 class AutoConfig:
-    """``AutoConfig.from_pretrained(model_dir)`` -> ``_infinilm.LlamaConfig`` (spec section 4)."""
+    """``AutoConfig.from_pretrained(model_dir or x.gguf)`` -> ``_infinilm.LlamaConfig`` (spec section 4)."""
 
     @staticmethod
     def from_pretrained(model_path: Union[str, os.PathLike]):
         d = read_config_file(model_path)
-        return to_llama_config(parse_config(d, src=os.path.join(os.fspath(model_path), "config.json")))
+        return to_llama_config(parse_config(d, src=config_source(model_path)))
 
     @staticmethod
     def from_dict(d: Dict[str, Any], src: str = "config"):

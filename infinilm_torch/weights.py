@@ -1,4 +1,4 @@
-"""Checkpoint reading: a HF model directory (safetensors, sharded or not, else pytorch_model.bin) -> engine.load_param.
+"""Weight loading: a HF model directory (safetensors / pytorch_model.bin) or a .gguf file -> engine.load_param.
 
 Loading is strict: every parameter the model needs must be in the checkpoint and nothing else may be
 (rotary ``inv_freq`` buffers of old checkpoints are the only names skipped). The check runs on the tensor
@@ -6,21 +6,20 @@ names alone, before any tensor is read or loaded.
 """
 from __future__ import annotations
 
-import json
 import os
+import sys
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
-from infinilm_torch import infinicore
+from infinilm_torch import infinicore, loaders
+from infinilm_torch.loaders import safetensors_dir
+from infinilm_torch.loaders.safetensors_dir import WeightsError, keep as _keep
 
 PathLike = Union[str, os.PathLike]
-_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
-
-
-class WeightsError(ValueError):
-    """A checkpoint whose tensor names don't match the model: missing or unexpected parameters, no weight files."""
+__all__ = ["WeightsError", "expected_param_names", "check_names", "checkpoint_files", "checkpoint_names",
+           "iter_checkpoint", "get_model_state_dict", "load_state_dict", "load_weights"]
 
 
 def _field(config, name, default=None):
@@ -53,68 +52,20 @@ def expected_param_names(config) -> List[str]:
 
 
 def checkpoint_files(model_dir: PathLike) -> Tuple[str, List[str]]:
-    """("safetensors" | "bin", files): the sharded index's files, else every *.safetensors, else pytorch_model*.bin."""
-    model_dir = os.fspath(model_dir)
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model directory {model_dir!r} does not exist")
-    for index_name, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
-        index = os.path.join(model_dir, index_name)
-        if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise WeightsError(f"{index}: no 'weight_map'")
-            files = sorted({os.path.join(model_dir, v) for v in weight_map.values()})
-            absent = [f for f in files if not os.path.isfile(f)]
-            if absent:
-                raise WeightsError(f"{index} lists shard(s) that don't exist: {absent}")
-            return kind, files
-    files = sorted(os.path.join(model_dir, f) for f in os.listdir(model_dir) if f.endswith(".safetensors"))
-    if files:
-        return "safetensors", files
-    binary = os.path.join(model_dir, "pytorch_model.bin")
-    if os.path.isfile(binary):
-        return "bin", [binary]
-    raise WeightsError(f"no weights in {model_dir!r}: expected *.safetensors (optionally with "
-                       f"model.safetensors.index.json) or pytorch_model.bin")
+    """("safetensors" | "bin", files) of a HF model directory (see loaders.safetensors_dir)."""
+    return safetensors_dir.checkpoint_files(model_dir)
 
 
-def _keep(name: str) -> bool:
-    return not name.endswith(_IGNORED_SUFFIXES)
+def iter_checkpoint(model_path: PathLike, dtype: Optional[torch.dtype] = None, progress: bool = False,
+                    names=None) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Yield (HF name, CPU tensor) for every tensor of a model directory or .gguf file (GGUF: dequantized to
+    ``dtype``)."""
+    return loaders.iter_tensors(model_path, dtype=dtype, progress=progress, names=names)
 
 
-def iter_checkpoint(model_dir: PathLike) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Yield (name, CPU tensor) for every tensor of the checkpoint, one shard at a time."""
-    kind, files = checkpoint_files(model_dir)
-    for file in files:
-        if kind == "safetensors":
-            from safetensors import safe_open
-
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    if _keep(name):
-                        yield name, f.get_tensor(name)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            for name, t in state.items():
-                if _keep(name):
-                    yield name, t
-            del state
-
-
-def checkpoint_names(model_dir: PathLike) -> List[str]:
-    """Tensor names of the checkpoint, read from the headers (safetensors) without loading any tensor."""
-    kind, files = checkpoint_files(model_dir)
-    names: List[str] = []
-    for file in files:
-        if kind == "safetensors":
-            from safetensors import safe_open
-
-            with safe_open(file, framework="pt", device="cpu") as f:
-                names.extend(f.keys())
-        else:
-            names.extend(torch.load(file, map_location="cpu", weights_only=True, mmap=True).keys())
-    return [n for n in names if _keep(n)]
+def checkpoint_names(model_path: PathLike) -> List[str]:
+    """HF tensor names of the checkpoint, read from the headers without loading any tensor."""
+    return loaders.tensor_names(model_path)
 
 
 def check_names(found, config, src: str = "checkpoint") -> List[str]:
@@ -149,19 +100,27 @@ def _dtype(config, dtype) -> Optional[torch.dtype]:
     return None if dtype is None else infinicore._torch_dtype(dtype)
 
 
-def get_model_state_dict(model_dir: PathLike, config=None, dtype=None, device=None) -> Dict[str, "infinicore.Tensor"]:
-    """name -> infinicore.Tensor for every parameter, checked against ``config`` (default: the directory's own
-    config.json, when it has one) and converted to ``dtype`` (default: the config's dtype)."""
-    if config is None and os.path.isfile(os.path.join(os.fspath(model_dir), "config.json")):
-        from infinilm_torch.auto_config import parse_config, read_config_file
+def _own_config(model_path: PathLike):
+    """The engine fields of the checkpoint's own config (config.json or GGUF metadata), or None without one."""
+    from infinilm_torch.auto_config import config_source, parse_config, read_config_file
 
-        config = parse_config(read_config_file(model_dir), src=os.path.join(os.fspath(model_dir), "config.json"))
+    p = os.fspath(model_path)
+    if not (loaders.is_gguf(p) or os.path.isfile(os.path.join(p, "config.json"))):
+        return None
+    return parse_config(read_config_file(p), src=config_source(p))
+
+
+def get_model_state_dict(model_dir: PathLike, config=None, dtype=None, device=None) -> Dict[str, "infinicore.Tensor"]:
+    """name -> infinicore.Tensor for every parameter, checked against ``config`` (default: the checkpoint's own
+    config, when it has one) and converted to ``dtype`` (default: the config's dtype)."""
+    if config is None:
+        config = _own_config(model_dir)
     if config is not None:
         check_names(checkpoint_names(model_dir), config, src=os.fspath(model_dir))
     target = _dtype(config, dtype) if config is not None or dtype is not None else None
     dev = infinicore._torch_device(device)
     out = {}
-    for name, t in iter_checkpoint(model_dir):
+    for name, t in iter_checkpoint(model_dir, dtype=target):
         if config is not None and _field(config, "tie_word_embeddings", False) and name == "lm_head.weight":
             continue
         out[name] = infinicore.from_torch(t.to(device=dev, dtype=target if t.is_floating_point() else None))
@@ -172,7 +131,7 @@ def _load(engine, items, names: List[str], target: Optional[torch.dtype], progre
     """load_param each (name, tensor) whose name is in ``names``, casting floating tensors to ``target``."""
     wanted = set(names)
     bar = None
-    if progress:
+    if progress and sys.stderr.isatty():  # no bar fragments in piped output or logs
         try:
             from tqdm.auto import tqdm
 
@@ -201,11 +160,17 @@ def load_state_dict(engine, tensors, config, dtype=None, progress: bool = False,
     return _load(engine, items, names, _dtype(config, dtype), progress)
 
 
-def load_weights(engine, model_dir: PathLike, config, dtype=None, progress: bool = True) -> int:
-    """Load every parameter of the checkpoint in ``model_dir`` into ``engine``; returns how many were loaded.
+def load_weights(engine, model_path: PathLike, config, dtype=None, progress: bool = True) -> int:
+    """Load every parameter of the checkpoint (a HF model directory or a .gguf file) into ``engine``; returns
+    how many were loaded.
 
     Checks the names first (nothing is loaded when they don't match), then streams one tensor at a time,
-    converting floating-point tensors to ``dtype`` (default: the config's dtype).
+    converting floating-point tensors to ``dtype`` (default: the config's dtype); GGUF tensors are
+    dequantized as they are read. A progress bar shows on a terminal when ``progress``.
     """
-    names = check_names(checkpoint_names(model_dir), config, src=os.fspath(model_dir))
-    return _load(engine, iter_checkpoint(model_dir), names, _dtype(config, dtype), progress)
+    names = check_names(checkpoint_names(model_path), config, src=os.fspath(model_path))
+    target = _dtype(config, dtype)
+    if loaders.is_gguf(model_path):  # the GGUF reader draws its own bar (dequantizing is the slow part)
+        items = iter_checkpoint(model_path, dtype=target, progress=progress, names=set(names))
+        return _load(engine, items, names, target, False)
+    return _load(engine, iter_checkpoint(model_path), names, target, progress)
