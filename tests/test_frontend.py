@@ -236,8 +236,8 @@ def _run(args, env):
     return r.stdout
 
 
-def test_cli_without_arguments(demo_env):
-    out = _run(["-m", "infinilm_torch"], demo_env)
+def test_cli_demo_model(demo_env):
+    out = _run(["-m", "infinilm_torch", "--model", "demo"], demo_env)
     assert "wrote the demo checkpoint" in out and "tokens/s" in out and "--- [1]" in out
     out = _run(["-m", "infinilm_torch", "generate", "--model", demo_env["INFINILM_DEMO_DIR"], "--cache", "paged",
                 "--prompt", "Hello", "--max-new-tokens", "8", "--temperature", "0", "--ignore-eos"], demo_env)

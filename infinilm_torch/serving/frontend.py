@@ -116,9 +116,7 @@ class GenerateMixin:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         if self.tokenizer is None:
             return ""
-        if skip_special_tokens or not hasattr(self.tokenizer, "backend"):
-            return self.tokenizer.decode(list(ids))
-        return self.tokenizer.backend.decode(list(ids), skip_special_tokens=False)
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def make_request(self, prompt, params: SamplingParams, sink, stream=False, request_id=None,
                      what="prompt") -> Request:
@@ -180,29 +178,51 @@ class GenerateMixin:
         self.last_stats = _stats(results, time.perf_counter() - t0, self._core.steps - steps0)
         return results
 
+    def stream(self, prompt, sampling_params: Optional[SamplingParams] = None):
+        """One request's RequestOutput snapshots as tokens arrive (cumulative text; the last one is finished)."""
+        q: "queue.Queue" = queue.Queue()
+        req = self.make_request(prompt, sampling_params or SamplingParams(), lambda o, e: q.put((o, e)), stream=True)
+        self._core.submit(req)
+        try:
+            while True:
+                out, err = q.get()
+                if err is not None:
+                    raise err
+                yield out
+                if out.finished:
+                    return
+        finally:
+            self._core.abort(req.request_id)  # a no-op once finished
+
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, add_generation_prompt: bool = True,
              chat_template: Optional[str] = None) -> List[RequestOutput]:
-        """vLLM's LLM.chat: one conversation (a list of {"role", "content"}) or a list of them."""
+        """vLLM's LLM.chat: one conversation (a list of {"role", "content"}) or a list of them, rendered with the
+        model's chat template (or ``chat_template``)."""
         if not isinstance(messages, (list, tuple)) or not messages:
             raise ValueError("chat: messages must be a non-empty list of {'role', 'content'} dicts (or of such lists)")
         convs = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = [self.render_chat(c, add_generation_prompt, chat_template) for c in convs]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def render_chat(self, conv, add_generation_prompt: bool = True, chat_template: Optional[str] = None) -> str:
+    def render_chat(self, conv, add_generation_prompt: bool = True, chat_template: Optional[str] = None) -> dict:
+        """A chat as a prompt: {"prompt": rendered text, "prompt_token_ids": its ids (the template wrote the
+        special tokens, so the tokenizer adds none)}."""
+        if not isinstance(conv, (list, tuple)) or not conv:
+            raise ValueError(f"chat: a conversation must be a non-empty list of messages, got {conv!r}")
         for m in conv:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"chat: each message needs 'role' and 'content', got {m!r}")
         tok = self.tokenizer
         if tok is None:
             raise ValueError("chat needs a tokenizer with a chat template; this model has none")
-        kw = {} if chat_template is None else {"chat_template": chat_template}
-        if hasattr(tok, "apply_chat_template"):
-            return tok.apply_chat_template(conv, add_generation_prompt=add_generation_prompt, **kw)
-        backend = getattr(tok, "backend", None)
-        if getattr(tok, "_hf", False) and (getattr(backend, "chat_template", None) or chat_template):
-            return backend.apply_chat_template(conv, tokenize=False, add_generation_prompt=add_generation_prompt, **kw)
-        raise ValueError("chat: this model's tokenizer has no chat template")
+        if chat_template is not None:
+            from infinilm_torch.loaders.chat_template import render
+
+            text = render(chat_template, list(conv), add_generation_prompt=add_generation_prompt,
+                          special_tokens=tok.special_tokens)
+        else:
+            text = tok.apply_chat_template(list(conv), add_generation_prompt=add_generation_prompt)
+        return {"prompt": text, "prompt_token_ids": tok.encode(text, add_special_tokens=False)}
 
 
 def _progress(total: int, use_tqdm: bool):
