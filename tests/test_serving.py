@@ -177,20 +177,23 @@ def test_logprobs_are_log_softmax_of_engine_logits(model_dir):
 def test_penalties_match_plain_reference(model_dir):
     llm = LLM(model_dir, cache="paged", progress=False)
     ref = LLM(model_dir, cache="static", max_batch_size=1, progress=False)
-    prompt = rand_prompts([9])[0]
-    kw = dict(repetition_penalty=1.7, presence_penalty=0.6, frequency_penalty=0.9)
-    got = llm.generate([prompt], greedy(12, **kw))[0].outputs[0].token_ids
-    want = []
-    for _ in range(12):
-        logits = _engine_logits(ref, prompt + want)
-        for tok in set(prompt + want):  # plain per-token loops: the reference
-            v = logits[tok].item()
-            logits[tok] = v / kw["repetition_penalty"] if v > 0 else v * kw["repetition_penalty"]
-        for tok in set(want):
-            logits[tok] -= kw["presence_penalty"] + kw["frequency_penalty"] * want.count(tok)
-        want.append(int(logits.argmax()))
-    assert got == want
-    assert got != ids_of(llm.generate([prompt], greedy(12)))[0], "penalties changed nothing: the test proves nothing"
+    kw = dict(repetition_penalty=2.5, presence_penalty=1.5, frequency_penalty=2.0)
+    prompts = rand_prompts([9, 4, 13])
+    got = ids_of(llm.generate(prompts, greedy(12, **kw)))
+    changed = 0
+    for prompt, toks in zip(prompts, got):
+        want = []
+        for _ in range(12):
+            logits = _engine_logits(ref, prompt + want)
+            for tok in set(prompt + want):  # plain per-token loops: the reference
+                v = logits[tok].item()
+                logits[tok] = v / kw["repetition_penalty"] if v > 0 else v * kw["repetition_penalty"]
+            for tok in set(want):
+                logits[tok] -= kw["presence_penalty"] + kw["frequency_penalty"] * want.count(tok)
+            want.append(int(logits.argmax()))
+        assert toks == want
+        changed += toks != ids_of(llm.generate([prompt], greedy(12)))[0]
+    assert changed, "penalties changed nothing: the test proves nothing"
 
 
 def test_never_fitting_request_errors_while_others_finish(model_dir):

@@ -86,6 +86,7 @@ def _hf_baseline(model, llm, prompts, outs, batch) -> None:
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     if str(model).endswith(".gguf"):
         import os
 

@@ -117,6 +117,8 @@ class EngineCore:
                     cmd = self._queue.get_nowait()
                 except queue.Empty:
                     cmd = None
+            if self._llm() is None:  # the LLM is gone: nothing can be served any more
+                return
             if self.scheduler.has_work():
                 try:
                     self._step()
@@ -197,10 +199,18 @@ class EngineCore:
         if not batch.seqs:
             raise RuntimeError("scheduler planned an empty step with requests pending (no block can be freed)")
         seqs = batch.seqs
-        host = not all(s.params.greedy and s.params.plain and s.params.logprobs is None and
-                       len(s.out) >= s.params.min_tokens for s in seqs)
+        # Plain greedy rows need only the engine's argmax; other rows use the engine's per-request sampler when
+        # it has one (paged batches), else the host sampler over the returned logits.
+        simple = all(s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs)
+        pending_min = any(len(s.out) < s.params.min_tokens for s in seqs)
+        engine_sampling = not simple and not pending_min and self.engine_per_request and batch.rows is None
+        host = not simple and not engine_sampling or pending_min
+        k = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
+        extra = sampler.engine_fields(seqs, k) if engine_sampling else {}
         inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=host,
                                               **self._inputs(batch))
+        for name, v in extra.items():
+            setattr(inp, name, v)
         out = self.llm.engine.forward(inp)
         rows = (lambda t: t[[s.slot for s in seqs]]) if batch.rows is not None else (lambda t: t)
         ids = rows(out.output_ids.view(-1))
@@ -211,14 +221,17 @@ class EngineCore:
         if not live:
             return
         live_seqs = [seqs[i] for i in live]
+        ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs]
+        lps = None
         if host:
             lg = logits[live]
             tokens = sampler.sample(lg, live_seqs)
-            ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs]
-            lps = sampler.logprobs_of(lg, tokens, ks) if any(s.params.logprobs is not None for s in live_seqs) \
-                else None
+            if k is not None:
+                lps = sampler.logprobs_of(lg, tokens, ks)
         else:
-            tokens, lps = ids[live], None
+            tokens = ids[live]
+            if engine_sampling and k is not None:
+                lps = self._engine_logprobs(out, live, tokens, ks)
         now = time.perf_counter()
         touched = {}
         for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
@@ -243,6 +256,18 @@ class EngineCore:
                 self._requests.pop(rid, None)
             if done or req.stream:
                 req.sink(self._output(req, done), None)
+
+    @staticmethod
+    def _engine_logprobs(out, live, tokens, ks):
+        """(logprob, rank or None when outside the top k, top-k {id: logprob}) from the engine's Output."""
+        chosen, top_v, top_i = out.logprobs[live], out.top_logprobs[live], out.top_token_ids[live]
+        res = []
+        for j, (tok, kk) in enumerate(zip(tokens.tolist(), ks)):
+            top = {int(top_i[j, r]): float(top_v[j, r]) for r in range(kk)}
+            lp = float(chosen[j])
+            rank = list(top).index(tok) + 1 if tok in top else None
+            res.append((lp, rank, top))
+        return res
 
     def _check_stop_strings(self, s: Sequence) -> None:
         p = s.params
