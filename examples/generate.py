@@ -4,8 +4,8 @@ Usage: python examples/generate.py [MODEL_DIR] [--device cuda] [--cache paged]
 """
 import argparse
 
+from infinilm_torch import LLM, SamplingParams
 from infinilm_torch.demo_model import ensure_demo_model
-from infinilm_torch.llm import LLM
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model", nargs="?", help="HF model directory (config.json, *.safetensors, tokenizer)")
@@ -17,12 +17,13 @@ llm = LLM(args.model or ensure_demo_model(), device=args.device, cache=args.cach
 prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
 prompts = prompts if llm.tokenizer is not None else [[1, 15, 9, 26], [1, 7]]  # no tokenizer: token ids
 
-greedy = llm.generate(prompts, max_new_tokens=32, temperature=0)
-sampled = llm.generate(prompts, max_new_tokens=32, temperature=0.8, top_k=50, top_p=0.95, seed=1)
+greedy = llm.generate(prompts, SamplingParams(max_tokens=32, temperature=0))
+sampled = llm.generate(prompts, SamplingParams(max_tokens=32, temperature=0.8, top_k=50, top_p=0.95, seed=1))
 for i, p in enumerate(prompts):
-    for name, out in (("greedy", greedy), ("sampled", sampled)):
-        text = out.texts[i] if out.texts is not None else out.token_ids[i]
+    for name, outs in (("greedy", greedy), ("sampled", sampled)):
+        o = outs[i].outputs[0]
+        text = o.text if llm.tokenizer is not None else o.token_ids
         print(f"[{name}] {p!r} -> {text!r}")
-s = sampled.stats
+s = llm.last_stats
 print(f"{s.generated_tokens} tokens in {s.total_s:.2f} s = {s.tokens_per_s:.1f} tokens/s "
       f"(decode {s.decode_tokens_per_s:.1f} tokens/s, batch {s.requests})")

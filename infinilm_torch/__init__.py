@@ -1,5 +1,14 @@
 """infinilm_torch: Llama-family inference kernels as torch.ops.infinilm.* and a C++ inference engine."""
 from infinilm_torch import ops  # noqa: F401  (loads the extension, registers ops and fakes)
+from infinilm_torch.serving.params import CompletionOutput, RequestOutput, SamplingParams  # noqa: F401
+
+
+def __getattr__(name):
+    if name == "LLM":  # imported on first use: the front end pulls in the loaders and tokenizers
+        from infinilm_torch.llm import LLM
+
+        return LLM
+    raise AttributeError(name)
 
 
 def patch(model, **parts):

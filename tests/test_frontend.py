@@ -16,8 +16,8 @@ import infinilm_torch
 
 transformers = pytest.importorskip("transformers")
 
+from infinilm_torch import LLM, SamplingParams  # noqa: E402
 from infinilm_torch.auto_config import AutoConfig  # noqa: E402
-from infinilm_torch.llm import LLM  # noqa: E402
 from infinilm_torch.weights import WeightsError, expected_param_names  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +67,14 @@ def assert_same_greedy(model, prompt, ours, n):
     assert gap <= 1e-4 * logits.abs().max().item(), f"step {i}: HF {ref} vs ours {ours} (logit gap {gap:.3g})"
 
 
+def greedy(n, **kw):
+    return SamplingParams(temperature=0, max_tokens=n, **kw)
+
+
+def ids_of(outs):
+    return [o.outputs[0].token_ids for o in outs]
+
+
 def prompts_of(lengths, vocab=96):
     return [torch.randint(3, vocab, (n,)).tolist() for n in lengths]
 
@@ -113,12 +121,13 @@ def test_generate_matches_hf_greedy(tmp_path, family, cache):
     model, path = make_hf(tmp_path, family)
     llm = LLM(path, cache=cache, block_size=4, max_batch_size=2, max_cache_len=64, progress=False)
     prompts = prompts_of([11, 4])
-    out = llm.generate(prompts, max_new_tokens=24, temperature=0)
-    assert out.prompt_token_ids == prompts and out.texts is None
-    assert out.stats.generated_tokens == sum(len(t) for t in out.token_ids) and out.stats.tokens_per_s > 0
-    for p, o in zip(prompts, out.token_ids):
+    outs = llm.generate(prompts, greedy(24))
+    assert [o.prompt_token_ids for o in outs] == prompts and all(o.outputs[0].text == "" for o in outs)
+    assert llm.last_stats.generated_tokens == sum(len(t) for t in ids_of(outs)) and llm.last_stats.tokens_per_s > 0
+    assert all(o.finished and o.outputs[0].finish_reason == "length" for o in outs)
+    for p, o in zip(prompts, ids_of(outs)):
         assert_same_greedy(model, p, o, 24)
-    assert len(set(out.token_ids[0])) > 3, "greedy path repeats one token: the test model proves nothing"
+    assert len(set(ids_of(outs)[0])) > 3, "greedy path repeats one token: the test model proves nothing"
 
 
 def test_paged_scheduling_matches_hf(tmp_path):
@@ -132,9 +141,9 @@ def test_paged_scheduling_matches_hf(tmp_path):
               max_step_tokens=16)
     assert llm.num_blocks == 15
     prompts = prompts_of(lengths)
-    out = llm.generate(prompts, max_new_tokens=n, temperature=0)
-    assert [len(t) for t in out.token_ids] == [n] * len(lengths) and out.stats.steps > n + 2
-    for p, o in zip(prompts, out.token_ids):
+    out = ids_of(llm.generate(prompts, greedy(n)))
+    assert [len(t) for t in out] == [n] * len(lengths) and llm.last_stats.steps > n + 2
+    for p, o in zip(prompts, out):
         assert_same_greedy(model, p, o, n)
 
 
@@ -143,9 +152,9 @@ def test_static_chunks_and_cache_growth(tmp_path):
     model, path = make_hf(tmp_path, "mistral")
     llm = LLM(path, cache="static", max_batch_size=2, max_cache_len=8, progress=False)
     prompts = prompts_of([14, 3, 9])
-    out = llm.generate(prompts, max_new_tokens=10, temperature=0)
+    out = ids_of(llm.generate(prompts, greedy(10)))
     assert (llm.max_batch_size, llm.max_cache_len) == (2, 23)
-    for p, o in zip(prompts, out.token_ids):
+    for p, o in zip(prompts, out):
         assert_same_greedy(model, p, o, 10)
 
 
@@ -153,20 +162,22 @@ def test_static_chunks_and_cache_growth(tmp_path):
 def test_stop_at_eos(tmp_path, cache):
     model, path = make_hf(tmp_path, "llama")
     prompts = prompts_of([7, 12, 5])
-    full = LLM(path, cache=cache, max_batch_size=4, progress=False).generate(
-        prompts, max_new_tokens=16, temperature=0, stop_at_eos=False).token_ids
+    full = ids_of(LLM(path, cache=cache, max_batch_size=4, progress=False).generate(
+        prompts, greedy(16, ignore_eos=True)))
     eos = full[0][5]
     with open(os.path.join(path, "config.json")) as f:
         cfg = json.load(f)
     cfg["eos_token_id"] = [95, eos]
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(cfg, f)
-    out = LLM(path, cache=cache, max_batch_size=4, progress=False).generate(prompts, max_new_tokens=16, temperature=0)
-    for row, got, why in zip(full, out.token_ids, out.finish_reasons):
+    outs = LLM(path, cache=cache, max_batch_size=4, progress=False).generate(prompts, greedy(16))
+    for row, o in zip(full, outs):
+        got, why = o.outputs[0].token_ids, o.outputs[0].finish_reason
         stop = next((i for i, t in enumerate(row) if t in (95, eos)), None)
         assert got == (row if stop is None else row[: stop + 1])
-        assert why == ("length" if stop is None else "eos")
-    assert out.finish_reasons[0] == "eos" and len(out.token_ids[0]) <= 6
+        assert why == ("length" if stop is None else "stop")
+        assert o.outputs[0].stop_reason == (None if stop is None else row[stop])
+    assert outs[0].outputs[0].finish_reason == "stop" and len(outs[0].outputs[0].token_ids) <= 6
 
 
 @pytest.mark.parametrize("cache", ["static", "paged"])
@@ -174,12 +185,13 @@ def test_sampling_seed(tmp_path, cache):
     _, path = make_hf(tmp_path, "mistral")
     llm = LLM(path, cache=cache, progress=False)
     prompts = prompts_of([5, 8])
-    kw = dict(max_new_tokens=12, temperature=1.0, top_k=0, top_p=1.0, stop_at_eos=False)
-    a, b = llm.generate(prompts, seed=7, **kw), llm.generate(prompts, seed=7, **kw)
-    c = llm.generate(prompts, seed=8, **kw)
-    assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
-    greedy = llm.generate(prompts, max_new_tokens=12, temperature=0, stop_at_eos=False)
-    assert llm.generate(prompts, seed=3, **{**kw, "top_k": 1}).token_ids == greedy.token_ids
+    kw = dict(max_tokens=12, temperature=1.0, top_k=0, top_p=1.0, ignore_eos=True)
+    a = ids_of(llm.generate(prompts, SamplingParams(seed=7, **kw)))
+    b = ids_of(llm.generate(prompts, SamplingParams(seed=7, **kw)))
+    c = ids_of(llm.generate(prompts, SamplingParams(seed=8, **kw)))
+    assert a == b and a != c
+    want = ids_of(llm.generate(prompts, greedy(12, ignore_eos=True)))
+    assert ids_of(llm.generate(prompts, SamplingParams(seed=3, **{**kw, "top_k": 1}))) == want
 
 
 def test_from_hf_model_and_dtype(tmp_path):
@@ -187,28 +199,28 @@ def test_from_hf_model_and_dtype(tmp_path):
     llm = infinilm_torch.from_hf_model(model, cache="paged", block_size=8)
     assert llm.device == torch.device("cpu") and llm.dtype is torch.float32
     prompts = prompts_of([6, 10])
-    for p, o in zip(prompts, llm.generate(prompts, max_new_tokens=16, temperature=0).token_ids):
+    for p, o in zip(prompts, ids_of(llm.generate(prompts, greedy(16)))):
         assert_same_greedy(model, p, o, 16)
     bf16 = LLM(path, dtype=torch.bfloat16, progress=False)
     assert bf16.engine.state_dict()[0]["model.norm.weight"].dtype is torch.bfloat16
-    assert len(bf16.generate(prompts, max_new_tokens=4, temperature=0).token_ids[1]) >= 1
+    assert len(ids_of(bf16.generate(prompts, greedy(4)))[1]) >= 1
 
 
 def test_bad_generate_arguments(tmp_path):
     _, path = make_hf(tmp_path, "llama")
     llm = LLM(path, progress=False)
-    with pytest.raises(ValueError, match=r"prompt token ids \[96\] are out of range \[0, 96\)"):
+    with pytest.raises(ValueError, match=r"prompt 0 token ids \[96\] are out of range \[0, 96\)"):
         llm.generate([[1, 96]])
     with pytest.raises(ValueError, match="has no tokenizer"):
         llm.generate("hello")
-    with pytest.raises(ValueError, match="empty prompt"):
+    with pytest.raises(ValueError, match="empty prompt 0"):
         llm.generate([[]])
-    with pytest.raises(ValueError, match=r"\(250 tokens\) \+ max_new_tokens \(8\) - 1 = 257 positions exceeds max_pos"):
-        llm.generate([[1] * 250], max_new_tokens=8)
-    assert len(llm.generate([[1] * 250], max_new_tokens=7, temperature=0).token_ids[0]) == 7
+    with pytest.raises(ValueError, match=r"\(250 tokens\) \+ max_tokens \(8\) - 1 = 257 positions exceeds the model's max_pos"):
+        llm.generate([[1] * 250], greedy(8))
+    assert len(ids_of(llm.generate([[1] * 250], greedy(7)))[0]) == 7
     paged = LLM(path, cache="paged", progress=False)
-    with pytest.raises(ValueError, match="exceeds max_position_embeddings 256"):
-        paged.generate([[1] * 250], max_new_tokens=8)
+    with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings 256"):
+        paged.generate([[1] * 250], greedy(8))
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +236,8 @@ def _run(args, env):
     return r.stdout
 
 
-def test_cli_without_arguments(demo_env):
-    out = _run(["-m", "infinilm_torch"], demo_env)
+def test_cli_demo_model(demo_env):
+    out = _run(["-m", "infinilm_torch", "--model", "demo"], demo_env)
     assert "wrote the demo checkpoint" in out and "tokens/s" in out and "--- [1]" in out
     out = _run(["-m", "infinilm_torch", "generate", "--model", demo_env["INFINILM_DEMO_DIR"], "--cache", "paged",
                 "--prompt", "Hello", "--max-new-tokens", "8", "--temperature", "0", "--ignore-eos"], demo_env)

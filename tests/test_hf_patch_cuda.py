@@ -170,5 +170,6 @@ def test_cuda_engine_from_hf_model(cache):
     want = ref.generate(ids, attention_mask=mask, **GREEDY)[:, ids.shape[1]:]
     llm = infinilm_torch.from_hf_model(ref, cache=cache, block_size=16, max_batch_size=2, max_cache_len=64)
     assert llm.device.type == DEV
-    got = llm.generate(ids.tolist(), max_new_tokens=32, temperature=0, stop_at_eos=False).token_ids
+    outs = llm.generate(ids.tolist(), infinilm_torch.SamplingParams(max_tokens=32, temperature=0, ignore_eos=True))
+    got = [o.outputs[0].token_ids for o in outs]
     assert got == want.tolist()

@@ -1,0 +1,168 @@
+"""bench-throughput (nano-vllm's offline workload, optional HF generate baseline) and bench-serving (online load).
+
+bench-throughput: N requests of random token ids, prompt and output lengths uniform in [min-len, max-*-len],
+ignore_eos, all given to one LLM.generate; prints one line per system: requests, tokens, seconds, tok/s.
+The baseline (``--baseline hf``) is transformers' ``generate`` on the same weights in padded batches.
+
+bench-serving: requests sent at a Poisson rate to a running server's /v1/completions (streamed); prints
+request throughput, output tok/s, TTFT and inter-token latency p50/p99.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from typing import List
+
+
+def add_parsers(sub, engine_args) -> None:
+    t = sub.add_parser("bench-throughput", help="offline throughput: N random requests through LLM.generate")
+    engine_args(t)
+    _workload_args(t, n=256, max_in=1024, max_out=1024)
+    t.add_argument("--baseline", choices=("none", "hf"), default="none",
+                   help="also time transformers' generate on the same weights (padded batches), same run")
+    t.add_argument("--hf-batch-size", type=int, default=16)
+    s = sub.add_parser("bench-serving", help="online load against a running server (see serve)")
+    s.add_argument("--base-url", default="http://127.0.0.1:8000")
+    s.add_argument("--model", default=None, help="model id to send (default: the server's first)")
+    s.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s (Poisson); inf: all at once")
+    _workload_args(s, n=64, max_in=512, max_out=256)
+    s.add_argument("--vocab-size", type=int, default=None, help="token ids drawn below this (default: 1000)")
+
+
+def _workload_args(p, n, max_in, max_out) -> None:
+    from infinilm_torch.__main__ import _int_at_least
+
+    p.add_argument("--num-seqs", "--num-prompts", dest="num_seqs", type=_int_at_least(1), default=n)
+    p.add_argument("--min-len", type=_int_at_least(1), default=100)
+    p.add_argument("--max-input-len", type=_int_at_least(1), default=max_in)
+    p.add_argument("--max-output-len", type=_int_at_least(1), default=max_out)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def workload(args, vocab: int):
+    if args.min_len > min(args.max_input_len, args.max_output_len):
+        raise ValueError(f"--min-len {args.min_len} exceeds --max-input-len {args.max_input_len} or "
+                         f"--max-output-len {args.max_output_len}")
+    rng = random.Random(args.seed)
+    prompts = [[rng.randrange(vocab) for _ in range(rng.randint(args.min_len, args.max_input_len))]
+               for _ in range(args.num_seqs)]
+    outs = [rng.randint(args.min_len, args.max_output_len) for _ in range(args.num_seqs)]
+    return prompts, outs
+
+
+def _line(name, n, tokens, seconds, extra=""):
+    print(f"{name:<28} {n:>5} req {tokens:>8} tok {seconds:>8.2f} s {tokens / seconds:>10.1f} tok/s{extra}",
+          flush=True)
+
+
+def bench_throughput(args) -> int:
+    from infinilm_torch import SamplingParams
+    from infinilm_torch.__main__ import make_llm
+
+    model, llm = make_llm(args)
+    vocab = llm.fields["vocab_size"]
+    prompts, outs = workload(args, vocab)
+    params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True, seed=i) for i, n in enumerate(outs)]
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
+    print(f"model {model}: {len(prompts)} requests, prompts {args.min_len}..{args.max_input_len}, outputs "
+          f"{args.min_len}..{args.max_output_len} tokens, {args.cache} cache on {llm.device}")
+    t0 = time.perf_counter()
+    res = llm.generate(prompts, params, use_tqdm=False)
+    dt = time.perf_counter() - t0
+    got = sum(len(r.outputs[0].token_ids) for r in res)
+    assert got == sum(outs), (got, sum(outs))
+    pre = getattr(llm._core.scheduler, "num_preemptions", 0)
+    _line("infinilm_torch LLM", len(prompts), got, dt, f"  ({llm._core.steps} steps, {pre} preemptions)")
+    if args.baseline == "hf":
+        _hf_baseline(model, llm, prompts, outs, args.hf_batch_size)
+    return 0
+
+
+def _hf_baseline(model, llm, prompts, outs, batch) -> None:
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    if str(model).endswith(".gguf"):
+        import os
+
+        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(model), gguf_file=os.path.basename(model),
+                                                               dtype=llm.dtype)
+    else:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=llm.dtype)
+    hf = hf.to(llm.device).eval()
+    t0, useful = time.perf_counter(), 0
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch):
+            ps, ns = prompts[i:i + batch], outs[i:i + batch]
+            width = max(len(p) for p in ps)
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in ps], device=llm.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=llm.device)
+            n = max(ns)
+            hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
+                        temperature=0.6, top_k=0, pad_token_id=0)
+            useful += sum(ns)  # the tokens the requests asked for (padding rows and overshoot not counted)
+    _line(f"HF generate (batch {batch})", len(prompts), useful, time.perf_counter() - t0)
+
+
+def _pct(xs: List[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+async def _one(client, url, model, prompt, n, stats):
+    body = {"model": model, "prompt": prompt, "max_tokens": n, "ignore_eos": True, "stream": True,
+            "temperature": 0}
+    t0 = time.perf_counter()
+    times = []
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            stats["errors"] += 1
+            await r.aread()
+            return
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                if json.loads(line[6:]).get("choices"):
+                    times.append(time.perf_counter())
+    if times:
+        stats["ttft"].append(times[0] - t0)
+        stats["itl"] += [b - a for a, b in zip(times, times[1:])]
+        stats["tokens"] += n
+        stats["done"] += 1
+
+
+async def _serving(args) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=None)) as client:
+        model = args.model or (await client.get(args.base_url + "/v1/models")).json()["data"][0]["id"]
+        prompts, outs = workload(args, args.vocab_size or 1000)
+        rng = random.Random(args.seed + 1)
+        stats = {"ttft": [], "itl": [], "tokens": 0, "done": 0, "errors": 0}
+        t0 = time.perf_counter()
+        tasks = []
+        for p, n in zip(prompts, outs):
+            tasks.append(asyncio.create_task(_one(client, args.base_url, model, p, n, stats)))
+            if args.request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(args.request_rate))
+        await asyncio.gather(*tasks)
+        dt = time.perf_counter() - t0
+    ms = 1e3
+    print(f"rate {args.request_rate} req/s: {stats['done']} ok, {stats['errors']} errors in {dt:.2f} s; "
+          f"{stats['done'] / dt:.2f} req/s, {stats['tokens'] / dt:.1f} output tok/s; "
+          f"TTFT p50 {ms * _pct(stats['ttft'], .5):.1f} ms p99 {ms * _pct(stats['ttft'], .99):.1f} ms; "
+          f"ITL p50 {ms * _pct(stats['itl'], .5):.1f} ms p99 {ms * _pct(stats['itl'], .99):.1f} ms", flush=True)
+
+
+def bench_serving(args) -> int:
+    asyncio.run(_serving(args))
+    return 0
+
+
+COMMANDS = {"bench-throughput": bench_throughput, "bench-serving": bench_serving}

@@ -1,0 +1,304 @@
+"""EngineCore: the one loop that owns the InferEngine and the scheduler; other threads only enqueue.
+
+``submit`` and ``abort`` may be called from any thread (LLM.generate, the server's event loop); the loop
+thread drains the queue, runs steps while any request is pending, and hands each request's outputs to its
+``sink`` callback (on the loop thread: sinks must only hand over, e.g. put into a queue).
+"""
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from infinilm_torch.serving import sampler
+from infinilm_torch.serving.params import CompletionOutput, Logprob, RequestOutput, SamplingParams
+from infinilm_torch.serving.sequence import Sequence
+
+Sink = Callable[[Optional[RequestOutput], Optional[BaseException]], None]
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt: Optional[str]
+    prompt_token_ids: List[int]
+    params: SamplingParams
+    sink: Sink
+    stream: bool = False
+    seqs: List[Sequence] = field(default_factory=list)
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token: Optional[float] = None
+
+
+def _i64(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.int64)
+
+
+_cores: "weakref.WeakSet[EngineCore]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # Join the loop threads before the interpreter tears down (the engine's C++ threads must not outlive it).
+    for core in list(_cores):
+        core.shutdown()
+
+
+class EngineCore:
+    """The loop holds the LLM weakly: dropping the last LLM reference stops its loop."""
+
+    def __init__(self, llm, scheduler):
+        self._llm, self.scheduler = weakref.ref(llm), scheduler
+        self._queue: "queue.Queue" = queue.Queue()
+        self._requests: Dict[str, Request] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+        self.steps = 0
+        self.engine_per_request = hasattr(llm._lib.InferEngine.Input(), "temperatures")
+        _cores.add(self)
+
+    @property
+    def llm(self):
+        llm = self._llm()
+        if llm is None:
+            raise RuntimeError("the LLM of this engine loop was deleted")
+        return llm
+
+    def shutdown(self) -> None:
+        t = self._thread
+        if t is not None and t.is_alive() and t is not threading.current_thread():
+            self._queue.put(("stop", None))
+            t.join(timeout=30)
+
+    # ---- any thread ------------------------------------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        self._ensure_thread()
+        self._queue.put(("add", req))
+
+    def abort(self, request_id: str) -> None:
+        self._queue.put(("abort", request_id))
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the loop thread between steps and return its result (e.g. a cache reset)."""
+        self._ensure_thread()
+        done: "queue.Queue" = queue.Queue()
+        self._queue.put(("call", (fn, done)))
+        ok, value = done.get()
+        if not ok:
+            raise value
+        return value
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="infinilm-engine", daemon=True)
+                self._thread.start()
+
+    # ---- the loop thread -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            try:
+                cmd = self._queue.get(block=not self.scheduler.has_work())
+            except queue.Empty:
+                cmd = None
+            while cmd is not None:
+                if cmd[0] == "stop":
+                    self._fail_all(RuntimeError("the engine loop was shut down"))
+                    return
+                self._handle(*cmd)
+                try:
+                    cmd = self._queue.get_nowait()
+                except queue.Empty:
+                    cmd = None
+            if self._llm() is None:  # the LLM is gone: nothing can be served any more
+                return
+            if self.scheduler.has_work():
+                try:
+                    self._step()
+                except Exception as e:  # noqa: BLE001  (every pending request learns why; the loop goes on)
+                    traceback.print_exc()
+                    self._fail_all(e)
+
+    def _handle(self, kind: str, arg) -> None:
+        if kind == "add":
+            self._add(arg)
+        elif kind == "abort":
+            req = self._requests.pop(arg, None)
+            if req is not None:
+                for s in req.seqs:
+                    if not s.finished:
+                        s.finish_reason = "abort"
+                    self.scheduler.finish(s)
+                req.sink(self._output(req, True), None)
+        elif kind == "call":
+            fn, done = arg
+            try:
+                done.put((True, fn()))
+            except Exception as e:  # noqa: BLE001
+                done.put((False, e))
+
+    def _add(self, req: Request) -> None:
+        llm, p = self.llm, req.params
+        stop_ids = list(p.stop_token_ids) + ([] if p.ignore_eos else list(llm.eos_token_ids))
+        base = p.seed if p.seed is not None else int(torch.randint(0, 1 << 62, (1,)).item())
+        try:
+            if req.request_id in self._requests:
+                raise ValueError(f"request id {req.request_id!r} is already running")
+            for i in range(p.n):
+                seed = base if i == 0 else hash((base, i)) & ((1 << 62) - 1)
+                seq = Sequence(req, i, req.prompt_token_ids, p, seed, llm.max_model_len, stop_ids)
+                self.scheduler.check_fits(seq)
+                req.seqs.append(seq)
+        except Exception as e:  # noqa: BLE001
+            req.sink(None, e)
+            return
+        self._requests[req.request_id] = req
+        for s in req.seqs:
+            self.scheduler.add(s)
+
+    def _fail_all(self, err: BaseException) -> None:
+        for req in list(self._requests.values()):
+            for s in req.seqs:
+                self.scheduler.finish(s)
+            req.sink(None, err)
+        self._requests.clear()
+        self.scheduler.waiting.clear()
+        self.scheduler.running.clear()
+        if hasattr(self.scheduler, "bm"):
+            self.scheduler.bm.reset()
+
+    def _inputs(self, batch) -> dict:
+        if batch.rows is not None:  # static cache: one padded row per cache row (idle rows feed one pad token)
+            feeds = [[0] if s is None else s.tokens[s.num_computed:] for s in batch.rows]
+            starts = [0 if s is None else s.num_computed for s in batch.rows]
+            width = max(len(f) for f in feeds)
+            cache = _i64(starts)
+            return dict(input_ids=_i64([f + [0] * (width - len(f)) for f in feeds]),
+                        position_ids=cache[:, None] + torch.arange(width)[None, :], cache_lengths=cache,
+                        input_lengths=_i64([len(f) for f in feeds]))
+        bm = self.scheduler.bm
+        ids, pos, slots = [], [], []
+        for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
+            ids += s.tokens[st:st + n]
+            pos += range(st, st + n)
+            slots += [bm.slot(s.blocks, q) for q in range(st, st + n)]
+        width = max(len(s.blocks) for s in batch.seqs)
+        return dict(input_ids=_i64([ids]), position_ids=_i64(pos), cache_lengths=_i64(batch.starts),
+                    input_lengths=_i64(batch.lengths), slot_mapping=_i64(slots),
+                    block_tables=_i64([s.blocks + [0] * (width - len(s.blocks)) for s in batch.seqs]))
+
+    def _step(self) -> None:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            raise RuntimeError("scheduler planned an empty step with requests pending (no block can be freed)")
+        seqs = batch.seqs
+        # Plain greedy rows need only the engine's argmax; other rows use the engine's per-request sampler when
+        # it has one (paged batches), else the host sampler over the returned logits.
+        simple = all(s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs)
+        pending_min = any(len(s.out) < s.params.min_tokens for s in seqs)
+        engine_sampling = not simple and not pending_min and self.engine_per_request and batch.rows is None
+        host = not simple and not engine_sampling or pending_min
+        k = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
+        extra = sampler.engine_fields(seqs, k) if engine_sampling else {}
+        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=host,
+                                              **self._inputs(batch))
+        for name, v in extra.items():
+            setattr(inp, name, v)
+        out = self.llm.engine.forward(inp)
+        rows = (lambda t: t[[s.slot for s in seqs]]) if batch.rows is not None else (lambda t: t)
+        ids = rows(out.output_ids.view(-1))
+        logits = rows(out.logits) if host else None
+        sampled = self.scheduler.update(batch)
+        self.steps += 1
+        live = [i for i, ok in enumerate(sampled) if ok]
+        if not live:
+            return
+        live_seqs = [seqs[i] for i in live]
+        ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs]
+        lps = None
+        if host:
+            lg = logits[live]
+            tokens = sampler.sample(lg, live_seqs)
+            if k is not None:
+                lps = sampler.logprobs_of(lg, tokens, ks)
+        else:
+            tokens = ids[live]
+            if engine_sampling and k is not None:
+                lps = self._engine_logprobs(out, live, tokens, ks)
+        now = time.perf_counter()
+        touched = {}
+        for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
+            if lps is not None and s.logprobs is not None:
+                lp, rank, top = lps[j]
+                entry = {t: Logprob(v, None) for t, v in top.items()}
+                for r, t in enumerate(top):
+                    entry[t].rank = r + 1
+                entry[tok] = Logprob(lp, rank)
+                s.logprobs.append(entry)
+                s.cumulative_logprob += lp
+            s.append(tok)
+            self._check_stop_strings(s)
+            if s.request.first_token is None:
+                s.request.first_token = now
+            if s.finished:
+                self.scheduler.finish(s)
+            touched[s.request.request_id] = s.request
+        for rid, req in touched.items():
+            done = all(s.finished for s in req.seqs)
+            if done:
+                self._requests.pop(rid, None)
+            if done or req.stream:
+                req.sink(self._output(req, done), None)
+
+    @staticmethod
+    def _engine_logprobs(out, live, tokens, ks):
+        """(logprob, rank or None when outside the top k, top-k {id: logprob}) from the engine's Output."""
+        chosen, top_v, top_i = out.logprobs[live], out.top_logprobs[live], out.top_token_ids[live]
+        res = []
+        for j, (tok, kk) in enumerate(zip(tokens.tolist(), ks)):
+            top = {int(top_i[j, r]): float(top_v[j, r]) for r in range(kk)}
+            lp = float(chosen[j])
+            rank = list(top).index(tok) + 1 if tok in top else None
+            res.append((lp, rank, top))
+        return res
+
+    def _check_stop_strings(self, s: Sequence) -> None:
+        p = s.params
+        if not p.stop and not s.request.stream and not s.finished:
+            return
+        text = self.llm.decode(s.out, p.skip_special_tokens)
+        if p.stop:
+            hits = [(text.find(x), x) for x in p.stop if x in text]
+            if hits:
+                at, x = min(hits)
+                text = text[:at]
+                s.finish_reason, s.stop_reason = "stop", x
+        s.text = text
+
+    def _output(self, req: Request, finished: bool) -> RequestOutput:
+        outs = []
+        hold = max((len(x) for x in req.params.stop), default=1) - 1
+        for s in req.seqs:
+            text = s.text
+            if s.finished and not text and s.out and s.stop_reason not in req.params.stop:
+                text = s.text = self.llm.decode(s.out, req.params.skip_special_tokens)
+            if not s.finished:  # a stop string may be forming, and a multi-byte character may be cut
+                text = text[:len(text) - hold] if hold else text
+                text = text.rstrip("\ufffd")
+            outs.append(CompletionOutput(s.index, text, list(s.out), s.cumulative_logprob,
+                                         None if s.logprobs is None else list(s.logprobs), s.finish_reason,
+                                         s.stop_reason))
+        m = {"arrival": req.arrival}
+        if req.first_token is not None:
+            m["first_token"] = req.first_token
+        if finished:
+            m["finished"] = time.perf_counter()
+        cached = req.seqs[0].num_cached_prompt if req.seqs else 0
+        return RequestOutput(req.request_id, req.prompt, list(req.prompt_token_ids), outs, finished, cached, m)

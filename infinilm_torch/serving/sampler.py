@@ -1,0 +1,111 @@
+"""Per-request sampling over a step's logits: penalties, min_tokens, temperature, top-k, top-p, min-p, seeds, logprobs.
+
+Used on the host (whole-batch tensor ops; the only per-row loop is the seeded draw) when the engine's own
+sampler cannot serve a request; ``engine_fields`` gives the same parameters as per-request tensors for an
+engine whose Input takes them.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from infinilm_torch.serving.sequence import Sequence, step_seed
+
+
+def _padded(rows: List[List[int]]) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width), -1, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, :len(r)] = torch.tensor(r, dtype=torch.int64)
+    return out
+
+
+def _presence(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[n, L] -1 padded ids -> [n, vocab] counts."""
+    counts = torch.zeros(ids.shape[0], vocab + 1, dtype=torch.float32)
+    counts.scatter_add_(1, torch.where(ids < 0, vocab, ids), torch.ones(ids.shape, dtype=torch.float32))
+    return counts[:, :vocab]
+
+
+def apply_penalties(logits: torch.Tensor, seqs: List[Sequence]) -> torch.Tensor:
+    """vLLM's rules: repetition divides positive / multiplies negative logits of tokens seen in prompt or output;
+    presence and frequency subtract from tokens seen in the output (once, and per occurrence)."""
+    n, vocab = logits.shape
+    rep = torch.tensor([s.params.repetition_penalty for s in seqs], dtype=torch.float32)[:, None]
+    pres = torch.tensor([s.params.presence_penalty for s in seqs], dtype=torch.float32)[:, None]
+    freq = torch.tensor([s.params.frequency_penalty for s in seqs], dtype=torch.float32)[:, None]
+    out_counts = _presence(_padded([s.out for s in seqs]), vocab)
+    seen = (_presence(_padded([s.prompt for s in seqs]), vocab) > 0) | (out_counts > 0)
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalized, logits)
+    return logits - freq * out_counts - pres * (out_counts > 0).float()
+
+
+def _filter(logits: torch.Tensor, seqs: List[Sequence]) -> torch.Tensor:
+    """Temperature-scaled logits with top-k, top-p and min-p applied (-inf outside)."""
+    temp = torch.tensor([s.params.temperature for s in seqs], dtype=torch.float32)[:, None]
+    logits = logits / temp
+    vocab = logits.shape[1]
+    ks = torch.tensor([s.params.top_k if 0 < s.params.top_k < vocab else vocab for s in seqs])
+    ps = torch.tensor([s.params.top_p for s in seqs], dtype=torch.float32)[:, None]
+    mps = torch.tensor([s.params.min_p for s in seqs], dtype=torch.float32)[:, None]
+    sorted_l, order = logits.sort(dim=1, descending=True)
+    rank = torch.arange(vocab)[None, :]
+    probs = sorted_l.softmax(dim=1)
+    before = probs.cumsum(dim=1) - probs  # mass strictly above this token
+    drop = (rank >= ks[:, None]) | (before >= ps) | (probs < mps * probs[:, :1])
+    drop[:, 0] = False
+    sorted_l = sorted_l.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_l)
+
+
+def sample(logits: torch.Tensor, seqs: List[Sequence]) -> torch.Tensor:
+    """One next token per row of ``logits`` [n, vocab] (float32), following each sequence's parameters."""
+    logits = logits.float()
+    if any(not s.params.plain for s in seqs):
+        logits = apply_penalties(logits, seqs)
+    for i, s in enumerate(seqs):
+        if len(s.out) < s.params.min_tokens and s.stop_ids:
+            logits[i, list(s.stop_ids)] = float("-inf")
+    out = logits.argmax(dim=1)
+    rand = [i for i, s in enumerate(seqs) if not s.params.greedy]
+    if rand:
+        probs = _filter(logits[rand], [seqs[i] for i in rand]).softmax(dim=1)
+        for j, i in enumerate(rand):
+            g = torch.Generator().manual_seed(step_seed(seqs[i].seed, len(seqs[i].out)))
+            out[i] = torch.multinomial(probs[j], 1, generator=g)[0]
+    return out
+
+
+def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, ks: List[int]) -> List[Tuple[float, int, Dict[int, float]]]:
+    """Per row: (logprob of the chosen token, its rank, the top-k {id: logprob}) under log_softmax(logits)."""
+    lp = torch.log_softmax(logits.float(), dim=1)
+    chosen = lp.gather(1, tokens.view(-1, 1)).view(-1)
+    ranks = (lp > chosen[:, None]).sum(dim=1) + 1
+    kmax = max(ks) if ks else 0
+    top_v, top_i = lp.topk(min(kmax, lp.shape[1]), dim=1) if kmax > 0 else (None, None)
+    out = []
+    for r, k in enumerate(ks):
+        top = {int(top_i[r, j]): float(top_v[r, j]) for j in range(k)} if k > 0 else {}
+        out.append((float(chosen[r]), int(ranks[r]), top))
+    return out
+
+
+def engine_fields(seqs: List[Sequence], logprobs: Optional[int]) -> dict:
+    """The per-request sampling tensors of an engine Input that takes them (temperatures, seeds, penalties ...)."""
+    f32 = dict(dtype=torch.float32)
+    return dict(
+        temperatures=torch.tensor([s.params.temperature for s in seqs], **f32),
+        top_ks=torch.tensor([s.params.top_k if s.params.top_k > 0 else 0 for s in seqs], dtype=torch.int64),
+        top_ps=torch.tensor([s.params.top_p for s in seqs], **f32),
+        min_ps=torch.tensor([s.params.min_p for s in seqs], **f32),
+        seeds=torch.tensor([step_seed(s.seed, len(s.out)) for s in seqs], dtype=torch.int64),
+        repetition_penalties=torch.tensor([s.params.repetition_penalty for s in seqs], **f32),
+        presence_penalties=torch.tensor([s.params.presence_penalty for s in seqs], **f32),
+        frequency_penalties=torch.tensor([s.params.frequency_penalty for s in seqs], **f32),
+        prompt_token_ids=_padded([s.prompt for s in seqs]),
+        output_token_ids=_padded([s.out for s in seqs]),
+        return_logprobs=-1 if logprobs is None else int(logprobs),
+    )

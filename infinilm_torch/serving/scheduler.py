@@ -1,0 +1,184 @@
+"""Schedulers: which sequences run in the next engine step, and with how many tokens each.
+
+PagedScheduler (vLLM's unified scheduling): every step has a token budget (``max_step_tokens``). Running
+sequences go first, oldest first, each with its next chunk (one token when decoding, up to the budget
+when prefilling, so long prompts are prefilled in chunks mixed with decodes); blocks are allocated only as
+a sequence grows. When blocks run out, the youngest running sequence is preempted by recompute (its blocks
+freed, back to the head of the queue; its full blocks stay in the prefix cache, so recompute is cheap).
+Waiting sequences are admitted FIFO while budget, ``max_num_seqs`` and blocks allow, starting after their
+longest cached prefix. One sequence that fits the cache alone always makes progress.
+
+StaticScheduler: the static cache's rows; a sequence holds one row from admission to its end, and a row
+is the whole prompt's prefill or one decode token.
+
+Both split a step in two halves — ``schedule()`` and ``update(batch)`` after the engine returns — and
+``update`` ignores sequences that finished or were aborted meanwhile, so the sampled ids of a step may
+arrive after the next step has been planned (their extra token is dropped).
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional
+
+from infinilm_torch.serving.block_manager import BlockManager
+from infinilm_torch.serving.sequence import Sequence
+
+
+@dataclass
+class Batch:
+    seqs: List[Sequence] = field(default_factory=list)
+    starts: List[int] = field(default_factory=list)    # cache length before the step
+    lengths: List[int] = field(default_factory=list)   # tokens fed this step
+    rows: Optional[List[Optional[Sequence]]] = None    # static cache: one entry per row (None = idle row)
+
+    def add(self, seq: Sequence, n: int) -> None:
+        self.seqs.append(seq)
+        self.starts.append(seq.num_computed)
+        self.lengths.append(n)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.lengths)
+
+
+class PagedScheduler:
+    def __init__(self, bm: BlockManager, max_num_seqs: int, max_step_tokens: int):
+        self.bm, self.max_num_seqs, self.max_step_tokens = bm, max_num_seqs, max_step_tokens
+        self.waiting: Deque[Sequence] = collections.deque()
+        self.running: List[Sequence] = []
+        self.num_preemptions = 0
+
+    def check_fits(self, seq: Sequence) -> None:
+        need = self.bm.blocks_for(seq.final_len)
+        if need > self.bm.num_blocks:
+            raise ValueError(f"request {seq.request.request_id}: prompt ({len(seq.prompt)} tokens) + max_tokens "
+                             f"({seq.max_tokens}) - 1 = {seq.final_len} cache positions need {need} blocks of "
+                             f"{self.bm.block_size}; the paged cache has only {self.bm.num_blocks}")
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.bm.free(seq.blocks)
+        seq.reset_for_recompute()
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> Batch:
+        bm, batch = self.bm, Batch()
+        budget = self.max_step_tokens
+        preempted = False
+        for seq in list(self.running):
+            if budget == 0:
+                break
+            if seq not in self.running:  # preempted below as a victim
+                continue
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            need = bm.blocks_for(seq.num_computed + n) - len(seq.blocks)
+            while need > bm.num_free:
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            if seq not in self.running:
+                break
+            seq.blocks += bm.allocate(need)
+            batch.add(seq, n)
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
+            seq = self.waiting[0]
+            # Leave at least the last token to compute: it yields the next token's logits.
+            cached = bm.match_prefix(seq.tokens[:-1])
+            done = len(cached) * bm.block_size
+            n = min(seq.num_tokens - done, budget)
+            need = bm.blocks_for(done + n) - len(cached)
+            if not bm.can_take(cached, need):
+                break
+            bm.take(cached)
+            seq.blocks = list(cached) + bm.allocate(need)
+            seq.num_computed, seq.hashed_blocks = done, len(cached)
+            if not seq.out:  # first admission: count prompt tokens found in the prefix cache
+                seq.num_cached_prompt = done
+                bm.hit_tokens += done
+                bm.query_tokens += len(seq.prompt)
+            self.running.append(self.waiting.popleft())
+            batch.add(seq, n)
+            budget -= n
+        return batch
+
+    def update(self, batch: Batch) -> List[bool]:
+        """Account the step's computed tokens; per batch entry, whether its sampled token is a real next token."""
+        sampled = []
+        for seq, n in zip(batch.seqs, batch.lengths):
+            if seq.finished or seq not in self.running:
+                sampled.append(False)
+                continue
+            seq.num_computed += n
+            seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, seq.num_computed, seq.hashed_blocks)
+            sampled.append(seq.num_computed == seq.num_tokens)
+        return sampled
+
+    def finish(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+            self.bm.free(seq.blocks)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+            self.bm.free(seq.blocks)
+
+
+class StaticScheduler:
+    def __init__(self, max_batch_size: int, max_cache_len: int, grow: Callable[[int, int], None]):
+        self.max_batch_size, self.max_cache_len, self._grow = max_batch_size, max_cache_len, grow
+        self.waiting: Deque[Sequence] = collections.deque()
+        self.running: List[Sequence] = []
+        self.num_preemptions = 0
+
+    def check_fits(self, seq: Sequence) -> None:
+        pass  # the cache grows (between batches) to the longest request
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> Batch:
+        if not self.running and self.waiting and self.waiting[0].final_len > self.max_cache_len:
+            self.max_cache_len = self.waiting[0].final_len
+            self._grow(self.max_batch_size, self.max_cache_len)
+        used = {s.slot for s in self.running}
+        while self.waiting and len(self.running) < self.max_batch_size and \
+                self.waiting[0].final_len <= self.max_cache_len:
+            seq = self.waiting.popleft()
+            seq.slot = min(set(range(self.max_batch_size)) - used)
+            used.add(seq.slot)
+            seq.num_computed = 0
+            self.running.append(seq)
+        batch = Batch(rows=[None] * (max(used) + 1 if used else 0))
+        for seq in sorted(self.running, key=lambda s: s.slot):
+            batch.rows[seq.slot] = seq
+            batch.add(seq, seq.num_tokens - seq.num_computed)
+        return batch
+
+    def update(self, batch: Batch) -> List[bool]:
+        out = []
+        for seq, n in zip(batch.seqs, batch.lengths):
+            if seq.finished or seq not in self.running:
+                out.append(False)
+                continue
+            seq.num_computed += n
+            out.append(True)
+        return out
+
+    def finish(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)

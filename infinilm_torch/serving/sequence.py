@@ -1,0 +1,65 @@
+"""Sequence: one generation (a request with n > 1 has n of them) — its tokens, cache state and stop checks."""
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Optional
+
+from infinilm_torch.serving.params import Logprob, SamplingParams
+
+_ids = itertools.count()
+_MASK = (1 << 63) - 1
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of a sequence's draw at its own step ``step``: a mix of both, independent of the batch."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & _MASK
+    x ^= x >> 31
+    x = (x * 0xD6E8FEEBDA00E26B) & _MASK
+    return x ^ (x >> 29)
+
+
+class Sequence:
+    def __init__(self, request, index: int, prompt: List[int], params: SamplingParams, seed: int, max_len: int,
+                 stop_ids: List[int]):
+        self.seq_id = next(_ids)
+        self.request, self.index, self.params, self.seed = request, index, params, seed
+        self.prompt = prompt
+        self.out: List[int] = []
+        self.tokens: List[int] = list(prompt)  # prompt + out: what the cache must hold (minus the newest token)
+        self.num_computed = 0                  # tokens whose KV is in the cache
+        self.blocks: List[int] = []
+        self.hashed_blocks = 0                 # leading blocks already registered in the prefix cache
+        self.slot: Optional[int] = None        # static cache row
+        self.finish_reason: Optional[str] = None
+        self.stop_reason = None
+        self.logprobs: Optional[List[Dict[int, Logprob]]] = [] if params.logprobs is not None else None
+        self.cumulative_logprob = 0.0 if params.logprobs is not None else None
+        self.text = ""
+        self.num_cached_prompt = 0
+        self.max_tokens = min(params.max_tokens or max_len, max_len - len(prompt) + 1)
+        self.stop_ids = set(stop_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def final_len(self) -> int:
+        """Cache positions this sequence needs at most (its last token is never fed back)."""
+        return len(self.prompt) + self.max_tokens - 1
+
+    def append(self, token: int) -> None:
+        self.out.append(token)
+        self.tokens.append(token)
+        if token in self.stop_ids and len(self.out) > self.params.min_tokens:
+            self.finish_reason, self.stop_reason = "stop", token
+        elif len(self.out) >= self.max_tokens:
+            self.finish_reason = "length"
+
+    def reset_for_recompute(self) -> None:
+        self.num_computed = 0
+        self.hashed_blocks = 0
