@@ -1,4 +1,4 @@
-"""AutoConfig: a HF ``config.json`` or a ``.gguf`` file (llama, qwen2, mistral) -> ``_infinilm.LlamaConfig``.
+"""AutoConfig: a HF ``config.json`` or a ``.gguf`` file (llama, qwen2, mistral, qwen3) -> ``_infinilm.LlamaConfig``.
 
 ``parse_config(dict)`` does the reading and checking in plain Python and returns the engine's fields;
 ``AutoConfig.from_pretrained(dir_or_gguf)`` turns them into the C++ ``LlamaConfig`` and validates it.
@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from typing import Any, Dict, Union
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # HF transformers' defaults for fields a config.json may leave out.
-_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768}
+_DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768, "qwen3": 32768}
 _DTYPES = {"float32": "float32", "float": "float32", "fp32": "float32", "float16": "float16", "half": "float16",
            "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -130,7 +129,8 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
     if act != "silu":
         raise ConfigError(f"{src}: hidden_act {act!r} is not supported (only 'silu')")
 
-    # Qwen2 always has q/k/v biases (its config has no switch); Mistral has none; Llama follows attention_bias.
+    # Qwen2 always has q/k/v biases (its config has no switch); Mistral has none; Llama and Qwen3 follow
+    # attention_bias (q/k/v/o).
     attention_bias = {"qwen2": True, "mistral": False}.get(model_type, _bool(d, "attention_bias", src, False))
     if d.get("max_position_embeddings") is None:
         max_pos = _DEFAULT_MAX_POSITIONS[model_type]
@@ -140,8 +140,10 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
     if window is not None and (model_type == "mistral" or d.get("use_sliding_window")):
         window = _int(d, "sliding_window", src)
         if window < max_pos:
-            warnings.warn(f"{src}: sliding-window attention ({window}) is not implemented; outputs are exact up "
-                          f"to {window} tokens of context", stacklevel=3)
+            # The attention ops take no window: past it the engine would silently diverge from the model.
+            raise ConfigError(f"{src}: sliding_window {window} is shorter than max_position_embeddings {max_pos}; "
+                              f"sliding-window attention is not implemented. Set max_position_embeddings to at "
+                              f"most {window} (outputs are exact within the window) or sliding_window to null")
     fields = {
         "model_type": model_type,
         "vocab_size": _int(d, "vocab_size", src),

@@ -40,6 +40,8 @@ def expected_param_names(config) -> List[str]:
             # Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only.
             if attn_bias and (proj != "o_proj" or model_type != "qwen2"):
                 names.append(f"{p}self_attn.{proj}.bias")
+        if model_type == "qwen3":
+            names += [f"{p}self_attn.q_norm.weight", f"{p}self_attn.k_norm.weight"]
         names.append(p + "post_attention_layernorm.weight")
         for proj in ("gate_proj", "up_proj", "down_proj"):
             names.append(f"{p}mlp.{proj}.weight")

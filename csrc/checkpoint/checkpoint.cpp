@@ -113,8 +113,8 @@ LlamaConfig config_from_json(const std::string& json_text, const std::string& sr
   TORCH_CHECK_VALUE(d.is_object(), src, ": not a JSON object");
   LlamaConfig c;
   const std::string model_type = has(d, "model_type") && d["model_type"].is_string() ? d["model_type"].get<std::string>() : "";
-  TORCH_CHECK_VALUE(model_type == "llama" || model_type == "qwen2" || model_type == "mistral", src,
-                    ": unsupported model_type '", model_type, "'; supported: llama, mistral, qwen2");
+  TORCH_CHECK_VALUE(model_type == "llama" || model_type == "qwen2" || model_type == "mistral" || model_type == "qwen3",
+                    src, ": unsupported model_type '", model_type, "'; supported: llama, mistral, qwen2, qwen3");
   c.model_type = model_type;
   for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"}) {
     TORCH_CHECK_VALUE(has(d, key), src, ": missing required field '", key, "' for model_type '", model_type, "'");
@@ -133,13 +133,14 @@ LlamaConfig config_from_json(const std::string& json_text, const std::string& sr
                       c.num_attention_heads);
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  const std::map<std::string, int64_t> default_max_pos = {{"llama", 2048}, {"mistral", 4096 * 32}, {"qwen2", 32768}};
+  const std::map<std::string, int64_t> default_max_pos = {{"llama", 2048}, {"mistral", 4096 * 32}, {"qwen2", 32768}, {"qwen3", 32768}};
   c.max_position_embeddings = has(d, "max_position_embeddings") ? get_int(d, "max_position_embeddings", src)
                                                                 : default_max_pos.at(model_type);
   c.rms_norm_eps = has(d, "rms_norm_eps") ? d["rms_norm_eps"].get<double>() : 1e-6;
   c.hidden_act = has(d, "hidden_act") ? d["hidden_act"].get<std::string>() : "silu";
   TORCH_CHECK_VALUE(c.hidden_act == "silu", src, ": hidden_act '", c.hidden_act, "' is not supported (only 'silu')");
-  // Qwen2 always has q/k/v biases (its config has no switch); Mistral has none; Llama follows attention_bias.
+  // Qwen2 always has q/k/v biases (its config has no switch); Mistral has none; Llama and Qwen3 follow
+  // attention_bias.
   c.attention_bias = model_type == "qwen2" ? true
                      : model_type == "mistral" ? false
                      : has(d, "attention_bias") && d["attention_bias"].get<bool>();

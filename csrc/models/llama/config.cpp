@@ -45,8 +45,9 @@ void LlamaConfig::validate() const {
   TORCH_CHECK_VALUE(rope_theta > 0, "LlamaConfig: 'rope_theta' must be > 0, got ", rope_theta);
   TORCH_CHECK_VALUE(hidden_act == "silu" || hidden_act == "swish", "LlamaConfig: 'hidden_act' must be 'silu', got '",
                     hidden_act, "'");
-  TORCH_CHECK_VALUE(model_type == "llama" || model_type == "qwen2" || model_type == "mistral",
-                    "LlamaConfig: 'model_type' must be 'llama', 'qwen2' or 'mistral', got '", model_type, "'");
+  TORCH_CHECK_VALUE(model_type == "llama" || model_type == "qwen2" || model_type == "mistral" || model_type == "qwen3",
+                    "LlamaConfig: 'model_type' must be 'llama', 'qwen2', 'mistral' or 'qwen3', got '", model_type,
+                    "'");
   parse_dtype(dtype);
   if (rope_type == "linear" || rope_type == "llama3") {
     TORCH_CHECK_VALUE(rope_factor > 0, "LlamaConfig: rope_scaling 'factor' must be > 0, got ", rope_factor);

@@ -29,7 +29,7 @@ struct LlamaConfig {
   std::vector<int64_t> eos_token_id = {2};
   std::vector<int64_t> bos_token_id = {1};
 
-  std::string model_type = "llama";  // "llama", "qwen2" or "mistral"
+  std::string model_type = "llama";  // "llama", "qwen2", "mistral" or "qwen3"
   std::string dtype = "float32";     // "float32", "float16" or "bfloat16" (a "torch." prefix is accepted)
 
   // rope_scaling (HF's rope_scaling / rope_parameters): "default", "linear" or "llama3".
@@ -43,8 +43,10 @@ struct LlamaConfig {
   void validate() const;
   // Width of one token's keys (or values) over all kv heads.
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
-  // o_proj carries a bias: Llama's attention_bias covers q/k/v/o, Qwen2's only q/k/v.
+  // o_proj carries a bias: Llama's (and Qwen3's) attention_bias covers q/k/v/o, Qwen2's only q/k/v.
   bool o_proj_bias() const { return attention_bias && model_type != "qwen2"; }
+  // Qwen3: per-head RMSNorm of q and k (weights [head_dim], eps rms_norm_eps) before RoPE.
+  bool qk_norm() const { return model_type == "qwen3"; }
   at::ScalarType scalar_type() const;
 };
 

@@ -64,6 +64,12 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, i
     }
     add_param(layer_name(i, "self_attn.o_proj.weight"), L.o_w, 1);
     if (L.o_b.defined()) add_param(layer_name(i, "self_attn.o_proj.bias"), L.o_b, -1);
+    if (c.qk_norm()) {  // per head, so every rank holds the whole [head_dim] weight
+      L.q_norm = at::empty({D}, opts);
+      L.k_norm = at::empty({D}, opts);
+      add_param(layer_name(i, "self_attn.q_norm.weight"), L.q_norm, -1);
+      add_param(layer_name(i, "self_attn.k_norm.weight"), L.k_norm, -1);
+    }
     const char* mlp_names[2] = {"gate_proj", "up_proj"};
     for (int j = 0; j < 2; ++j) {
       const std::string base = std::string("mlp.") + mlp_names[j];
@@ -168,6 +174,10 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
     hook("attention_q", qt, i);
     hook("attention_k", kt, i);
     hook("attention_v", vt, i);
+    if (L.q_norm.defined()) {  // Qwen3: RMSNorm over each head's head_dim features, before RoPE
+      qt = infinilm::rms_norm(qt, L.q_norm, c.rms_norm_eps);
+      kt = infinilm::rms_norm(kt, L.k_norm, c.rms_norm_eps);
+    }
     infinilm::rotary_embedding(batch.positions, qt, kt, rope_, /*is_neox=*/true);
     hook("attention_q_rope", qt, i);
     hook("attention_k_rope", kt, i);

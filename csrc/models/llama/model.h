@@ -55,6 +55,7 @@ class LlamaForCausalLM {
     at::Tensor o_w, o_b;               // [H, q_heads * D], [H] (bias added after the all-reduce)
     at::Tensor gate_up_w, gate_up_b;   // [2 I, H], [2 I]
     at::Tensor down_w, down_b;         // [H, I], [H]
+    at::Tensor q_norm, k_norm;         // [D] (Qwen3 only; undefined otherwise)
   };
   // shard_dim: -1 replicated, 0 rows (column-parallel), 1 columns (row-parallel).
   struct Param {
