@@ -13,6 +13,7 @@
 
 #include "csrc/engine/c10d_communicator.h"
 #include "csrc/engine/infer_engine.h"
+#include "csrc/models/registry.h"
 #include "csrc/ops/ops.h"
 
 namespace py = pybind11;
@@ -185,6 +186,31 @@ void bind_config(py::module_& m) {
   });
 }
 
+// What the Python side needs to know about the model families, read from the registry (one source of truth).
+void bind_models(py::module_& m) {
+  m.def("supported_model_types", &infinilm::models::supported_model_types,
+        "The model_type values this build serves (the registry's list), sorted.");
+  m.def("param_specs", [](const LlamaConfig& config) {
+        py::list out;
+        for (const auto& p : infinilm::models::param_specs(config)) {
+          out.append(py::make_tuple(p.name, py::tuple(py::cast(p.shape)), p.shard_dim));
+        }
+        return out;
+      }, py::arg("config"),
+      "[(HF name, full shape, shard_dim)] of every parameter a model of this config loads, in checkpoint order; "
+      "shard_dim -1 replicated, 0 rows, 1 columns.");
+  m.def("kv_block_bytes", [](int64_t num_layers, int64_t kv_heads, int64_t head_dim, py::handle dtype,
+                             int64_t block_size) {
+        TORCH_CHECK_VALUE(num_layers > 0 && kv_heads > 0 && head_dim > 0 && block_size > 0,
+                          "kv_block_bytes: num_layers, kv_heads, head_dim and block_size must be > 0, got ",
+                          num_layers, ", ", kv_heads, ", ", head_dim, ", ", block_size);
+        infinilm::cache::CacheShape shape{num_layers, kv_heads, head_dim,
+                                          infinilm::models::llama::parse_dtype(py::str(dtype)), 0};
+        return infinilm::cache::block_bytes(shape, block_size);
+      }, py::arg("num_layers"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("block_size"),
+      "Bytes of one paged-cache block over every layer (kv_heads: one rank's): the engine's block-count divisor.");
+}
+
 void bind_caches(py::module_& m) {
   py::class_<DistConfig>(m, "DistConfig", "Tensor-parallel ranks: one per device id.")
       .def(py::init<>())
@@ -349,6 +375,7 @@ void bind_engine(py::module_& m) {
 PYBIND11_MODULE(_infinilm, m) {
   m.doc() = "infinilm_torch C++ engine (operators are registered as torch.ops.infinilm.*)";
   bind_config(m);
+  bind_models(m);
   bind_caches(m);
   bind_engine(m);
   // The engine's dense layer, exposed for tests and benchmarks (not a torch op: no autograd, no fake).

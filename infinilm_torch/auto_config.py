@@ -10,7 +10,10 @@ import math
 import os
 from typing import Any, Dict, Union
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from infinilm_torch.lib import _infinilm
+
+# The compiled model registry's list (csrc/models/registry.cpp); each type also needs its mapping below.
+SUPPORTED_MODEL_TYPES = tuple(_infinilm.supported_model_types())
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # HF transformers' defaults for fields a config.json may leave out.
@@ -175,8 +178,6 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
 
 def to_llama_config(fields: Dict[str, Any]):
     """Build and validate the C++ LlamaConfig from :func:`parse_config`'s fields."""
-    from infinilm_torch.lib import _infinilm
-
     cfg = _infinilm.LlamaConfig()
     for key, value in fields.items():
         if not hasattr(cfg, key):

@@ -37,14 +37,17 @@ class RunStats:
 def num_paged_blocks(max_kv_memory_bytes: int, block_size: int, num_layers: int, num_kv_heads: int,
                      head_dim: int, dtype: torch.dtype, tp_size: int = 1) -> int:
     """The engine's block count for a memory budget (UPSTREAM.md): bytes / (2·head_dim·kv_heads/tp·block·layers·size)."""
-    per_block = 2 * head_dim * (num_kv_heads // tp_size) * block_size * num_layers * torch.empty((), dtype=dtype).element_size()
-    return max_kv_memory_bytes // per_block
+    from infinilm_torch.lib import _infinilm
+
+    return max_kv_memory_bytes // _infinilm.kv_block_bytes(num_layers, num_kv_heads // tp_size, head_dim, dtype,
+                                                           block_size)
 
 
 def kv_bytes_for(tokens: int, block_size: int, num_layers: int, num_kv_heads: int, head_dim: int,
                  dtype: torch.dtype, tp_size: int = 1) -> int:
     """The memory budget that gives room for ``tokens`` tokens in whole blocks."""
     blocks = math.ceil(tokens / block_size)
-    return blocks * 2 * head_dim * (num_kv_heads // tp_size) * block_size * num_layers * \
-        torch.empty((), dtype=dtype).element_size()
+    from infinilm_torch.lib import _infinilm
+
+    return blocks * _infinilm.kv_block_bytes(num_layers, num_kv_heads // tp_size, head_dim, dtype, block_size)
 

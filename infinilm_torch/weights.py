@@ -18,39 +18,40 @@ from infinilm_torch.loaders import safetensors_dir
 from infinilm_torch.loaders.safetensors_dir import WeightsError, keep as _keep
 
 PathLike = Union[str, os.PathLike]
-__all__ = ["WeightsError", "expected_param_names", "check_names", "checkpoint_files", "checkpoint_names",
-           "iter_checkpoint", "get_model_state_dict", "load_state_dict", "load_weights"]
+__all__ = ["WeightsError", "expected_param_names", "expected_param_shapes", "check_names", "checkpoint_files",
+           "checkpoint_names", "iter_checkpoint", "get_model_state_dict", "load_state_dict", "load_weights"]
 
 
 def _field(config, name, default=None):
     return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
 
 
+def _engine_config(config):
+    """A C++ LlamaConfig for ``config`` (a LlamaConfig, or a dict of its fields such as parse_config's)."""
+    from infinilm_torch.lib import _infinilm
+
+    if not isinstance(config, dict):
+        return config
+    cfg = _infinilm.LlamaConfig()
+    for key, value in config.items():
+        if hasattr(cfg, key):
+            setattr(cfg, key, value)
+    return cfg
+
+
 def expected_param_names(config) -> List[str]:
-    """The HF names of every parameter a Llama/Qwen2/Mistral model with this config loads (in model order)."""
-    model_type = _field(config, "model_type", "llama")
-    attn_bias = bool(_field(config, "attention_bias", False))
-    mlp_bias = bool(_field(config, "mlp_bias", False))
-    names = ["model.embed_tokens.weight"]
-    for i in range(int(_field(config, "num_hidden_layers"))):
-        p = f"model.layers.{i}."
-        names.append(p + "input_layernorm.weight")
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            names.append(f"{p}self_attn.{proj}.weight")
-            # Llama's attention_bias covers o_proj too; Qwen2 has q/k/v biases only.
-            if attn_bias and (proj != "o_proj" or model_type != "qwen2"):
-                names.append(f"{p}self_attn.{proj}.bias")
-        if model_type == "qwen3":
-            names += [f"{p}self_attn.q_norm.weight", f"{p}self_attn.k_norm.weight"]
-        names.append(p + "post_attention_layernorm.weight")
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            names.append(f"{p}mlp.{proj}.weight")
-            if mlp_bias:
-                names.append(f"{p}mlp.{proj}.bias")
-    names.append("model.norm.weight")
-    if not _field(config, "tie_word_embeddings", False):
-        names.append("lm_head.weight")
-    return names
+    """The HF names of every parameter a model with this config loads, in checkpoint order (from the compiled
+    model registry, which builds the model's parameter table without allocating it)."""
+    from infinilm_torch.lib import _infinilm
+
+    return [name for name, _, _ in _infinilm.param_specs(_engine_config(config))]
+
+
+def expected_param_shapes(config) -> Dict[str, Tuple[int, ...]]:
+    """HF name -> full (unsharded) shape of every parameter a model with this config loads."""
+    from infinilm_torch.lib import _infinilm
+
+    return {name: tuple(shape) for name, shape, _ in _infinilm.param_specs(_engine_config(config))}
 
 
 def checkpoint_files(model_dir: PathLike) -> Tuple[str, List[str]]:

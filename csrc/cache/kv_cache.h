@@ -7,9 +7,17 @@
 #include <vector>
 
 #include "csrc/cache/cache_config.h"
-#include "csrc/models/llama/config.h"
 
 namespace infinilm::cache {
+
+// The geometry of one rank's cache, as the model reports it (CausalLM::cache_shape).
+struct CacheShape {
+  int64_t num_layers = 0;
+  int64_t kv_heads = 0;  // this rank's
+  int64_t head_dim = 0;
+  at::ScalarType dtype = at::kFloat;
+  int64_t max_positions = 0;  // a static row holds at most this many tokens
+};
 
 // The static cache is the paged layout with a fixed block table: row b owns blocks
 // [b * blocks_per_row, (b + 1) * blocks_per_row), so one attention kernel family serves both.
@@ -17,8 +25,8 @@ class KVCache {
  public:
   static constexpr int64_t kStaticBlockSize = 32;
 
-  // kv_heads: this rank's kv heads. config: a StaticKVCacheConfig or PagedKVCacheConfig.
-  KVCache(const models::llama::LlamaConfig& model, int64_t kv_heads, const CacheConfig& config, at::Device device);
+  // config: a StaticKVCacheConfig or PagedKVCacheConfig.
+  KVCache(const CacheShape& shape, const CacheConfig& config, at::Device device);
 
   bool paged() const { return paged_; }
   int64_t num_layers() const { return static_cast<int64_t>(k_.size()); }
@@ -42,7 +50,10 @@ class KVCache {
   std::vector<at::Tensor> k_, v_;  // per layer [num_blocks, kv_heads, block_size, head_dim]
 };
 
+// Bytes of one block over every layer: 2 (K and V) * head_dim * kv_heads * block_size * layers * dtype_size.
+int64_t block_bytes(const CacheShape& shape, int64_t block_size);
+
 // Blocks a paged budget buys (UPSTREAM.md): bytes / (2 * head_dim * kv_heads * block_size * layers * dtype_size).
-int64_t paged_num_blocks(const models::llama::LlamaConfig& model, int64_t kv_heads, const PagedKVCacheConfig& config);
+int64_t paged_num_blocks(const CacheShape& shape, const PagedKVCacheConfig& config);
 
 }  // namespace infinilm::cache

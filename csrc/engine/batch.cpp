@@ -10,7 +10,7 @@
 
 namespace infinilm::engine {
 
-using models::llama::ForwardBatch;
+using models::ForwardBatch;
 
 namespace {
 
@@ -34,7 +34,7 @@ at::Tensor host_vector(const at::Tensor& t, const char* name, int64_t n, const c
 // Fills the tensors derived from per-request lengths and checks the rope positions and token ids.
 ForwardBatch finish(std::vector<int64_t>& ids, std::vector<int64_t>& pos, std::vector<int64_t>& slots,
                     const std::vector<int64_t>& cl, const std::vector<int64_t>& il, at::Tensor block_tables,
-                    const models::llama::LlamaConfig& cfg) {
+                    const models::BatchLimits& cfg) {
   const int64_t n = static_cast<int64_t>(il.size()), T = static_cast<int64_t>(ids.size());
   for (int64_t t = 0; t < T; ++t) {
     TORCH_CHECK_INDEX(ids[t] >= 0 && ids[t] < cfg.vocab_size, "InferEngine.forward: 'input_ids' value ", ids[t],
@@ -73,7 +73,7 @@ void check_lengths(int64_t r, int64_t cl, int64_t il, int64_t max_new, int64_t c
                     capacity);
 }
 
-ForwardBatch build_static(const Input& in, const models::llama::LlamaConfig& cfg, const cache::KVCache& cache) {
+ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache) {
   TORCH_CHECK_VALUE(!in.block_tables && !in.slot_mapping, "InferEngine.forward: 'block_tables'/'slot_mapping' ",
                     "were given but the engine has a static cache; create it with a PagedKVCacheConfig");
   at::Tensor ids = host_index(*in.input_ids, "input_ids");
@@ -116,7 +116,7 @@ ForwardBatch build_static(const Input& in, const models::llama::LlamaConfig& cfg
   return finish(fids, fpos, slots, cls, ils, bt, cfg);
 }
 
-ForwardBatch build_paged(const Input& in, const models::llama::LlamaConfig& cfg, const cache::KVCache& cache) {
+ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache) {
   TORCH_CHECK_VALUE(in.block_tables && in.slot_mapping, "InferEngine.forward: the engine has a paged cache: ",
                     "'block_tables' and 'slot_mapping' are required");
   at::Tensor ids = host_index(*in.input_ids, "input_ids");
@@ -174,7 +174,7 @@ ForwardBatch build_paged(const Input& in, const models::llama::LlamaConfig& cfg,
 
 }  // namespace
 
-ForwardBatch build_batch(const Input& in, const models::llama::LlamaConfig& cfg, const cache::KVCache& cache) {
+ForwardBatch build_batch(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache) {
   TORCH_CHECK_VALUE(in.input_ids.has_value(), "InferEngine.forward: 'input_ids' is required");
   return cache.paged() ? build_paged(in, cfg, cache) : build_static(in, cfg, cache);
 }

@@ -3,7 +3,7 @@
 
 #include "csrc/cache/kv_cache.h"
 #include "csrc/engine/io.h"
-#include "csrc/models/llama/model.h"
+#include "csrc/models/forward_batch.h"
 
 namespace infinilm::engine {
 
@@ -15,12 +15,11 @@ struct SamplingParams {
 
 // Checks every argument against the config and the cache before anything runs; errors name the argument
 // and the numbers. The returned batch lives on the CPU.
-models::llama::ForwardBatch build_batch(const Input& input, const models::llama::LlamaConfig& config,
-                                        const cache::KVCache& cache);
+models::ForwardBatch build_batch(const Input& input, const models::BatchLimits& config, const cache::KVCache& cache);
 
 SamplingParams build_sampling(const Input& input, int64_t n, int64_t vocab_size);
 
 // Copies of the batch's tensors on `device` (no copy on the CPU).
-models::llama::ForwardBatch to_device(const models::llama::ForwardBatch& batch, at::Device device);
+models::ForwardBatch to_device(const models::ForwardBatch& batch, at::Device device);
 
 }  // namespace infinilm::engine

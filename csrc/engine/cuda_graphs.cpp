@@ -19,7 +19,7 @@
 
 namespace infinilm::engine {
 
-using models::llama::ForwardBatch;
+using models::ForwardBatch;
 
 namespace {
 
@@ -117,7 +117,7 @@ struct DecodeGraphs::Graph {
   }
 
   // The step the graph records: the model's forward and the sampler on the static inputs.
-  void step(const models::llama::LlamaForCausalLM& model, cache::KVCache& cache) {
+  void step(const models::CausalLM& model, cache::KVCache& cache) {
     logits = model.forward(batch, cache, nullptr);
     ids = infinilm::sample(logits, temperature, top_k, top_p, seeds);
   }
@@ -137,7 +137,7 @@ void DecodeGraphs::clear() {
   pool_ = {0, 0};
 }
 
-std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::llama::LlamaForCausalLM& model,
+std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::CausalLM& model,
                                                            cache::KVCache& cache, const ForwardBatch& host,
                                                            const SamplingParams& sp, int64_t n, int64_t max_len,
                                                            at::Device device) {
@@ -178,7 +178,7 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::llama::
   return g;
 }
 
-bool DecodeGraphs::run(const models::llama::LlamaForCausalLM& model, cache::KVCache& cache, const ForwardBatch& host,
+bool DecodeGraphs::run(const models::CausalLM& model, cache::KVCache& cache, const ForwardBatch& host,
                        const SamplingParams& sp, at::Tensor* ids, at::Tensor* logits) {
   const int64_t n = host.seq_lens.size(0);
   if (failed_ || !host.is_decode || n > kMaxBatch || host.input_ids.size(0) != n) return false;
@@ -222,7 +222,7 @@ DecodeGraphs::DecodeGraphs() = default;
 DecodeGraphs::~DecodeGraphs() = default;
 int64_t DecodeGraphs::num_graphs() const { return 0; }
 void DecodeGraphs::clear() {}
-bool DecodeGraphs::run(const models::llama::LlamaForCausalLM&, cache::KVCache&, const models::llama::ForwardBatch&,
+bool DecodeGraphs::run(const models::CausalLM&, cache::KVCache&, const models::ForwardBatch&,
                        const SamplingParams&, at::Tensor*, at::Tensor*) {
   return false;
 }

@@ -10,7 +10,7 @@
 
 #include "csrc/cache/kv_cache.h"
 #include "csrc/engine/batch.h"
-#include "csrc/models/llama/model.h"
+#include "csrc/models/causal_lm.h"
 
 namespace infinilm::engine {
 
@@ -33,8 +33,8 @@ class DecodeGraphs {
   // Runs the validated host decode batch through a graph (capturing it on first use) and sets *ids ([n] int64)
   // and *logits ([n, vocab] float32), both on the device and overwritten by the next replay. Returns false,
   // having run nothing, when no graph may serve the step (the caller runs it eagerly).
-  bool run(const models::llama::LlamaForCausalLM& model, cache::KVCache& cache,
-           const models::llama::ForwardBatch& host, const SamplingParams& sp, at::Tensor* ids, at::Tensor* logits);
+  bool run(const models::CausalLM& model, cache::KVCache& cache,
+           const models::ForwardBatch& host, const SamplingParams& sp, at::Tensor* ids, at::Tensor* logits);
 
   // Drops every graph (they hold the cache's and the weights' addresses).
   void clear();
@@ -44,8 +44,8 @@ class DecodeGraphs {
 
  private:
   struct Graph;
-  std::unique_ptr<Graph> capture(const models::llama::LlamaForCausalLM& model, cache::KVCache& cache,
-                                 const models::llama::ForwardBatch& host, const SamplingParams& sp, int64_t n,
+  std::unique_ptr<Graph> capture(const models::CausalLM& model, cache::KVCache& cache,
+                                 const models::ForwardBatch& host, const SamplingParams& sp, int64_t n,
                                  int64_t max_len, at::Device device);
 
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Graph>> graphs_;

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "csrc/engine/batch.h"
+#include "csrc/models/registry.h"
 #include "csrc/ops/ops.h"
 
 namespace infinilm::engine {
@@ -74,10 +75,8 @@ InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distrib
   const char* env = std::getenv("INFINILM_CUDA_GRAPHS");
   graphs_enabled_ = device_type == c10::DeviceType::CUDA && !(env && std::strcmp(env, "0") == 0);
   run_on_all([&](Rank& rank) {
-    rank.model = std::make_unique<models::llama::LlamaForCausalLM>(config_, rank.worker->rank(), world_,
-                                                                   rank.worker->device(), rank.comm);
-    rank.cache = std::make_unique<cache::KVCache>(config_, rank.model->local_kv_heads(), *cache_config_,
-                                                  rank.worker->device());
+    rank.model = models::create_model(config_, rank.worker->rank(), world_, rank.worker->device(), rank.comm);
+    rank.cache = std::make_unique<cache::KVCache>(rank.model->cache_shape(), *cache_config_, rank.worker->device());
   });
 }
 
@@ -175,7 +174,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   std::lock_guard<std::mutex> lock(call_mu_);
   check_usable();
   // Every check happens here, on the host, before any rank writes its cache.
-  const models::llama::ForwardBatch host = build_batch(input, config_, *ranks_[0].cache);
+  const models::ForwardBatch host = build_batch(input, ranks_[0].model->batch_limits(), *ranks_[0].cache);
   const int64_t n = host.seq_lens.size(0);
   const SamplingParams sp = build_sampling(input, n, config_.vocab_size);
   Output out;  // output_ids stays undefined (None) in a process without group rank 0
@@ -189,7 +188,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
     const bool first = rank.worker->rank() == 0;
     at::Tensor logits, ids;
     if (!(graphed && rank.graphs && rank.graphs->run(*rank.model, *rank.cache, host, sp, &ids, &logits))) {
-      const models::llama::ForwardBatch batch = to_device(host, dev);
+      const models::ForwardBatch batch = to_device(host, dev);
       logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
       if (!first) return;  // only rank 0 samples
       ids = infinilm::sample(logits, sp.temperature.to(dev), sp.top_k.to(dev), sp.top_p.to(dev), sp.seeds.to(dev));
@@ -209,7 +208,7 @@ void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_co
   }
   // Check the new configuration before dropping the old cache, so a bad one leaves the engine usable.
   if (auto* paged = dynamic_cast<const cache::PagedKVCacheConfig*>(cache_config.get())) {
-    cache::paged_num_blocks(config_, config_.num_key_value_heads / tp_size(), *paged);
+    cache::paged_num_blocks(ranks_.at(0).model->cache_shape(), *paged);
   } else {
     TORCH_CHECK_TYPE(dynamic_cast<const cache::StaticKVCacheConfig*>(cache_config.get()) != nullptr,
                      "reset_cache: 'cache_config' must be a StaticKVCacheConfig or a PagedKVCacheConfig");
@@ -217,8 +216,7 @@ void InferEngine::reset_cache(std::shared_ptr<const cache::CacheConfig> cache_co
   run_on_all([&](Rank& rank) {
     if (rank.graphs) rank.graphs->clear();  // they hold the old pool's addresses
     rank.cache.reset();  // free the old pool before allocating the new one
-    rank.cache = std::make_unique<cache::KVCache>(config_, rank.model->local_kv_heads(), *cache_config,
-                                                  rank.worker->device());
+    rank.cache = std::make_unique<cache::KVCache>(rank.model->cache_shape(), *cache_config, rank.worker->device());
   });
   cache_config_ = std::move(cache_config);
 }

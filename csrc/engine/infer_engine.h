@@ -18,8 +18,8 @@
 #include "csrc/engine/io.h"
 #include "csrc/engine/rank_worker.h"
 #include "csrc/hooks/hook_registry.h"
+#include "csrc/models/causal_lm.h"
 #include "csrc/models/llama/config.h"
-#include "csrc/models/llama/model.h"
 
 namespace infinilm::engine {
 
@@ -76,7 +76,7 @@ class InferEngine {
 
  private:
   struct Rank {
-    std::unique_ptr<models::llama::LlamaForCausalLM> model;
+    std::unique_ptr<models::CausalLM> model;
     std::unique_ptr<cache::KVCache> cache;
     std::shared_ptr<Communicator> comm;
     std::unique_ptr<DecodeGraphs> graphs;  // hold the addresses of model and cache: dropped before them

@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "csrc/models/registry.h"
+
 namespace infinilm::models::llama {
 
 at::ScalarType parse_dtype(const std::string& name) {
@@ -45,9 +47,11 @@ void LlamaConfig::validate() const {
   TORCH_CHECK_VALUE(rope_theta > 0, "LlamaConfig: 'rope_theta' must be > 0, got ", rope_theta);
   TORCH_CHECK_VALUE(hidden_act == "silu" || hidden_act == "swish", "LlamaConfig: 'hidden_act' must be 'silu', got '",
                     hidden_act, "'");
-  TORCH_CHECK_VALUE(model_type == "llama" || model_type == "qwen2" || model_type == "mistral" || model_type == "qwen3",
-                    "LlamaConfig: 'model_type' must be 'llama', 'qwen2', 'mistral' or 'qwen3', got '", model_type,
-                    "'");
+  if (!is_supported_model_type(model_type)) {
+    std::string types;
+    for (const auto& t : supported_model_types()) types += (types.empty() ? "'" : ", '") + t + "'";
+    TORCH_CHECK_VALUE(false, "LlamaConfig: 'model_type' must be one of ", types, ", got '", model_type, "'");
+  }
   parse_dtype(dtype);
   if (rope_type == "linear" || rope_type == "llama3") {
     TORCH_CHECK_VALUE(rope_factor > 0, "LlamaConfig: rope_scaling 'factor' must be > 0, got ", rope_factor);

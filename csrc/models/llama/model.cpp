@@ -21,7 +21,7 @@ at::Tensor weight(std::initializer_list<int64_t> shape, const at::TensorOptions&
 }  // namespace
 
 LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, int64_t tp_size, at::Device device,
-                                   std::shared_ptr<engine::Communicator> comm)
+                                   std::shared_ptr<dist::Communicator> comm)
     : config_(config), tp_rank_(tp_rank), tp_size_(tp_size), device_(device), comm_(std::move(comm)) {
   config_.validate();
   const auto& c = config_;
@@ -124,10 +124,26 @@ void LlamaForCausalLM::load_param(const std::string& name, const at::Tensor& ful
   p.dst.copy_(src);
 }
 
-std::vector<std::pair<std::string, at::Tensor>> LlamaForCausalLM::state_dict() const {
-  std::vector<std::pair<std::string, at::Tensor>> out;
+StateDict LlamaForCausalLM::state_dict() const {
+  StateDict out;
   for (const auto& name : order_) out.emplace_back(name, params_.at(name).dst);
   return out;
+}
+
+std::vector<ParamSpec> LlamaForCausalLM::param_specs() const {
+  std::vector<ParamSpec> out;
+  for (const auto& name : order_) {
+    const Param& p = params_.at(name);
+    std::vector<int64_t> shape = p.dst.sizes().vec();
+    if (p.shard_dim >= 0) shape[p.shard_dim] *= tp_size_;
+    out.push_back({name, std::move(shape), p.shard_dim});
+  }
+  return out;
+}
+
+cache::CacheShape LlamaForCausalLM::cache_shape() const {
+  return {config_.num_hidden_layers, kv_heads_, config_.head_dim, config_.scalar_type(),
+          config_.max_position_embeddings};
 }
 
 at::Tensor LlamaForCausalLM::row_parallel_linear(const at::Tensor& x, const at::Tensor& w,

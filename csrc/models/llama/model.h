@@ -11,39 +11,33 @@
 #include <vector>
 
 #include "csrc/cache/kv_cache.h"
-#include "csrc/engine/communicator.h"
+#include "csrc/dist/communicator.h"
 #include "csrc/hooks/hook_registry.h"
+#include "csrc/models/causal_lm.h"
+#include "csrc/models/forward_batch.h"
 #include "csrc/models/llama/config.h"
 
 namespace infinilm::models::llama {
 
-// One step's flattened batch, validated by the engine and already on the model's device.
-struct ForwardBatch {
-  at::Tensor input_ids;        // [T] int64, all requests' new tokens concatenated
-  at::Tensor positions;        // [T] int64, rope positions
-  at::Tensor slot_mapping;     // [T] int64, cache slot of each new token
-  at::Tensor block_tables;     // [n, max_blocks] int64
-  at::Tensor seq_lens;         // [n] int64, cached + new tokens per request
-  at::Tensor query_start_loc;  // [n + 1] int64, request r owns tokens [qsl[r], qsl[r+1])
-  at::Tensor last_token_idx;   // [n] int64, qsl[r+1] - 1
-  bool is_decode = false;      // every request has exactly one new token
-  int64_t max_query_len = 0;
-  int64_t max_seq_len = 0;
-};
+using ForwardBatch = models::ForwardBatch;
 
-class LlamaForCausalLM {
+// Llama, and Qwen2, Mistral and Qwen3 as its configurations (see LlamaConfig).
+class LlamaForCausalLM : public CausalLM {
  public:
   // comm may be null when tp_size == 1.
   LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, int64_t tp_size, at::Device device,
-                   std::shared_ptr<engine::Communicator> comm);
+                   std::shared_ptr<dist::Communicator> comm);
 
   // HF checkpoint name and the full (unsharded) tensor; this rank copies its slice, converting dtype/device.
-  void load_param(const std::string& name, const at::Tensor& full);
+  void load_param(const std::string& name, const at::Tensor& full) override;
   // This rank's parameters under HF names (views of the live buffers), in checkpoint order.
-  std::vector<std::pair<std::string, at::Tensor>> state_dict() const;
+  StateDict state_dict() const override;
+  std::vector<ParamSpec> param_specs() const override;
   // float32 logits [n, vocab] of each request's last new token.
   at::Tensor forward(const ForwardBatch& batch, cache::KVCache& cache,
-                     const debug_utils::HookRegistry* hooks) const;
+                     const debug_utils::HookRegistry* hooks) const override;
+  cache::CacheShape cache_shape() const override;
+  BatchLimits batch_limits() const override { return {config_.vocab_size, config_.max_position_embeddings}; }
 
   const LlamaConfig& config() const { return config_; }
   int64_t local_kv_heads() const { return kv_heads_; }
@@ -70,7 +64,7 @@ class LlamaForCausalLM {
   int64_t tp_rank_, tp_size_;
   int64_t q_heads_, kv_heads_, inter_;  // this rank's shares
   at::Device device_;
-  std::shared_ptr<engine::Communicator> comm_;
+  std::shared_ptr<dist::Communicator> comm_;
   at::Tensor embed_, norm_, lm_head_;  // [V, H], [H], [V, H] (undefined when tied)
   at::Tensor rope_;                    // float32 [max_position_embeddings, head_dim] cos | sin
   std::vector<Layer> layers_;
