@@ -179,22 +179,6 @@ ForwardBatch build_batch(const Input& in, const models::llama::LlamaConfig& cfg,
   return cache.paged() ? build_paged(in, cfg, cache) : build_static(in, cfg, cache);
 }
 
-SamplingParams build_sampling(const Input& in, int64_t n, int64_t vocab_size) {
-  TORCH_CHECK_VALUE(in.temperature >= 0, "InferEngine.forward: 'temperature' must be >= 0, got ", in.temperature);
-  TORCH_CHECK_VALUE(in.top_p >= 0 && in.top_p <= 1, "InferEngine.forward: 'top_p' must lie in [0, 1], got ", in.top_p);
-  TORCH_CHECK_VALUE(in.top_k >= -1, "InferEngine.forward: 'top_k' must be >= 1, or 0 / -1 for no limit, got ",
-                    in.top_k);
-  const bool greedy = in.temperature == 0 || in.top_k == 1 || in.top_p == 0;
-  const int64_t top_k = (in.top_k <= 0 || in.top_k >= vocab_size) ? 0 : in.top_k;
-  SamplingParams s;
-  s.temperature = at::full({n}, greedy ? 0.0 : in.temperature, at::kFloat);
-  s.top_k = at::full({n}, greedy ? 0 : top_k, at::kLong);
-  s.top_p = at::full({n}, greedy ? 1.0 : in.top_p, at::kFloat);
-  s.seeds = in.seed ? at::arange(n, at::kLong).add_(*in.seed)
-                    : at::randint(std::numeric_limits<int64_t>::max(), {n}, at::kLong);
-  return s;
-}
-
 ForwardBatch to_device(const ForwardBatch& b, at::Device device) {
   if (device.is_cpu()) return b;
   ForwardBatch d = b;
