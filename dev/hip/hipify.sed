@@ -14,3 +14,4 @@ s/\bcudaGetDevice\b/hipGetDevice/g
 s/\bcudaDeviceGetAttribute\b/hipDeviceGetAttribute/g
 s/\bcudaDevAttrMultiProcessorCount\b/hipDeviceAttributeMultiprocessorCount/g
 s/\b__nv_bfloat16\b/hip_bfloat16/g
+s/defined(__CUDACC__)/(defined(__CUDACC__) || defined(__HIPCC__))/g
