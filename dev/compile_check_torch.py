@@ -91,10 +91,14 @@ def setup_flags() -> dict:
 
 
 def cuda_home():
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if not home and shutil.which("nvcc"):
-        home = str(Path(shutil.which("nvcc")).resolve().parent.parent)
-    return home if home and (Path(home) / "include" / "cuda_runtime_api.h").exists() else None
+    """CUDA_HOME, else /usr/local/cuda, else the toolkit above `nvcc` on PATH (as cpp_extension looks)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    if shutil.which("nvcc"):
+        candidates.append(str(Path(shutil.which("nvcc")).resolve().parent.parent))
+    for home in filter(None, candidates):
+        if (Path(home) / "include" / "cuda_runtime_api.h").exists() and (Path(home) / "bin" / "nvcc").exists():
+            return home
+    return None
 
 
 def _run(job):
@@ -109,6 +113,7 @@ def main():
     ap.add_argument("--torch", help="torch release to check against (default: the newest on the index)")
     ap.add_argument("--cu", action="store_true", help="also nvcc-compile the .cu sources (sm_90; slow on first run)")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--only", default="", help="check only the translation units whose label contains this")
     args = ap.parse_args()
     t_start = time.time()
     version = args.torch or os.environ.get("INFINILM_CHECK_TORCH") or newest_torch()
@@ -137,6 +142,7 @@ def main():
                                                "--expt-relaxed-constexpr", "-gencode=arch=compute_90,code=sm_90",
                                                "-Xcompiler", "-fPIC", "-c", src, "-o",
                                                str(objdir / (Path(src).stem + ".o"))]))
+    jobs = [j for j in jobs if args.only in j[0]]
     print(f"compile-check: {len(jobs)} translation units against torch {version} headers ({std}, "
           f"CUDA side: {'yes' if cuda else 'no toolkit'})")
     failed = []
