@@ -55,8 +55,8 @@ int forced_choice() {
   return -1;
 }
 
-// Which kernel runs this product: -1 at::linear, else the skinny build of that ISA level. Found by timing every
-// candidate on this very product, alternating, best of a few runs each (the machine may be shared); cached
+// Which kernel runs this product: -1 at::linear, else the skinny build of that ISA level. Found by timing the
+// candidates on this very product, alternating, best of a few runs each (the machine may be shared); cached
 // per (dtype, rows, out, in, bias, highest ISA allowed) for the process lifetime.
 int measured_choice(at::Tensor& y, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   using Key = std::tuple<int, int64_t, int64_t, int64_t, bool, int>;
@@ -69,9 +69,12 @@ int measured_choice(at::Tensor& y, const at::Tensor& x, const at::Tensor& w, con
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  // Candidates: torch, then the skinny builds from the best ISA down to AVX2 (the baseline only without AVX2).
-  std::vector<int> cands{-1};
-  for (int isa = top; isa >= (top == 0 ? 0 : 1); --isa) cands.push_back(isa);
+  // Candidates: torch and one skinny build. The timing runs on a weight that stays in cache, where the
+  // AVX-512 body can look faster than it is while a decode step streams the weights from memory: streamed
+  // (benchmarks/cases_linear.py, shared Zen 4) the AVX2 body led for fp32 and for 1-4 bf16 rows, the
+  // AVX-512 body for 5-16 bf16 rows (3-4x). So the ISA comes from that and only torch vs skinny is timed.
+  const bool bf16_wide = x.scalar_type() == at::kBFloat16 && x.size(0) > cpu::kSkinnyLinearMaxRowsBF16;
+  std::vector<int> cands{-1, bf16_wide ? top : std::min(top, 1)};
   using clock = std::chrono::steady_clock;
   std::vector<double> best(cands.size(), 1e30);
   const int reps = w.numel() * w.element_size() > (8 << 20) ? 3 : 7;

@@ -30,8 +30,9 @@ namespace infinilm::cpu {
 // Rows of x up to which skinny_linear is a candidate; which build (or torch's GEMM) runs a shape is measured
 // (csrc/ops/linear_cpu.cpp). On the 2-core Zen 2 EPYC the AVX2 body was 1.5-3x MKL up to 16 fp32 rows and
 // 1.3-3x oneDNN up to 4 bf16 rows, slower from 8 (the bf16 -> float conversion of w is repeated per group of
-// 4 rows). The AVX-512 body keeps bf16 in vdpbf16ps: on a shared 2-core Zen 4 EPYC, bf16 at 8-16 rows ran
-// 3-4x the AVX2 body and oneDNN, while the AVX2 body stayed ahead for fp32 and for 1-4 bf16 rows.
+// 4 rows). The AVX-512 body keeps bf16 in vdpbf16ps: on a shared 2-core Zen 4 EPYC, streaming the weights,
+// bf16 at 8-16 rows ran 3-4x the AVX2 body and oneDNN, while the AVX2 body stayed ahead (1.3-1.7x) for fp32
+// and for 1-4 bf16 rows (its one-row-at-a-time stream; the AVX-512 tile reads 4 rows of w at once).
 constexpr int64_t kSkinnyLinearMaxRowsF32 = 16;
 constexpr int64_t kSkinnyLinearMaxRowsBF16 = 4;
 constexpr int64_t kSkinnyLinearMaxRowsAVX512 = 16;
