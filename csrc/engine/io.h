@@ -13,6 +13,7 @@ namespace infinilm::engine {
 // Paged cache: input_ids [1, T] or [T], position_ids [T] (default cache_lengths[r] + arange(input_lengths[r])),
 //   cache_lengths [n] (default 0), input_lengths [n] (sum T; may be omitted when n == 1),
 //   block_tables [n, max_blocks], slot_mapping [T] = block_id * block_size + offset.
+// What a step may read and write (written lengths, shared blocks, 1-D lengths): docs/engine_inputs.md.
 struct Input {
   std::optional<at::Tensor> input_ids;
   std::optional<at::Tensor> position_ids;
