@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine_utils import Input, engine_config, make_engine, make_hf, paged_config
+from fuzz_engine import paged_args
 from infinilm_torch.lib import _infinilm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,20 +170,8 @@ def test_static_cache_lengths_within_what_was_written():
 
 
 def _paged_step(engine, reqs, bs, **kw):
-    """reqs: [(tokens, cached, blocks)] -> one forward writing each request's tokens[cached:]."""
-    ids, pos, slots, cl, il = [], [], [], [], []
-    for toks, c, blocks in reqs:
-        for p in range(c, len(toks)):
-            ids.append(toks[p])
-            pos.append(p)
-            slots.append(blocks[p // bs] * bs + p % bs)
-        cl.append(c)
-        il.append(len(toks) - c)
-    width = max(len(b) for _, _, b in reqs)
-    bt = torch.tensor([b + [-1] * (width - len(b)) for _, _, b in reqs])
-    args = dict(input_ids=torch.tensor([ids]), position_ids=torch.tensor(pos), slot_mapping=torch.tensor(slots),
-                cache_lengths=torch.tensor(cl), input_lengths=torch.tensor(il), block_tables=bt, temperature=0.0,
-                return_logits=True)
+    """reqs: [(tokens, cached, blocks)] -> one greedy forward writing each request's tokens[cached:]."""
+    args = dict(paged_args(reqs, bs), temperature=0.0, return_logits=True)
     args.update(kw)
     return engine.forward(Input(**args))
 
