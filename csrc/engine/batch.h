@@ -5,6 +5,8 @@
 #include "csrc/engine/io.h"
 #include "csrc/models/llama/model.h"
 
+#include <vector>
+
 namespace infinilm::engine {
 
 // Sampling parameters per request, on the CPU: temperature float32 [n], top_k int64 [n], top_p float32 [n],
@@ -17,10 +19,22 @@ struct SamplingParams {
   int64_t logprobs_k = -1;
 };
 
-// Checks every argument against the config and the cache before anything runs; errors name the argument
-// and the numbers. The returned batch lives on the CPU.
+// One row (static) or block (paged) the step writes: tokens [begin, end) of it.
+struct CacheWrite {
+  int64_t index, begin, end;
+};
+using CacheWrites = std::vector<CacheWrite>;
+
+// Checks every argument against the config and the cache (including what earlier steps wrote into it)
+// before anything runs; errors name the argument and the numbers. The returned batch lives on the CPU;
+// `writes` (if given) receives what the step will write, for begin_writes / commit_writes.
 models::llama::ForwardBatch build_batch(const Input& input, const models::llama::LlamaConfig& config,
-                                        const cache::KVCache& cache);
+                                        const cache::KVCache& cache, CacheWrites* writes = nullptr);
+
+// Before the step runs: the written ranges count as unwritten (a step failing halfway leaves them unknown).
+void begin_writes(const CacheWrites& writes, cache::KVCache& cache);
+// After the step succeeded: the rows / blocks hold what it wrote, and nothing past it.
+void commit_writes(const CacheWrites& writes, cache::KVCache& cache);
 
 // Checks every sampling field (shapes [n], dtypes, ranges; errors name the field) before anything runs.
 SamplingParams build_sampling(const Input& input, int64_t n, int64_t vocab_size);

@@ -13,6 +13,7 @@ namespace infinilm::engine {
 // Paged cache: input_ids [1, T] or [T], position_ids [T] (default cache_lengths[r] + arange(input_lengths[r])),
 //   cache_lengths [n] (default 0), input_lengths [n] (sum T; may be omitted when n == 1),
 //   block_tables [n, max_blocks], slot_mapping [T] = block_id * block_size + offset.
+// What a step may read and write (written lengths, shared blocks, 1-D lengths): docs/engine_inputs.md.
 //
 // Sampling. The scalars apply to every request: temperature (0 = greedy), top_k (0 or -1 = off, 1 =
 // greedy), top_p (1 = off, 0 = greedy), seed (request r draws with seed + r; unset: fresh random seeds).
