@@ -274,3 +274,18 @@ def test_prompt_forms_and_bad_arguments(model_dir):
         with pytest.raises(ValueError, match=msg):
             LLM(model_dir, progress=False, **kw)
     assert LLM(model_dir, cache="paged", max_num_batched_tokens=16, progress=False).max_step_tokens == 16
+
+
+def test_stream_and_reset_cache(model_dir):
+    llm = LLM(model_dir, cache="paged", block_size=4, progress=False)
+    prompt = rand_prompts([13])[0]
+    want = llm.generate([prompt], greedy(9, stop=["\x7f"]))[0].outputs[0]
+    snaps = list(llm.stream(prompt, greedy(9, stop=["\x7f"])))
+    assert snaps[-1].finished and not any(s.finished for s in snaps[:-1])
+    assert snaps[-1].outputs[0].token_ids == want.token_ids and snaps[-1].outputs[0].text == want.text
+    assert snaps[-1].num_cached_tokens == 12  # the first run's blocks
+    texts = [s.outputs[0].text for s in snaps]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    llm.reset_cache()
+    again = llm.generate([prompt], greedy(9))[0]
+    assert again.num_cached_tokens == 0 and again.outputs[0].token_ids == want.token_ids
