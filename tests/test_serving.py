@@ -252,6 +252,8 @@ def test_prompt_forms_and_bad_arguments(model_dir):
     for bad in ([1.5, 2.7], [[1.5, 2.7]], [[3, "x"]]):
         with pytest.raises(TypeError, match="token ids must be ints, got"):
             llm.generate(bad, greedy(2))
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['max_new_tokens'\].*max_tokens"):
+        llm.generate([p], max_new_tokens=4)
     with pytest.raises(TypeError, match="prompts must be"):
         llm.generate(3.5, greedy(2))
     with pytest.raises(ValueError, match=r"2 sampling_params for 3 prompts"):

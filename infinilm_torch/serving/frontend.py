@@ -134,9 +134,13 @@ class GenerateMixin:
         return Request(rid, text, ids, params, sink, stream)
 
     def generate(self, prompts, sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
-                 use_tqdm: bool = True) -> List[RequestOutput]:
+                 use_tqdm: bool = True, **legacy) -> List[RequestOutput]:
         """Generate for one prompt or a list (str, token ids, or {"prompt_token_ids": [...]}); one RequestOutput
         per prompt, in input order. ``sampling_params``: one for all prompts, or one per prompt."""
+        if legacy:
+            raise TypeError(f"generate() got unexpected keyword arguments {sorted(legacy)}: sampling settings go in "
+                            f"a SamplingParams (max_new_tokens is SamplingParams(max_tokens=...), stop_at_eos=False "
+                            f"is ignore_eos=True)")
         batch = [prompts] if _is_single(prompts) else list(prompts)
         if not batch:
             raise ValueError("generate: no prompts given")
