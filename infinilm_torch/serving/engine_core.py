@@ -199,22 +199,23 @@ class EngineCore:
         if not batch.seqs:
             raise RuntimeError("scheduler planned an empty step with requests pending (no block can be freed)")
         seqs = batch.seqs
-        # Plain greedy rows need only the engine's argmax; other rows use the engine's per-request sampler when
-        # it has one (paged batches), else the host sampler over the returned logits.
-        simple = all(s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs)
-        pending_min = any(len(s.out) < s.params.min_tokens for s in seqs)
-        engine_sampling = not simple and not pending_min and self.engine_per_request and batch.rows is None
-        host = not simple and not engine_sampling or pending_min
+        # Plain greedy rows take the engine's argmax; other rows its per-request sampler when it has one. The host
+        # samples (from the returned logits) rows still under min_tokens (stop ids masked) and, without an engine
+        # sampler, every non-greedy row. The choice depends on the row alone, so a seeded row's draw does not
+        # depend on its batch.
+        simple = [s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs]
+        engine_sampling = self.engine_per_request and not all(simple)
+        on_host = [len(s.out) < s.params.min_tokens or (not simple[i] and not engine_sampling)
+                   for i, s in enumerate(seqs)]
         k = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
-        extra = sampler.engine_fields(seqs, k) if engine_sampling else {}
-        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=host,
+        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=any(on_host),
                                               **self._inputs(batch))
-        for name, v in extra.items():
-            setattr(inp, name, v)
+        if engine_sampling:
+            for name, v in sampler.engine_fields(batch.rows if batch.rows is not None else seqs, k).items():
+                setattr(inp, name, v)
         out = self.llm.engine.forward(inp)
-        rows = (lambda t: t[[s.slot for s in seqs]]) if batch.rows is not None else (lambda t: t)
-        ids = rows(out.output_ids.view(-1))
-        logits = rows(out.logits) if host else None
+        where = [s.slot for s in seqs] if batch.rows is not None else list(range(len(seqs)))  # output row of each
+        ids = out.output_ids.view(-1)[where]
         sampled = self.scheduler.update(batch)
         self.steps += 1
         live = [i for i, ok in enumerate(sampled) if ok]
@@ -222,20 +223,27 @@ class EngineCore:
             return
         live_seqs = [seqs[i] for i in live]
         ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs]
-        lps = None
-        if host:
-            lg = logits[live]
-            tokens = sampler.sample(lg, live_seqs)
-            if k is not None:
-                lps = sampler.logprobs_of(lg, tokens, ks)
-        else:
-            tokens = ids[live]
-            if engine_sampling and k is not None:
-                lps = self._engine_logprobs(out, live, tokens, ks)
+        tokens = ids[live].clone()
+        lps: List[Optional[tuple]] = [None] * len(live)
+        host_j = [j for j, i in enumerate(live) if on_host[i]]
+        if host_j:
+            lg = out.logits[[where[live[j]] for j in host_j]]
+            hs = [live_seqs[j] for j in host_j]
+            drawn = sampler.sample(lg, hs)
+            tokens[host_j] = drawn
+            if any(q.params.logprobs is not None for q in hs):
+                for j, r in zip(host_j, sampler.logprobs_of(lg, drawn, [ks[j] for j in host_j])):
+                    lps[j] = r
+        eng_j = [j for j, i in enumerate(live) if not on_host[i] and live_seqs[j].params.logprobs is not None]
+        if eng_j:
+            res = self._engine_logprobs(out, [where[live[j]] for j in eng_j], [int(tokens[j]) for j in eng_j],
+                                        [ks[j] for j in eng_j])
+            for j, r in zip(eng_j, res):
+                lps[j] = r
         now = time.perf_counter()
         touched = {}
         for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
-            if lps is not None and s.logprobs is not None:
+            if lps[j] is not None and s.logprobs is not None:
                 lp, rank, top = lps[j]
                 entry = {t: Logprob(v, None) for t, v in top.items()}
                 for r, t in enumerate(top):
@@ -258,11 +266,11 @@ class EngineCore:
                 req.sink(self._output(req, done), None)
 
     @staticmethod
-    def _engine_logprobs(out, live, tokens, ks):
-        """(logprob, rank or None when outside the top k, top-k {id: logprob}) from the engine's Output."""
-        chosen, top_v, top_i = out.logprobs[live], out.top_logprobs[live], out.top_token_ids[live]
+    def _engine_logprobs(out, rows, tokens, ks):
+        """(logprob, rank or None when outside the top k, top-k {id: logprob}) from the engine's Output rows."""
+        chosen, top_v, top_i = out.logprobs[rows], out.top_logprobs[rows], out.top_token_ids[rows]
         res = []
-        for j, (tok, kk) in enumerate(zip(tokens.tolist(), ks)):
+        for j, (tok, kk) in enumerate(zip(tokens, ks)):
             top = {int(top_i[j, r]): float(top_v[j, r]) for r in range(kk)}
             lp = float(chosen[j])
             rank = list(top).index(tok) + 1 if tok in top else None
