@@ -79,6 +79,9 @@ def test_chat_and_streaming_equal_non_streamed(server):
     assert text == want.text and len([ch for ch in chunks if ch.choices]) > 3
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == full.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    long = c.chat.completions.create(model=NAME, messages=msgs, temperature=0, extra_body={"ignore_eos": True})
+    n_prompt = long.usage.prompt_tokens  # no max_tokens: up to the cache's 256 positions (64 blocks of 4)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 256 - n_prompt + 1
     stop = want.text[5:7]
     parts = [ch.choices[0].text for ch in c.completions.create(model=NAME, prompt="Once", max_tokens=20,
                                                               temperature=0, stop=[stop], stream=True)]

@@ -153,7 +153,8 @@ class EngineCore:
                 raise ValueError(f"request id {req.request_id!r} is already running")
             for i in range(p.n):
                 seed = base if i == 0 else hash((base, i)) & ((1 << 62) - 1)
-                seq = Sequence(req, i, req.prompt_token_ids, p, seed, llm.max_model_len, stop_ids)
+                seq = Sequence(req, i, req.prompt_token_ids, p, seed, self.scheduler.capacity(llm.max_model_len),
+                               stop_ids)
                 self.scheduler.check_fits(seq)
                 req.seqs.append(seq)
         except Exception as e:  # noqa: BLE001
