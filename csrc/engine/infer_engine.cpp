@@ -180,9 +180,11 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   const SamplingParams sp = build_sampling(input, n, config_.vocab_size);
   Output out;  // output_ids stays undefined (None) in a process without group rank 0
   const int64_t failing = inject_failure_rank_.exchange(-1);
-  // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly.
+  // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly. Steps
+  // with penalties run eagerly too: their token lists change width every step (a graph per width would
+  // multiply the captures) and the op is cheap next to the forward. Logprobs run after the replay.
   const bool graphed = graphs_enabled_ && world_ == 1 && host.is_decode &&
-                       !(hooks_ && hooks_->has_hooks());
+                       !(hooks_ && hooks_->has_hooks()) && !sp.penalties;
   run_on_all([&](Rank& rank) {
     TORCH_CHECK(rank.worker->rank() != failing, "InferEngine: injected failure on rank ", failing);
     const at::Device dev = rank.worker->device();
@@ -192,10 +194,18 @@ InferEngine::Output InferEngine::forward(const Input& input) {
       const models::llama::ForwardBatch batch = to_device(host, dev);
       logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
       if (!first) return;  // only rank 0 samples
-      ids = infinilm::sample(logits, sp.temperature.to(dev), sp.top_k.to(dev), sp.top_p.to(dev), sp.seeds.to(dev));
+      // Penalties work in place: on a copy when the raw logits are still needed (returned, or logprobs).
+      at::Tensor work = sp.penalties && (input.return_logits || sp.logprobs_k >= 0) ? logits.clone() : logits;
+      ids = run_sampler(work, sp);
     }
     out.output_ids = ids.to(at::kCPU, at::kLong).view({n, 1});
     if (input.return_logits) out.logits = logits.to(at::kCPU);
+    if (sp.logprobs_k >= 0) {
+      auto [lp, top, top_ids] = infinilm::logprobs(logits, ids, sp.logprobs_k);
+      out.logprobs = lp.to(at::kCPU);
+      out.top_logprobs = top.to(at::kCPU);
+      out.top_token_ids = top_ids.to(at::kCPU);
+    }
   }, /*collective=*/true);
   return out;
 }
