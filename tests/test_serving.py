@@ -291,3 +291,16 @@ def test_stream_and_reset_cache(model_dir):
     llm.reset_cache()
     again = llm.generate([prompt], greedy(9))[0]
     assert again.num_cached_tokens == 0 and again.outputs[0].token_ids == want.token_ids
+
+
+def test_min_tokens_masks_stop_ids(model_dir):
+    llm = LLM(model_dir, cache="paged", progress=False)
+    prompt = rand_prompts([8])[0]
+    full = ids_of(llm.generate([prompt], greedy(12)))[0]
+    stop = full[2]
+    first = full.index(stop)
+    short = llm.generate([prompt], greedy(12, stop_token_ids=[stop]))[0].outputs[0]
+    assert short.token_ids == full[:first + 1] and short.finish_reason == "stop" and short.stop_reason == stop
+    held = llm.generate([prompt], greedy(12, stop_token_ids=[stop], min_tokens=first + 3))[0].outputs[0]
+    assert stop not in held.token_ids[:first + 3] and len(held.token_ids) >= first + 3
+    assert held.token_ids[:first] == full[:first]

@@ -209,7 +209,9 @@ class EngineCore:
         on_host = [len(s.out) < s.params.min_tokens or (not simple[i] and not engine_sampling)
                    for i, s in enumerate(seqs)]
         k = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
-        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=any(on_host),
+        # Logprob rows on the engine path also fetch logits: the chosen token's rank needs the whole row.
+        want_logits = any(on_host) or (engine_sampling and k is not None)
+        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=want_logits,
                                               **self._inputs(batch))
         if engine_sampling:
             for name, v in sampler.engine_fields(batch.rows if batch.rows is not None else seqs, k).items():
@@ -268,14 +270,14 @@ class EngineCore:
 
     @staticmethod
     def _engine_logprobs(out, rows, tokens, ks):
-        """(logprob, rank or None when outside the top k, top-k {id: logprob}) from the engine's Output rows."""
+        """(logprob, rank, top-k {id: logprob}) from the engine's Output rows."""
         chosen, top_v, top_i = out.logprobs[rows], out.top_logprobs[rows], out.top_token_ids[rows]
+        logits = out.logits[rows]
+        ranks = (logits > logits.gather(1, torch.tensor(tokens).view(-1, 1))).sum(dim=1) + 1
         res = []
         for j, (tok, kk) in enumerate(zip(tokens, ks)):
             top = {int(top_i[j, r]): float(top_v[j, r]) for r in range(kk)}
-            lp = float(chosen[j])
-            rank = list(top).index(tok) + 1 if tok in top else None
-            res.append((lp, rank, top))
+            res.append((float(chosen[j]), int(ranks[j]), top))
         return res
 
     def _check_stop_strings(self, s: Sequence) -> None:
