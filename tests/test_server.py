@@ -98,6 +98,8 @@ def test_bad_requests_get_openai_errors(server):
         c.completions.create(model=NAME, prompt=[5] * 600, max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="the paged cache has only 64"):
         c.completions.create(model=NAME, prompt=[5] * 300, max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match=r"logprobs must be <= 20"):
+        c.completions.create(model=NAME, prompt="hi", max_tokens=2, logprobs=5000)
     with pytest.raises(openai.BadRequestError, match="temperature must be a number >= 0"):
         c.completions.create(model=NAME, prompt="hi", max_tokens=2, temperature=-1)
     for body in (b"{not json", b"[1, 2]", b'{"model": "tiny", "prompt": 3}', b'{"messages": "x"}'):

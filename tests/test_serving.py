@@ -276,6 +276,8 @@ def test_prompt_forms_and_bad_arguments(model_dir):
         with pytest.raises(ValueError, match=msg):
             LLM(model_dir, progress=False, **kw)
     assert LLM(model_dir, cache="paged", max_num_batched_tokens=16, progress=False).max_step_tokens == 16
+    tiny = SamplingParams(temperature=1e-30, max_tokens=5, ignore_eos=True)
+    assert tiny.temperature == 0.0 and ids_of(llm.generate([p], tiny)) == want
 
 
 def test_stream_and_reset_cache(model_dir):

@@ -19,6 +19,7 @@ from infinilm_torch.serving.params import RequestOutput, SamplingParams
 from infinilm_torch.serving.scheduler import PagedScheduler, StaticScheduler
 
 _request_ids = itertools.count()
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
 def _pos_int(name, v, allow_none=False, minimum=1):
@@ -124,6 +125,8 @@ class GenerateMixin:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         params.validate()
+        if params.logprobs is not None and params.logprobs > MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be <= {MAX_LOGPROBS} (vLLM's max_logprobs), got {params.logprobs}")
         text = prompt if isinstance(prompt, str) else prompt.get("prompt") if isinstance(prompt, dict) else None
         ids = self.encode(prompt, what)
         new = params.max_tokens if params.max_tokens is not None else 1
