@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from infinilm_torch.serving import sampler
-from infinilm_torch.serving.params import CompletionOutput, Logprob, RequestOutput, SamplingParams
+from infinilm_torch.serving.outputs import check_stop_strings, request_output
+from infinilm_torch.serving.params import Logprob, RequestOutput, SamplingParams
 from infinilm_torch.serving.sequence import Sequence
 
 Sink = Callable[[Optional[RequestOutput], Optional[BaseException]], None]
@@ -136,7 +137,7 @@ class EngineCore:
                     if not s.finished:
                         s.finish_reason = "abort"
                     self.scheduler.finish(s)
-                req.sink(self._output(req, True), None)
+                req.sink(request_output(req, True, self.llm.decode), None)
         elif kind == "call":
             fn, done = arg
             try:
@@ -255,7 +256,7 @@ class EngineCore:
                 s.logprobs.append(entry)
                 s.cumulative_logprob += lp
             s.append(tok)
-            self._check_stop_strings(s)
+            check_stop_strings(s, self.llm.decode)
             if s.request.first_token is None:
                 s.request.first_token = now
             if s.finished:
@@ -266,7 +267,7 @@ class EngineCore:
             if done:
                 self._requests.pop(rid, None)
             if done or req.stream:
-                req.sink(self._output(req, done), None)
+                req.sink(request_output(req, done, self.llm.decode), None)
 
     @staticmethod
     def _engine_logprobs(out, rows, tokens, ks):
@@ -279,37 +280,3 @@ class EngineCore:
             top = {int(top_i[j, r]): float(top_v[j, r]) for r in range(kk)}
             res.append((float(chosen[j]), int(ranks[j]), top))
         return res
-
-    def _check_stop_strings(self, s: Sequence) -> None:
-        p = s.params
-        if not p.stop and not s.request.stream and not s.finished:
-            return
-        text = self.llm.decode(s.out, p.skip_special_tokens)
-        if p.stop:
-            hits = [(text.find(x), x) for x in p.stop if x in text]
-            if hits:
-                at, x = min(hits)
-                text = text[:at]
-                s.finish_reason, s.stop_reason = "stop", x
-        s.text = text
-
-    def _output(self, req: Request, finished: bool) -> RequestOutput:
-        outs = []
-        hold = max((len(x) for x in req.params.stop), default=1) - 1
-        for s in req.seqs:
-            text = s.text
-            if s.finished and not text and s.out and s.stop_reason not in req.params.stop:
-                text = s.text = self.llm.decode(s.out, req.params.skip_special_tokens)
-            if not s.finished:  # a stop string may be forming, and a multi-byte character may be cut
-                text = text[:len(text) - hold] if hold else text
-                text = text.rstrip("\ufffd")
-            outs.append(CompletionOutput(s.index, text, list(s.out), s.cumulative_logprob,
-                                         None if s.logprobs is None else list(s.logprobs), s.finish_reason,
-                                         s.stop_reason))
-        m = {"arrival": req.arrival}
-        if req.first_token is not None:
-            m["first_token"] = req.first_token
-        if finished:
-            m["finished"] = time.perf_counter()
-        cached = req.seqs[0].num_cached_prompt if req.seqs else 0
-        return RequestOutput(req.request_id, req.prompt, list(req.prompt_token_ids), outs, finished, cached, m)
