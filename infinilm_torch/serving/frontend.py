@@ -9,7 +9,7 @@ import operator
 import queue
 import sys
 import time
-from typing import Any, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
