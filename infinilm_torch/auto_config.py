@@ -166,7 +166,7 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
     for key in ("eos_token_id", "bos_token_id"):
         bad = [t for t in fields[key] if not 0 <= t < vocab]
         if bad:
-            raise ConfigError(f"{src}: '{key}' {bad} out of range [0, vocab_size {vocab})")
+            raise ConfigError(f"{src}: '{key}' {d.get(key)!r} has id(s) {bad} out of range [0, vocab_size {vocab})")
     fields.update(_rope(d, src))
     return fields
 

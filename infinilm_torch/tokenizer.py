@@ -101,7 +101,7 @@ def load_tokenizer(model_path) -> Optional[Tokenizer]:
     if model_path is None:
         return None
     model_dir = os.fspath(model_path)
-    if model_dir.lower().endswith(".gguf") and os.path.isfile(model_dir):
+    if model_dir.lower().endswith(".gguf") and not os.path.isdir(model_dir):
         return load_gguf_tokenizer(model_dir)
     names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
     if not os.path.isdir(model_dir) or not any(os.path.isfile(os.path.join(model_dir, n)) for n in names):

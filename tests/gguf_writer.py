@@ -45,12 +45,13 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def gguf_name(hf_name: str) -> str:
+    """llama.cpp's name of a HF tensor; names that aren't HF ones (e.g. rope_freqs.weight) pass through."""
     if hf_name.startswith("model.layers."):
         _, _, i, rest = hf_name.split(".", 3)
         stem, suffix = rest.rsplit(".", 1)
         return f"blk.{i}.{_GGUF_NAMES[stem]}.{suffix}"
     return {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-            "lm_head.weight": "output.weight"}[hf_name]
+            "lm_head.weight": "output.weight"}.get(hf_name, hf_name)
 
 
 def gpt2_vocab():
@@ -108,18 +109,23 @@ def write_model(path, cfg: dict, state: dict, qtype, arch: str = "llama", rng=No
     return str(path)
 
 
-def hf_llama(vocab=301, hidden=256, inter=512, layers=2, heads=4, kv_heads=2, tied=False):
-    """A random transformers Llama with weights wide enough that greedy paths vary, and its config dict."""
+def hf_llama(vocab=301, hidden=256, inter=512, layers=2, heads=4, kv_heads=2, tied=False, arch="llama"):
+    """A random transformers Llama (or Qwen2) with weights wide enough that greedy paths vary, and its config dict."""
     import transformers
 
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+    config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[arch]
+    cfg = config_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
                                    num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                                    max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
                                    tie_word_embeddings=tied, bos_token_id=1, eos_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = model_cls(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * 2 / p.shape[-1] ** 0.5)
+            if "norm" in name:
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * (0.5 if p.dim() == 1 else 2 / p.shape[-1] ** 0.5))
     d = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
              num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
              max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0)

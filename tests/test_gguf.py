@@ -142,14 +142,17 @@ def test_model_roundtrip(tmp_path, qtype):
         dict(hf_from_gguf(path).config.to_dict(), dtype="float32")).items() if k in FIELDS}
 
 
-def test_llm_on_gguf_matches_hf(tmp_path):
-    """LLM("x.gguf") builds the engine; its teacher-forced logits equal HF's on the same file (fp32)."""
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_llm_on_gguf_matches_hf(tmp_path, arch):
+    """LLM("x.gguf") builds the engine; its last-token logits equal HF's on the same file (fp32). Qwen2: q/k/v
+    biases, no Q/K permutation."""
     from engine_utils import Input
     from infinilm_torch.llm import LLM
 
-    model, cfg = hf_llama(tied=True)
-    path = write_model(tmp_path / "m.gguf", cfg, model.state_dict(), Q.Q8_0, skip=("lm_head.weight",))
+    model, cfg = hf_llama(tied=True, arch=arch)
+    path = write_model(tmp_path / "m.gguf", cfg, model.state_dict(), Q.Q8_0, arch=arch, skip=("lm_head.weight",))
     llm = LLM(path, progress=False)
+    assert llm.fields["model_type"] == arch and llm.fields["attention_bias"] == (arch == "qwen2")
     assert llm.tokenizer.encode("hello world") == [1, 2 + 256 + 3, 2 + 256 + 8]  # BOS, "hello", " world"
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
     for text in TEXTS:
@@ -184,6 +187,8 @@ def test_truncated_and_corrupted(small_gguf, tmp_path):
         path.write_bytes(blob)
         with pytest.raises(GGUFError, match=name):
             read_config_file(path)
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        load_tokenizer(tmp_path / "nope.gguf")
 
 
 def test_unknown_architecture(small_gguf, tmp_path):
@@ -224,3 +229,61 @@ def test_bad_metadata_values(small_gguf, tmp_path):
                        extra_meta={"llama.attention.head_count_kv": 0})
     with pytest.raises(ConfigError, match=r"zero\.gguf.*num_key_value_heads.*0"):
         parse_config(read_config_file(path), src=path)
+
+
+def test_sentencepiece_tokenizer_equals_transformers(tmp_path):
+    """A llama (sentencepiece BPE, byte fallback) vocabulary whose merges come from the scores."""
+    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "t", "a", ",", "!", "▁h", "▁he", "ll", "llo", "▁hello", "▁w",
+              "▁wo", "▁wor", "▁worl", "▁world", "▁t", "▁th", "▁the", "he", "hel", "lo", "or", "▁a"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    path = str(tmp_path / "sp.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    w.add_bos_token_id(1), w.add_eos_token_id(2), w.add_unk_token_id(0)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    ours = load_tokenizer(path)
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="sp.gguf")
+    for text in TEXTS + ["hello, the world!", " hello", "the</s>a<s>"]:
+        ids = ours.encode(text)
+        assert ids == hf(text)["input_ids"], text
+        assert ours.decode(ids) == hf.decode(ids, skip_special_tokens=True), text
+    assert ours.encode("hello world") == [1, 259 + 16, 259 + 21]  # BOS, "▁hello", "▁world"
+
+
+def test_rope_scaling_from_metadata(tmp_path):
+    """llama3 scaling stored as llama.cpp does (rope_freqs.weight factors), and linear scaling from metadata."""
+    import math
+
+    model, cfg = hf_llama(layers=1)
+    factor, old_ctx, dim = 8.0, 64, cfg["head_dim"]
+    rope = []
+    for i in range(0, dim, 2):  # llama.cpp's convert_hf_to_gguf loop for llama3 rope factors
+        wavelen = 2 * math.pi * cfg["rope_theta"] ** (i / dim)
+        if wavelen < old_ctx / 4.0:
+            rope.append(1.0)
+        elif wavelen > old_ctx / 1.0:
+            rope.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - 1.0) / (4.0 - 1.0)
+            rope.append(1 / ((1 - smooth) / factor + smooth))
+    state = dict(model.state_dict(), **{"rope_freqs.weight": torch.tensor(rope)})
+    path = write_model(tmp_path / "l3.gguf", cfg, state, Q.F32,
+                       extra_meta={"llama.rope.scaling.original_context_length": old_ctx})
+    state["rope_freqs.weight"] = torch.tensor(rope) * 1.1
+    bad = write_model(tmp_path / "odd.gguf", cfg, state, Q.F32)
+    f = parse_config(read_config_file(path), src=path)
+    assert (f["rope_type"], f["rope_factor"], f["rope_original_max_position_embeddings"]) == ("llama3", factor, old_ctx)
+    assert "rope_freqs.weight" not in dict(iter_tensors(path))
+    with pytest.raises(GGUFError, match=r"odd\.gguf.*rope_freqs\.weight"):
+        read_config_file(bad)
+    lin = write_model(tmp_path / "lin.gguf", cfg, model.state_dict(), Q.F32,
+                      extra_meta={"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0})
+    f = parse_config(read_config_file(lin), src=lin)
+    assert (f["rope_type"], f["rope_factor"]) == ("linear", 4.0)
+    yarn = write_model(tmp_path / "yarn.gguf", cfg, model.state_dict(), Q.F32,
+                       extra_meta={"llama.rope.scaling.type": "yarn"})
+    with pytest.raises(GGUFError, match=r"yarn\.gguf.*'yarn'.*rope\.scaling\.type"):
+        read_config_file(yarn)

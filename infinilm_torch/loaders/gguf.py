@@ -32,8 +32,9 @@ class GGUFError(ValueError):
 
 
 def is_gguf(path) -> bool:
+    """True for a path naming a .gguf file (existing or not: a missing one then fails as a missing file)."""
     return isinstance(path, (str, os.PathLike)) and os.fspath(path).lower().endswith(".gguf") and \
-        os.path.isfile(os.fspath(path))
+        not os.path.isdir(os.fspath(path))
 
 
 def _gguf():
@@ -53,16 +54,34 @@ def supported_types():
     return {Q.F32, Q.F16} | set(quants._type_traits)  # noqa: SLF001  (gguf's registry of dequantizers)
 
 
+def _reader_class():
+    gguf = _gguf()
+
+    class _Reader(gguf.GGUFReader):
+        """GGUFReader over a plain ndarray view of its memory map: the same bytes, but slicing skips
+        np.memmap's per-slice bookkeeping, which made parsing a 49k-token vocabulary take seconds."""
+
+        @property
+        def data(self):
+            return self._data
+
+        @data.setter
+        def data(self, value):
+            self._mmap = value  # keeps the mapping alive
+            self._data = value.view(np.ndarray)
+
+    return _Reader
+
+
 class GGUFFile:
     """One opened GGUF file: metadata values, tensors by GGUF name, checked against the file's size."""
 
     def __init__(self, path):
-        gguf = _gguf()
         self.path = os.path.abspath(os.fspath(path))
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no GGUF file at {os.fspath(path)!r}")
         try:
-            self.reader = gguf.GGUFReader(self.path, "r")
+            self.reader = _reader_class()(self.path, "r")
         except Exception as e:  # the reader fails with ValueError/IndexError/KeyError on a bad header
             raise GGUFError(f"{self.path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
         self.tensors = {t.name: t for t in self.reader.tensors}
