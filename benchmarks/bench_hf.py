@@ -1,12 +1,15 @@
-"""HF transformers generate with and without infinilm_torch.patch, eager and compiled, same run, one table.
+"""HF transformers generate unpatched, with infinilm_torch.patch and with Liger-Kernel, eager and compiled, one table.
 
     python benchmarks/bench_hf.py                                   # CPU, tiny random Llama
     python benchmarks/bench_hf.py --device cuda --shapes llama-3.2-1b --batch 1 32
 
 Random weights with the model's shapes. "prefill ms" is one generate() of a single token; "decode tok/s" is
-batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Eager rows with transformers'
-default dynamic cache and with a static cache; compiled rows use generate's own compile hook (static cache,
-fullgraph; CUDA graphs through mode="reduce-overhead" on CUDA, inductor "default" on CPU).
+batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Modes: eager with transformers'
+dynamic cache and with a static cache; "compiled" with a static cache is generate's own compile hook (fullgraph,
+mode="reduce-overhead": CUDA graphs, on CUDA; inductor "default" on CPU), with a dynamic cache
+``torch.compile(model.forward, fullgraph=True, dynamic=True)``. Liger rows (``apply_liger_kernel_to_llama`` with
+rope, rms_norm and swiglu, as Liger patches inference) run only where ``liger_kernel`` imports (Triton, CUDA),
+after the other rows: its rope patch replaces transformers' module function for every model in the process.
 """
 import argparse
 import copy
@@ -36,7 +39,7 @@ SHAPES = {
 
 
 MODES = {"eager-dynamic": ("eager", "dynamic"), "eager-static": ("eager", "static"),
-         "compiled": ("compiled", "static")}
+         "compiled": ("compiled", "static"), "compiled-dynamic": ("compiled", "dynamic")}
 
 
 def build(shapes, device, dtype):
@@ -60,7 +63,7 @@ def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, cloc
     kw = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
     if cache == "static":
         kw.update(cache_implementation="static", max_cache_len=cache_len)
-    if mode == "compiled":
+    if mode == "compiled" and cache == "static":
         cfg = CompileConfig(fullgraph=True, mode="reduce-overhead" if ids.is_cuda else "default")
         cfg._compile_all_devices = True
         kw.update(compile_config=cfg)
@@ -76,6 +79,25 @@ def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, cloc
             sync(ids.device)
             best = min(best, clock() - t0)
     return best
+
+
+def compiled_forward(model, on: bool):
+    """Install (or remove) torch.compile(model.forward) for the compiled dynamic-cache rows."""
+    model.__dict__.pop("forward", None)
+    if on:
+        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=True)
+
+
+def liger_model(base):
+    """A copy of base patched by Liger-Kernel 0.8.5 the way it patches inference, or None where it is missing."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+    except Exception:  # noqa: BLE001 - not installed, or no Triton/CUDA
+        return None
+    model = copy.deepcopy(base)
+    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                fused_linear_cross_entropy=False, model=model)
+    return model
 
 
 def main():
@@ -100,7 +122,7 @@ def main():
     dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
     batches = args.batch or ([1, 32] if cuda else [1, 4])
     plen = args.prompt_len or (128 if cuda else 32)
-    new = args.new_tokens or (128 if cuda else 32)
+    new = args.new_tokens or (64 if cuda else 32)
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     base = build(args.shapes, args.device, dtype)
@@ -116,25 +138,44 @@ def main():
     print(fmt.format(*head))
     print("  ".join("-" * w for w in widths), flush=True)
     modes = [MODES[m] for m in (["eager-dynamic", "eager-static"] if args.no_compile else args.modes)]
-    for bsz in batches:
-        ids = torch.randint(3, base.config.vocab_size, (bsz, plen), device=args.device)
-        # Static caches sized to a multiple of 64 tokens (the CUDA kernels take power-of-two blocks of >= 8).
-        cache_len = -(-(plen + new) // 64) * 64
-        eager_decode = None
-        for mode, cache in modes:
-            ref_decode = None
-            for name, model in (("hf", base), ("infinilm", patched)):
-                torch._dynamo.reset()
-                timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
-                t1 = timed_generate(model, ids, 1, mode, cache, cache_len, args.repeats, clock)
-                tn = timed_generate(model, ids, new, mode, cache, cache_len, args.repeats, clock)
+    prompts = {bsz: torch.randint(3, base.config.vocab_size, (bsz, plen), device=args.device) for bsz in batches}
+    cache_len = plen + new
+    results = {}
+
+    def run(name, model):
+        torch._dynamo.reset()  # compiled graphs are kept across one model's cells (recompiles per batch size)
+        for bsz in batches:
+            for mode, cache in modes:
+                ids = prompts[bsz]
+                compiled_forward(model, mode == "compiled" and cache == "dynamic")
+                try:
+                    timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
+                    t1 = timed_generate(model, ids, 1, mode, cache, cache_len, args.repeats, clock)
+                    tn = timed_generate(model, ids, new, mode, cache, cache_len, args.repeats, clock)
+                except Exception as e:  # noqa: BLE001 - a row that fails is reported, the table goes on
+                    print(f"{name} {mode} {cache} batch {bsz}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                    continue
+                finally:
+                    compiled_forward(model, False)
                 decode = bsz * (new - 1) / max(tn - t1, 1e-9)
-                ref_decode = ref_decode or decode
-                if (mode, cache) == ("eager", "dynamic"):
-                    eager_decode = eager_decode or decode
-                vs_eager = f"{decode / eager_decode:.2f}x" if eager_decode else "-"
+                results[(name, mode, cache, bsz)] = decode
+                ref = results.get(("hf", mode, cache, bsz), decode)
+                eager = results.get(("hf", "eager", "dynamic", bsz))
                 print(fmt.format(name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}",
-                                 f"{decode / ref_decode:.2f}x", vs_eager), flush=True)
+                                 f"{decode / ref:.2f}x", f"{decode / eager:.2f}x" if eager else "-"), flush=True)
+
+    run("hf", base)
+    run("infinilm", patched)
+    del patched
+    liger = liger_model(base) if cuda else None
+    if liger is not None:
+        run("liger", liger)
+    # One line per model, one column per (mode, cache, batch): the table of the closing note.
+    cols = [(m, c, b) for m, c in modes for b in batches]
+    print("\ndecode tok/s" + "".join(f"  {m[:4]}-{c[:3]}-b{b:<3}" for m, c, b in cols))
+    for name in ("hf", "infinilm", "liger"):
+        if (name, *cols[0]) in results:
+            print(f"{name:<12}" + "".join(f"  {results.get((name, *k), float('nan')):>12.1f}" for k in cols))
 
 
 if __name__ == "__main__":

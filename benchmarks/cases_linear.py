@@ -4,7 +4,8 @@
 
 One decode step's worth of weights of the 134M-parameter bench_engine Llama (12 layers of qkv, o, gate_up,
 down, and the lm_head; 440 MB fp32), so the weights stream from memory as in the engine rather than sitting in
-cache. bytes = the weights read once; the roofline is the measured copy ceiling.
+cache. bytes = the weights read once; the roofline is the measured copy ceiling. The second table times each skinny
+build (AVX-512 where the CPU has AVX512-BF16, AVX2) against F.linear on the same streamed weights.
 """
 import os
 import sys
@@ -60,8 +61,27 @@ def rows(device, quick=False):
         yield dict(op="linear (engine)", config=config, ours_us=ours, nbytes=nbytes, torch_us=base)
 
 
+def isa_rows(dtypes=(torch.float32, torch.bfloat16), ms=(1, 4, 8, 16), repeats=3):
+    """Each skinny build (INFINILM_CPU_LINEAR=skinny, INFINILM_CPU_ISA caps it) vs F.linear, streamed weights."""
+    print(f"{'case':<44} {'AVX-512 ms':>10} {'AVX2 ms':>8} {'F.linear ms':>11}   (the engine's choice is measured)")
+    for dtype in dtypes:
+        weights = [torch.randn(*s, dtype=dtype) for s in SHAPES]
+        for m in ms:
+            xs = {k: torch.randn(m, k, dtype=dtype) for k in {s[1] for s in SHAPES}}
+            got = []
+            for cap in ("", "avx2"):
+                os.environ.update(INFINILM_CPU_LINEAR="skinny", INFINILM_CPU_ISA=cap)
+                got.append(best_ms(_infinilm._linear, weights, xs, repeats))
+            os.environ.pop("INFINILM_CPU_LINEAR")
+            os.environ.pop("INFINILM_CPU_ISA")
+            got.append(best_ms(F.linear, weights, xs, repeats))
+            print(f"{f'{str(dtype)[6:]} rows={m}':<44} {got[0]:>10.1f} {got[1]:>8.1f} {got[2]:>11.1f}", flush=True)
+        del weights
+
+
 if __name__ == "__main__":
     print(f"{'case':<44} {'ours ms':>9} {'F.linear ms':>11} {'speedup':>8}   ({torch.get_num_threads()} threads)")
     for config, ours, base, _ in bench_linear([(torch.float32, m) for m in (1, 4, 8, 16)]
                                               + [(torch.bfloat16, m) for m in (1, 4, 8)]):
         print(f"{config:<44} {ours / 1e3:>9.1f} {base / 1e3:>11.1f} {base / ours:>7.2f}x")
+    isa_rows()

@@ -258,8 +258,23 @@ void bind_engine(py::module_& m) {
   py::class_<Input> in(e, "Input", "One forward step's inputs (DESIGN.md pins static and paged layouts).");
   in.def(py::init([](py::object input_ids, py::object position_ids, py::object cache_lengths, py::object input_lengths,
                      py::object block_tables, py::object slot_mapping, py::object temperature, py::object top_k,
-                     py::object top_p, bool return_logits, std::optional<int64_t> seed) {
+                     py::object top_p, bool return_logits, std::optional<int64_t> seed, py::object temperatures,
+                     py::object top_ks, py::object top_ps, py::object min_ps, py::object seeds,
+                     py::object repetition_penalties, py::object presence_penalties,
+                     py::object frequency_penalties, py::object prompt_token_ids, py::object output_token_ids,
+                     int64_t return_logprobs) {
            Input x;
+           x.temperatures = as_tensor(temperatures, "temperatures");
+           x.top_ks = as_tensor(top_ks, "top_ks");
+           x.top_ps = as_tensor(top_ps, "top_ps");
+           x.min_ps = as_tensor(min_ps, "min_ps");
+           x.seeds = as_tensor(seeds, "seeds");
+           x.repetition_penalties = as_tensor(repetition_penalties, "repetition_penalties");
+           x.presence_penalties = as_tensor(presence_penalties, "presence_penalties");
+           x.frequency_penalties = as_tensor(frequency_penalties, "frequency_penalties");
+           x.prompt_token_ids = as_tensor(prompt_token_ids, "prompt_token_ids");
+           x.output_token_ids = as_tensor(output_token_ids, "output_token_ids");
+           x.return_logprobs = return_logprobs;
            x.input_ids = as_tensor(input_ids, "input_ids");
            x.position_ids = as_tensor(position_ids, "position_ids");
            x.cache_lengths = as_tensor(cache_lengths, "cache_lengths");
@@ -277,22 +292,36 @@ void bind_engine(py::module_& m) {
          py::arg("cache_lengths") = py::none(), py::arg("input_lengths") = py::none(),
          py::arg("block_tables") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("temperature") = 1.0,
          py::arg("top_k") = 50, py::arg("top_p") = 1.0, py::arg("return_logits") = false,
-         py::arg("seed") = py::none());
+         py::arg("seed") = py::none(), py::arg("temperatures") = py::none(), py::arg("top_ks") = py::none(),
+         py::arg("top_ps") = py::none(), py::arg("min_ps") = py::none(), py::arg("seeds") = py::none(),
+         py::arg("repetition_penalties") = py::none(), py::arg("presence_penalties") = py::none(),
+         py::arg("frequency_penalties") = py::none(), py::arg("prompt_token_ids") = py::none(),
+         py::arg("output_token_ids") = py::none(), py::arg("return_logprobs") = -1,
+         "Per-request sampling tensors ([n], CPU or device) override the scalars; see csrc/engine/io.h.");
 #define TENSOR_FIELD(name)                                                                      \
   in.def_property(#name, [](const Input& x) { return x.name; },                                 \
                   [](Input& x, py::handle v) { x.name = as_tensor(v, #name); })
   TENSOR_FIELD(input_ids); TENSOR_FIELD(position_ids); TENSOR_FIELD(cache_lengths);
   TENSOR_FIELD(input_lengths); TENSOR_FIELD(block_tables); TENSOR_FIELD(slot_mapping);
+  TENSOR_FIELD(temperatures); TENSOR_FIELD(top_ks); TENSOR_FIELD(top_ps); TENSOR_FIELD(min_ps); TENSOR_FIELD(seeds);
+  TENSOR_FIELD(repetition_penalties); TENSOR_FIELD(presence_penalties); TENSOR_FIELD(frequency_penalties);
+  TENSOR_FIELD(prompt_token_ids); TENSOR_FIELD(output_token_ids);
 #undef TENSOR_FIELD
   in.def_readwrite("temperature", &Input::temperature)
       .def_readwrite("top_k", &Input::top_k)
       .def_readwrite("top_p", &Input::top_p)
       .def_readwrite("return_logits", &Input::return_logits)
-      .def_readwrite("seed", &Input::seed);
+      .def_readwrite("seed", &Input::seed)
+      .def_readwrite("return_logprobs", &Input::return_logprobs);
   py::class_<Output>(e, "Output", "output_ids [n, 1] int64 (None in a process without group rank 0); "
-                                 "logits [n, vocab] float32 when return_logits (rank 0 only).")
+                                 "logits [n, vocab] float32 when return_logits (rank 0 only); with "
+                                 "return_logprobs = k >= 0: logprobs [n] float32, top_logprobs [n, k] float32, "
+                                 "top_token_ids [n, k] int64 (raw logits' log_softmax).")
       .def_readonly("output_ids", &Output::output_ids)
-      .def_readonly("logits", &Output::logits);
+      .def_readonly("logits", &Output::logits)
+      .def_readonly("logprobs", &Output::logprobs)
+      .def_readonly("top_logprobs", &Output::top_logprobs)
+      .def_readonly("top_token_ids", &Output::top_token_ids);
 
   // The raw constructor: the defaults and process groups that need Python (the adapter's current device,
   // Gloo/NCCL backends built by torch.distributed) are resolved by infinilm_torch/lib/_engine.py, which wraps this

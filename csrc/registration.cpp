@@ -49,6 +49,20 @@ TORCH_LIBRARY(infinilm, m) {
       "int? max_seq_len=None) -> Tensor");
 
   // One token per row of logits [B, V]: temperature [B], top_k [B] (0 = off), top_p [B] (1 = off),
-  // seeds [B]; greedy where temperature == 0 or top_k == 1. Returns int64 [B].
-  m.def("sample(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor seeds) -> Tensor");
+  // seeds [B], min_p [B] (0 = off; keeps p >= min_p * p_max after temperature); greedy where
+  // temperature == 0 or top_k == 1. Returns int64 [B].
+  m.def(
+      "sample(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor seeds, "
+      "Tensor? min_p=None) -> Tensor");
+
+  // In place, vLLM's penalties on logits [B, V]: repetition over the tokens of prompt_token_ids [B, Lp] and
+  // output_token_ids [B, Lo] (-1 pads; positive logits divided, others multiplied), then frequency
+  // (times the output count) and presence (once per output token) subtracted. Penalties float [B].
+  m.def(
+      "apply_penalties(Tensor(a!) logits, Tensor prompt_token_ids, Tensor output_token_ids, "
+      "Tensor repetition_penalty, Tensor presence_penalty, Tensor frequency_penalty) -> ()");
+
+  // log_softmax(logits [B, V]) in one pass per row, never materialised: float32 [B] at token_ids [B],
+  // the k largest float32 [B, k] (decreasing, ties by lower id) and their token ids int64 [B, k].
+  m.def("logprobs(Tensor logits, Tensor token_ids, int k) -> (Tensor, Tensor, Tensor)");
 }

@@ -163,9 +163,15 @@ def table(rows: list[dict], max_names: int) -> str:
     return "\n".join(lines)
 
 
+def git_head() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + (" + uncommitted changes" if dirty else "")
+
+
 def write_markdown(args, rows: list[dict]) -> None:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+    head = args.synced_head
     scope = "the whole suite" if args.all else "each mutation's listed test files"
     base = "no baseline run" if args.no_baseline else "failures of the unmutated baseline not counted"
     args.markdown.write_text(f"# Mutation results\n\n`python dev/mutate.py{' --all' if args.all else ''}` at "
@@ -208,6 +214,7 @@ def main() -> int:
     extra = args.pytest_args.split()
 
     print(f"syncing {ROOT} -> {tree}", flush=True)
+    args.synced_head = git_head()
     native_changed = sync(ROOT, tree)
     python = python_in(tree, python)
     originals = {m["file"]: (tree / m["file"]).read_text() for m in muts}

@@ -8,14 +8,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 
 from infinilm_torch import infinicore, runner, weights
 from infinilm_torch.auto_config import parse_config, read_config_file, to_llama_config
 from infinilm_torch.serving import frontend
-from infinilm_torch.serving.params import RequestOutput, SamplingParams
 from infinilm_torch.tokenizer import Tokenizer, load_tokenizer
 
 

@@ -151,10 +151,12 @@ def sample(
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     seeds: torch.Tensor,
+    min_p: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Draw one token per row of ``logits [B, V]``.
 
-    Per row: ``p = softmax(logits / temperature)``; keep the ``top_k`` most likely tokens (0 = all), then the
+    Per row: ``p = softmax(logits / temperature)``; with ``min_p`` (float ``[B]`` in [0, 1], 0 = off) keep only
+    tokens with ``p >= min_p * max(p)`` (vLLM's min-p); keep the ``top_k`` most likely tokens (0 = all), then the
     smallest most-likely set whose mass reaches ``top_p`` of what is left (1 = all); draw from the kept tokens
     with a counter-based generator keyed on ``seeds[b]`` (same seed, same token). Greedy (argmax) where
     temperature is 0 or top_k is 1. temperature/top_p: float ``[B]``; top_k/seeds: int ``[B]``. Returns int64 ``[B]``.
@@ -162,7 +164,35 @@ def sample(
     lowest index; -inf logits are never drawn. One seed always gives the same uniform: vary it per step.
     The exact definition is in ``kernels/cpu/sampling.h``.
     """
-    return _ops.sample(logits, temperature, top_k, top_p, seeds)
+    return _ops.sample(logits, temperature, top_k, top_p, seeds, min_p)
+
+
+def apply_penalties(
+    logits: torch.Tensor,
+    prompt_token_ids: torch.Tensor,
+    output_token_ids: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    presence_penalty: torch.Tensor,
+    frequency_penalty: torch.Tensor,
+) -> None:
+    """vLLM's sampling penalties, in place on ``logits [B, V]``.
+
+    prompt_token_ids ``[B, Lp]`` / output_token_ids ``[B, Lo]``: int token ids, ``-1`` pads. For every token of
+    the prompt or the output, ``repetition_penalty[b]`` (> 0, 1 = off) divides a positive logit and multiplies
+    the others; then ``frequency_penalty[b] * count`` and ``presence_penalty[b] * (count > 0)`` are subtracted,
+    count = occurrences in the output. Penalties: float ``[B]``. 16-bit logits are rounded once.
+    """
+    _ops.apply_penalties(logits, prompt_token_ids, output_token_ids, repetition_penalty, presence_penalty,
+                         frequency_penalty)
+
+
+def logprobs(logits: torch.Tensor, token_ids: torch.Tensor, k: int = 0):
+    """``log_softmax(logits.float(), -1)`` at ``token_ids [B]`` and its ``k`` largest values, one pass per row.
+
+    Returns ``(sampled [B] float32, top_logprobs [B, k] float32, top_token_ids [B, k] int64)``, the top k in
+    decreasing order (ties: lower id first). ``0 <= k <= min(V, 1024)``; the log-softmax is never materialised.
+    """
+    return _ops.logprobs(logits, token_ids, k)
 
 
 # ---- fake kernels: shapes and dtypes only, for torch.compile / meta tensors --------------------------------
@@ -192,8 +222,16 @@ def _paged_attention_prefill_fake(
 
 
 @torch.library.register_fake("infinilm::sample")
-def _sample_fake(logits, temperature, top_k, top_p, seeds):
+def _sample_fake(logits, temperature, top_k, top_p, seeds, min_p=None):
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("infinilm::logprobs")
+def _logprobs_fake(logits, token_ids, k):
+    torch._check(0 <= k <= logits.shape[1], lambda: f"logprobs: k = {k} must lie in [0, vocab]")
+    B = logits.shape[0]
+    return (logits.new_empty((B,), dtype=torch.float32), logits.new_empty((B, k), dtype=torch.float32),
+            logits.new_empty((B, k), dtype=torch.int64))
 
 
 __all__ = [
@@ -208,4 +246,6 @@ __all__ = [
     "paged_attention_decode",
     "paged_attention_prefill",
     "sample",
+    "apply_penalties",
+    "logprobs",
 ]

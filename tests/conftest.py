@@ -4,8 +4,18 @@ import random
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import infinilm_torch  # noqa: F401  (registers torch.ops.infinilm)
+
+# Property tests (tests/test_fuzz.py): "ci" is bounded and derandomized (the same examples every run);
+# "long" (`--hypothesis-profile=long`) explores fresh examples for deeper runs.
+_HYPOTHESIS = dict(deadline=None, database=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                          HealthCheck.filter_too_much])
+settings.register_profile("ci", max_examples=200, derandomize=True, **_HYPOTHESIS)
+settings.register_profile("long", max_examples=3000, **_HYPOTHESIS)
+settings.load_profile("ci")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

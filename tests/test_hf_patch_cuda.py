@@ -1,9 +1,11 @@
-"""HF transformers patching on CUDA: patched vs unpatched tiny Llama/Qwen2/Mistral with head size 64 (the CUDA
-attention kernels' sizes), fp32 and bf16, both caches, sampling, torch.compile fullgraph and "reduce-overhead"
-(CUDA graphs), and an engine built from the HF model on the GPU.
+"""HF transformers patching on CUDA: patched vs unpatched tiny Llama/Qwen2/Mistral/Qwen3 with head size 64 (the
+CUDA attention kernels' sizes), fp32 and bf16, both caches, sampling, the batch x cache x compile-mode matrix
+(eager, generate's compile, "reduce-overhead" CUDA graphs; one model reused across batch sizes, left padding
+included), and an engine built from the HF model on the GPU.
 
-``INFINILM_HF_TEST_DEVICE=cpu`` runs the same file on the CPU kernels with the CUDA cache layout and limits
-(a dry run of the test logic on a machine without a GPU).
+``INFINILM_HF_TEST_DEVICE=cpu`` runs the same file on the CPU kernels with the CUDA head-size limits and a
+smaller matrix (aot_eager for the compiled modes): a dry run of the test logic on a machine without a GPU, part
+of the default test run through tests/test_hf_patch_matrix.py.
 """
 import copy
 import os
@@ -17,6 +19,7 @@ import infinilm_torch  # noqa: E402
 from infinilm_torch.hf import attention  # noqa: E402
 from test_hf_patch import (  # noqa: E402,F401
     COMMON, FAMILIES, GREEDY, assert_bf16_rule, assert_no_breaks_from_us, calls, make_model)
+from test_hf_patch_matrix import family_model, padded_prompt  # noqa: E402
 
 DEV = os.environ.get("INFINILM_HF_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -26,15 +29,16 @@ LAYERS = COMMON["num_hidden_layers"]
 
 @pytest.fixture(autouse=True)
 def cuda_policy(monkeypatch):
-    """On a CPU dry run, show the HF cache to the kernels the way CUDA does."""
+    """On a CPU dry run, hold the kernels to the head sizes CUDA has."""
     if DEV == "cpu":
-        monkeypatch.setitem(attention.LAYOUT, "cpu", "head")
-        monkeypatch.setitem(attention.MIN_BLOCK, "cpu", attention.MIN_BLOCK["cuda"])
+        monkeypatch.setitem(attention.LAYOUT, "cpu", attention.LAYOUT["cuda"])
         monkeypatch.setitem(attention.HEAD_DIMS, "cpu", attention.HEAD_DIMS["cuda"])
 
 
 def gpu_model(family, dtype=torch.float32, **overrides):
-    return make_model(family, torch.float32, **{**SHAPE, **overrides}).to(device=DEV, dtype=dtype)
+    if family == "qwen3":
+        overrides = {"head_dim": 64, **overrides}
+    return family_model(family, torch.float32, **{**SHAPE, **overrides}).to(device=DEV, dtype=dtype)
 
 
 def gpu_pair(family, dtype=torch.float32, **overrides):
@@ -58,7 +62,7 @@ def test_cuda_logits_fp32(family, calls):
     with torch.no_grad():
         want, got = ref(ids).logits, model(ids).logits
     torch.testing.assert_close(got, want, **rel_tol(want, 2e-4))
-    assert calls["prefill"] == LAYERS and calls["sdpa"] == 0  # 24 = 3 blocks of 8
+    assert calls["prefill"] == LAYERS and calls["sdpa"] == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -75,10 +79,8 @@ def test_cuda_greedy_32_steps(family, cache, calls):
     want = ref.generate(ids, attention_mask=mask, **GREEDY)
     got = model.generate(ids, attention_mask=mask, **GREEDY, **extra)
     assert torch.equal(got, want)
-    if cache == "static":  # 8 + 32 = 40 tokens = 5 blocks of 8: every call on our kernels
-        assert calls == {"prefill": LAYERS, "decode": 31 * LAYERS, "sdpa": 0}
-    else:  # cache lengths 9..39 after the prompt: those divisible by 8 (16, 24, 32) on our kernels
-        assert calls == {"prefill": LAYERS, "decode": 3 * LAYERS, "sdpa": 28 * LAYERS}
+    # every step on our kernels: dynamic cache lengths 9..39, any static cache length (one block per row)
+    assert calls == {"prefill": LAYERS, "decode": 31 * LAYERS, "sdpa": 0}
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -173,3 +175,69 @@ def test_cuda_engine_from_hf_model(cache):
     outs = llm.generate(ids.tolist(), infinilm_torch.SamplingParams(max_tokens=32, temperature=0, ignore_eos=True))
     got = [o.outputs[0].token_ids for o in outs]
     assert got == want.tolist()
+
+
+# ---- the matrix: batch x cache x compile mode x family, one patched model reused across batch sizes -----------
+
+MATRIX_BATCHES = [1, 3, 8, 32] if DEV == "cuda" else [1, 3]
+MATRIX_FAMILIES = FAMILIES + ["qwen3"] if DEV == "cuda" else ["llama"]
+MODES = ["eager", "auto-compile", "reduce-overhead"]
+
+
+def _compiled(model, mode, cache):
+    """generate() kwargs for a mode; compiled forwards are installed on the model (undone by the caller)."""
+    kw = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 48}
+    if mode == "eager":
+        return {**kw, "disable_compile": True}
+    backend = {} if DEV == "cuda" else {"backend": "aot_eager"}
+    torch_mode = {"mode": "reduce-overhead"} if mode == "reduce-overhead" and DEV == "cuda" else {}
+    if cache == "static":  # generate compiles the forward itself
+        cfg = transformers.CompileConfig(fullgraph=True, **{"mode": "default", **torch_mode}, **backend)
+        cfg._compile_all_devices = True
+        return {**kw, "compile_config": cfg}
+    model.forward = torch.compile(model.forward, fullgraph=True, **torch_mode, **backend)
+    return {**kw, "disable_compile": True}
+
+
+def _rms(a, b):
+    return (a.float() - b.float()).pow(2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("family", MATRIX_FAMILIES)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matrix(family, cache, mode):
+    """fp32: greedy tokens equal the unpatched model's at every batch size, left padding included (rows 1, 3,
+    .. padded), no exception across the recompiles. bf16 (batch 3): the first step's logits within twice
+    transformers' own bf16 error against fp32."""
+    torch._dynamo.reset()
+    ref = gpu_model(family)
+    model = infinilm_torch.patch(copy.deepcopy(ref))
+    kw = _compiled(model, mode, cache)
+    gen = dict(GREEDY, max_new_tokens=8, min_new_tokens=8)
+    with torch.no_grad():
+        for batch in MATRIX_BATCHES:
+            ids, mask = (t.to(DEV) for t in padded_prompt(batch, 8))
+            want = ref.generate(ids, attention_mask=mask, **gen, disable_compile=True)
+            got = model.generate(ids, attention_mask=mask, **gen, **kw)
+            assert torch.equal(got, want), (family, cache, mode, batch)
+    model.__dict__.pop("forward", None)
+    # bf16: the run in this mode completes with finite logits, and the RMS error over every valid position of the
+    # padded prompt (the last position of a few rows alone is too small a sample of a random net's chaotic error)
+    # is within twice transformers' own bf16 error against fp32.
+    torch._dynamo.reset()
+    ours16 = infinilm_torch.patch(copy.deepcopy(ref).to(torch.bfloat16))
+    kw = _compiled(ours16, mode, cache)
+    ids, mask = (t.to(DEV) for t in padded_prompt(3, 16))
+    one = dict(GREEDY, max_new_tokens=2, min_new_tokens=2, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        out = ours16.generate(ids, attention_mask=mask, **one, **kw)
+    assert all(torch.isfinite(x).all() for x in out.logits)
+    ours16.__dict__.pop("forward", None)
+    ref16 = copy.deepcopy(ref).to(torch.bfloat16)
+    valid = mask.bool()
+    with torch.no_grad():
+        exact = ref(ids, attention_mask=mask).logits[valid]
+        hf = ref16(ids, attention_mask=mask).logits[valid]
+        ours = ours16(ids, attention_mask=mask).logits[valid]
+    assert _rms(ours, exact) <= 2 * _rms(hf, exact), (_rms(ours, exact), _rms(hf, exact))

@@ -7,9 +7,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import infinilm_torch  # noqa: E402
-from test_hf_patch import FAMILIES, calls, make_model  # noqa: E402,F401
+from test_hf_patch import COMMON, FAMILIES, calls, make_model  # noqa: E402,F401
 
 EPS = 1e-2
+HIDDEN = COMMON["hidden_size"]
 
 
 def small_model(family, layers=2):
@@ -35,7 +36,7 @@ def test_patched_decoder_layer_uses_config_eps(family):
     model = infinilm_torch.patch(copy.deepcopy(ref))
     layer, ref_layer = model.model.layers[1], ref.model.layers[1]
     assert layer.post_attention_layernorm.variance_epsilon == EPS
-    h = torch.randn(2, 9, COMMON_HIDDEN) * 0.02
+    h = torch.randn(2, 9, HIDDEN) * 0.02
     pos = torch.arange(9)[None].expand(2, -1)
     cos_sin = ref.model.rotary_emb(h, pos)
     with torch.no_grad():
@@ -77,11 +78,9 @@ def test_norm_module_eps_unit():
     ref = small_model("llama", layers=1)
     model = infinilm_torch.patch(copy.deepcopy(ref))
     norm, ref_norm = model.model.norm, ref.model.norm
-    x = torch.randn(5, COMMON_HIDDEN) * 0.01
+    x = torch.randn(5, HIDDEN) * 0.01
     with torch.no_grad():
         got, want = norm(x), ref_norm(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(want, _rms(x, ref_norm.weight, EPS), atol=1e-5, rtol=1e-4)
 
-
-COMMON_HIDDEN = 64

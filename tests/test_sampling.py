@@ -247,3 +247,17 @@ def test_sample_bad_input(device):
     y = x.clone()
     y[1] = float("-inf")
     bad(ValueError, "'logits' row 1 is -inf everywhere", x=y)
+
+
+def test_sample_min_p_is_optional_and_backward_compatible(device):
+    """The five-argument schema still works; min_p=None and min_p=0 are the same draw; min_p filters."""
+    B, V = 16, 400
+    logits = torch.randn(B, V, device=device) * 2
+    T, K, P, S = params(B, V, device, greedy_ok=False)
+    base = torch.ops.infinilm.sample(logits, T, K, P, S)
+    torch.testing.assert_close(base, torch.ops.infinilm.sample(logits, T, K, P, S, min_p=None))
+    torch.testing.assert_close(base, ops.sample(logits, T, K, P, S, torch.zeros(B, device=device)))
+    strict = ops.sample(logits, T, K, P, S, torch.full((B,), 0.9, device=device)).cpu()
+    for b in range(B):  # p >= 0.9 p_max after temperature: the token's logit within -T ln 0.9 of the max
+        row = logits[b].float().cpu()
+        assert (row[strict[b]] - row.max()) / float(T[b]) >= torch.log(torch.tensor(0.9)) - 1e-6

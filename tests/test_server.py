@@ -79,6 +79,9 @@ def test_chat_and_streaming_equal_non_streamed(server):
     assert text == want.text and len([ch for ch in chunks if ch.choices]) > 3
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == full.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    long = c.chat.completions.create(model=NAME, messages=msgs, temperature=0, extra_body={"ignore_eos": True})
+    n_prompt = long.usage.prompt_tokens  # no max_tokens: up to the cache's 256 positions (64 blocks of 4)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 256 - n_prompt + 1
     stop = want.text[5:7]
     parts = [ch.choices[0].text for ch in c.completions.create(model=NAME, prompt="Once", max_tokens=20,
                                                               temperature=0, stop=[stop], stream=True)]
@@ -95,6 +98,8 @@ def test_bad_requests_get_openai_errors(server):
         c.completions.create(model=NAME, prompt=[5] * 600, max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="the paged cache has only 64"):
         c.completions.create(model=NAME, prompt=[5] * 300, max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match=r"logprobs must be <= 20"):
+        c.completions.create(model=NAME, prompt="hi", max_tokens=2, logprobs=5000)
     with pytest.raises(openai.BadRequestError, match="temperature must be a number >= 0"):
         c.completions.create(model=NAME, prompt="hi", max_tokens=2, temperature=-1)
     for body in (b"{not json", b"[1, 2]", b'{"model": "tiny", "prompt": 3}', b'{"messages": "x"}'):

@@ -37,6 +37,7 @@ KVCache::KVCache(const CacheShape& shape, const CacheConfig& config, at::Device 
   } else {
     TORCH_CHECK_TYPE(false, "cache_config must be a StaticKVCacheConfig or a PagedKVCacheConfig");
   }
+  filled_.assign(paged_ ? num_blocks_ : max_batch_size_, 0);
   const auto opts = at::TensorOptions().dtype(shape.dtype).device(device);
   for (int64_t l = 0; l < shape.num_layers; ++l) {
     // Zeroed so that a kernel bug reading unwritten slots shows as a wrong value, never as NaN garbage.
@@ -48,6 +49,7 @@ KVCache::KVCache(const CacheShape& shape, const CacheConfig& config, at::Device 
 void KVCache::clear() {
   for (auto& t : k_) t.zero_();
   for (auto& t : v_) t.zero_();
+  std::fill(filled_.begin(), filled_.end(), 0);
 }
 
 }  // namespace infinilm::cache

@@ -40,7 +40,13 @@ class KVCache {
   at::Tensor& key(int64_t layer) { return k_[layer]; }
   at::Tensor& value(int64_t layer) { return v_[layer]; }
 
-  // Zero every block (a reset with the same configuration).
+  // Tokens written so far, counted from the start: per row of the static cache, per block of the paged one.
+  // The engine refuses steps that would read past it and updates it from each step's writes; a write that
+  // starts at token t makes everything after t stale, so a later overwrite shortens it (a rewind).
+  int64_t filled(int64_t i) const { return filled_[i]; }
+  void set_filled(int64_t i, int64_t n) { filled_[i] = n; }
+
+  // Zero every block (a reset with the same configuration); nothing counts as written afterwards.
   void clear();
 
  private:
@@ -48,6 +54,7 @@ class KVCache {
   int64_t num_blocks_ = 0, block_size_ = 0;
   int64_t max_batch_size_ = 0, max_cache_len_ = 0, blocks_per_row_ = 0;
   std::vector<at::Tensor> k_, v_;  // per layer [num_blocks, kv_heads, block_size, head_dim]
+  std::vector<int64_t> filled_;    // static: [max_batch_size]; paged: [num_blocks]
 };
 
 // Bytes of one block over every layer: 2 (K and V) * head_dim * kv_heads * block_size * layers * dtype_size.

@@ -22,10 +22,11 @@ at::Tensor host_index(const at::Tensor& t, const char* name) {
   return t.to(at::kCPU, at::kLong).contiguous();
 }
 
-// A [n] tensor; [1, n] is accepted as well.
-at::Tensor host_vector(const at::Tensor& t, const char* name, int64_t n, const char* what) {
+// A [n] tensor. Per-token vectors (flat_ok) also take [1, n], the form of paged 'input_ids'; per-request
+// lengths must be 1-D, since a 2-D one has no single reading (rows of a batch, or one request's tokens?).
+at::Tensor host_vector(const at::Tensor& t, const char* name, int64_t n, const char* what, bool flat_ok = false) {
   at::Tensor h = host_index(t, name);
-  if (h.dim() == 2 && h.size(0) == 1) h = h.view({-1});
+  if (flat_ok && h.dim() == 2 && h.size(0) == 1) h = h.view({-1});
   TORCH_CHECK_VALUE(h.dim() == 1 && h.size(0) == n, "InferEngine.forward: '", name, "' must have shape [", n, "] (",
                     what, "), got ", h.sizes());
   return h;
@@ -73,7 +74,50 @@ void check_lengths(int64_t r, int64_t cl, int64_t il, int64_t max_new, int64_t c
                     capacity);
 }
 
-ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache) {
+// Paged steps, after the per-token slot checks. A block written in this step (slot_mapping) is used by no
+// other request of the step: prefix sharing lets requests read the same full blocks, never one being written.
+// A row lists each block once. Every cached token a request reads was written by an earlier step, which also
+// means a write never leaves a hole before it in its block.
+void check_paged_blocks(const int64_t* btp, int64_t mb, const std::vector<int64_t>& cl, const std::vector<int64_t>& il,
+                        const cache::KVCache& cache, CacheWrites* writes) {
+  const int64_t n = static_cast<int64_t>(cl.size()), bs = cache.block_size();
+  std::unordered_map<int64_t, int64_t> writer;  // block -> request writing it
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t k = cl[r] / bs; k <= (cl[r] + il[r] - 1) / bs; ++k) {
+      const int64_t id = btp[r * mb + k];
+      auto [it, fresh] = writer.emplace(id, r);
+      TORCH_CHECK_VALUE(fresh || it->second == r, "InferEngine.forward: requests ", it->second, " and ", r,
+                        " both write block ", id, " in one step ('block_tables'[", r, ", ", k, "], 'slot_mapping')");
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    std::unordered_map<int64_t, int64_t> seen;  // block -> its first index in this row
+    for (int64_t k = 0; k < (cl[r] + il[r] + bs - 1) / bs; ++k) {
+      const int64_t id = btp[r * mb + k];
+      auto [first, fresh] = seen.emplace(id, k);
+      TORCH_CHECK_VALUE(fresh, "InferEngine.forward: 'block_tables'[", r, "] lists block ", id, " twice (at ",
+                        first->second, " and ", k, ")");
+      auto w = writer.find(id);
+      TORCH_CHECK_VALUE(w == writer.end() || w->second == r, "InferEngine.forward: request ", r,
+                        " reads block ", id, " ('block_tables'[", r, ", ", k, "]) that request ", w->second,
+                        " writes in the same step ('slot_mapping'); only full, read-only blocks may be shared");
+      const int64_t cached = std::min(bs, cl[r] - k * bs);  // tokens of this block the request reads as cached
+      TORCH_CHECK_VALUE(cached <= cache.filled(id), "InferEngine.forward: 'cache_lengths'[", r, "] = ", cl[r],
+                        " needs ", cached, " cached tokens in block ", id, " ('block_tables'[", r, ", ", k,
+                        "]) but earlier steps wrote ", cache.filled(id), " there: attention would read tokens ",
+                        "that were never written");
+    }
+  }
+  if (!writes) return;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t k = cl[r] / bs; k <= (cl[r] + il[r] - 1) / bs; ++k) {
+      writes->push_back({btp[r * mb + k], std::max<int64_t>(cl[r] - k * bs, 0), std::min(cl[r] + il[r] - k * bs, bs)});
+    }
+  }
+}
+
+ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache,
+                          CacheWrites* writes) {
   TORCH_CHECK_VALUE(!in.block_tables && !in.slot_mapping, "InferEngine.forward: 'block_tables'/'slot_mapping' ",
                     "were given but the engine has a static cache; create it with a PagedKVCacheConfig");
   at::Tensor ids = host_index(*in.input_ids, "input_ids");
@@ -104,6 +148,10 @@ ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const
   std::vector<int64_t> fids, fpos, slots, cls(B), ils(B);
   for (int64_t b = 0; b < B; ++b) {
     check_lengths(b, clp[b], ilp[b], S, cache.max_cache_len(), "the static cache's max_cache_len");
+    TORCH_CHECK_VALUE(clp[b] <= cache.filled(b), "InferEngine.forward: 'cache_lengths'[", b, "] = ", clp[b],
+                      " but row ", b, " of the static cache holds ", cache.filled(b), " tokens written by earlier ",
+                      "steps: attention would read tokens that were never written");
+    if (writes) writes->push_back({b, clp[b], clp[b] + ilp[b]});
     cls[b] = clp[b];
     ils[b] = ilp[b];
     for (int64_t j = 0; j < ilp[b]; ++j) {  // padding beyond input_lengths[b] is dropped
@@ -116,7 +164,8 @@ ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const
   return finish(fids, fpos, slots, cls, ils, bt, cfg);
 }
 
-ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache) {
+ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache,
+                         CacheWrites* writes) {
   TORCH_CHECK_VALUE(in.block_tables && in.slot_mapping, "InferEngine.forward: the engine has a paged cache: ",
                     "'block_tables' and 'slot_mapping' are required");
   at::Tensor ids = host_index(*in.input_ids, "input_ids");
@@ -137,9 +186,9 @@ ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const 
   const int64_t total = il.sum().item<int64_t>();
   TORCH_CHECK_VALUE(total == T, "InferEngine.forward: 'input_lengths' sum to ", total, " but 'input_ids' has ", T,
                     " tokens");
-  at::Tensor slot = host_vector(*in.slot_mapping, "slot_mapping", T, "one per new token");
+  at::Tensor slot = host_vector(*in.slot_mapping, "slot_mapping", T, "one per new token", true);
   at::Tensor pos;
-  if (in.position_ids) pos = host_vector(*in.position_ids, "position_ids", T, "one per new token");
+  if (in.position_ids) pos = host_vector(*in.position_ids, "position_ids", T, "one per new token", true);
   const int64_t* idp = ids.data_ptr<int64_t>();
   const int64_t* btp = bt.data_ptr<int64_t>();
   const int64_t* clp = cl.data_ptr<int64_t>();
@@ -169,30 +218,24 @@ ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const 
       fpos[t] = in.position_ids ? pos.data_ptr<int64_t>()[t] : p;
     }
   }
+  check_paged_blocks(btp, mb, cls, ils, cache, writes);
   return finish(fids, fpos, slots, cls, ils, bt, cfg);
 }
 
 }  // namespace
 
-ForwardBatch build_batch(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache) {
+ForwardBatch build_batch(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache,
+                         CacheWrites* writes) {
   TORCH_CHECK_VALUE(in.input_ids.has_value(), "InferEngine.forward: 'input_ids' is required");
-  return cache.paged() ? build_paged(in, cfg, cache) : build_static(in, cfg, cache);
+  return cache.paged() ? build_paged(in, cfg, cache, writes) : build_static(in, cfg, cache, writes);
 }
 
-SamplingParams build_sampling(const Input& in, int64_t n, int64_t vocab_size) {
-  TORCH_CHECK_VALUE(in.temperature >= 0, "InferEngine.forward: 'temperature' must be >= 0, got ", in.temperature);
-  TORCH_CHECK_VALUE(in.top_p >= 0 && in.top_p <= 1, "InferEngine.forward: 'top_p' must lie in [0, 1], got ", in.top_p);
-  TORCH_CHECK_VALUE(in.top_k >= -1, "InferEngine.forward: 'top_k' must be >= 1, or 0 / -1 for no limit, got ",
-                    in.top_k);
-  const bool greedy = in.temperature == 0 || in.top_k == 1 || in.top_p == 0;
-  const int64_t top_k = (in.top_k <= 0 || in.top_k >= vocab_size) ? 0 : in.top_k;
-  SamplingParams s;
-  s.temperature = at::full({n}, greedy ? 0.0 : in.temperature, at::kFloat);
-  s.top_k = at::full({n}, greedy ? 0 : top_k, at::kLong);
-  s.top_p = at::full({n}, greedy ? 1.0 : in.top_p, at::kFloat);
-  s.seeds = in.seed ? at::arange(n, at::kLong).add_(*in.seed)
-                    : at::randint(std::numeric_limits<int64_t>::max(), {n}, at::kLong);
-  return s;
+void begin_writes(const CacheWrites& writes, cache::KVCache& cache) {
+  for (const auto& w : writes) cache.set_filled(w.index, std::min(cache.filled(w.index), w.begin));
+}
+
+void commit_writes(const CacheWrites& writes, cache::KVCache& cache) {
+  for (const auto& w : writes) cache.set_filled(w.index, w.end);
 }
 
 ForwardBatch to_device(const ForwardBatch& b, at::Device device) {

@@ -5,19 +5,42 @@
 #include "csrc/engine/io.h"
 #include "csrc/models/forward_batch.h"
 
+#include <vector>
+
 namespace infinilm::engine {
 
 // Sampling parameters per request, on the CPU: temperature float32 [n], top_k int64 [n], top_p float32 [n],
-// seeds int64 [n], in the form the sample op takes.
+// seeds int64 [n], min_p float32 [n] (zeros: off), in the form the sample op takes. When `penalties`, the
+// apply_penalties arguments: token ids int64 [n, Lp] / [n, Lo], penalties float32 [n]. logprobs_k: -1 off.
 struct SamplingParams {
-  at::Tensor temperature, top_k, top_p, seeds;
+  at::Tensor temperature, top_k, top_p, seeds, min_p;
+  bool penalties = false;
+  at::Tensor prompt_ids, output_ids, repetition, presence, frequency;
+  int64_t logprobs_k = -1;
 };
 
-// Checks every argument against the config and the cache before anything runs; errors name the argument
-// and the numbers. The returned batch lives on the CPU.
-models::ForwardBatch build_batch(const Input& input, const models::BatchLimits& config, const cache::KVCache& cache);
+// One row (static) or block (paged) the step writes: tokens [begin, end) of it.
+struct CacheWrite {
+  int64_t index, begin, end;
+};
+using CacheWrites = std::vector<CacheWrite>;
 
+// Checks every argument against the config and the cache (including what earlier steps wrote into it)
+// before anything runs; errors name the argument and the numbers. The returned batch lives on the CPU;
+// `writes` (if given) receives what the step will write, for begin_writes / commit_writes.
+models::ForwardBatch build_batch(const Input& input, const models::BatchLimits& config, const cache::KVCache& cache,
+                                 CacheWrites* writes = nullptr);
+
+// Before the step runs: the written ranges count as unwritten (a step failing halfway leaves them unknown).
+void begin_writes(const CacheWrites& writes, cache::KVCache& cache);
+// After the step succeeded: the rows / blocks hold what it wrote, and nothing past it.
+void commit_writes(const CacheWrites& writes, cache::KVCache& cache);
+
+// Checks every sampling field (shapes [n], dtypes, ranges; errors name the field) before anything runs.
 SamplingParams build_sampling(const Input& input, int64_t n, int64_t vocab_size);
+
+// Penalties (when sp.penalties, in place on `logits`) then the draw: int64 [n] on logits' device.
+at::Tensor run_sampler(at::Tensor& logits, const SamplingParams& sp);
 
 // Copies of the batch's tensors on `device` (no copy on the CPU).
 models::ForwardBatch to_device(const models::ForwardBatch& batch, at::Device device);

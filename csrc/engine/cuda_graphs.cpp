@@ -24,14 +24,15 @@ using models::ForwardBatch;
 namespace {
 
 // Offsets (in int64 words) of the static inputs in the packed buffer of a graph for n requests and
-// block-table width w. The two float32 vectors take ceil(n / 2) words each.
+// block-table width w. The three float32 vectors (temperature, top_p, min_p) take ceil(n / 2) words each:
+// every per-row sampling parameter is part of the one static input, so requests of one graph may differ.
 struct Layout {
-  int64_t ids, pos, slots, seq, last, qsl, top_k, seeds, tables, temp, top_p, size, half;
+  int64_t ids, pos, slots, seq, last, qsl, top_k, seeds, tables, temp, top_p, min_p, size, half;
   Layout(int64_t n, int64_t w) {
     half = (n + 1) / 2;
     ids = 0, pos = n, slots = 2 * n, seq = 3 * n, last = 4 * n, qsl = 5 * n;  // qsl holds n + 1
     top_k = 6 * n + 1, seeds = 7 * n + 1, tables = 8 * n + 1;
-    temp = tables + n * w, top_p = temp + half, size = top_p + half;
+    temp = tables + n * w, top_p = temp + half, min_p = top_p + half, size = min_p + half;
   }
 };
 
@@ -58,7 +59,7 @@ struct DecodeGraphs::Graph {
   int64_t n = 0, width = 0;
   at::Tensor host, dev;  // packed int64 inputs: pinned staging buffer and its device copy
   ForwardBatch batch;    // views of dev
-  at::Tensor temperature, top_k, top_p, seeds;
+  at::Tensor temperature, top_k, top_p, seeds, min_p;
   at::Tensor ids, logits;  // outputs, owned by the graph's pool
 
   Graph(int64_t n_, int64_t width_, int64_t max_len, at::Device device) : n(n_), width(width_) {
@@ -80,6 +81,7 @@ struct DecodeGraphs::Graph {
     seeds = slice(l.seeds, n);
     temperature = slice(l.temp, l.half).view(at::kFloat).narrow(0, 0, n);
     top_p = slice(l.top_p, l.half).view(at::kFloat).narrow(0, 0, n);
+    min_p = slice(l.min_p, l.half).view(at::kFloat).narrow(0, 0, n);
   }
 
   // Packs this step's inputs into the staging buffer and queues one H2D copy on the current stream. The
@@ -113,13 +115,15 @@ struct DecodeGraphs::Graph {
     float* top_p_h = reinterpret_cast<float*>(p + l.top_p);
     std::memcpy(temp, sp.temperature.data_ptr<float>(), n * sizeof(float));
     std::memcpy(top_p_h, sp.top_p.data_ptr<float>(), n * sizeof(float));
+    std::memcpy(reinterpret_cast<float*>(p + l.min_p), sp.min_p.data_ptr<float>(), n * sizeof(float));
     dev.copy_(host, /*non_blocking=*/true);
   }
 
-  // The step the graph records: the model's forward and the sampler on the static inputs.
+  // The step the graph records: the model's forward and the sampler on the static inputs (min_p always
+  // passed: zeros disable it row by row, so one graph serves steps with and without min-p).
   void step(const models::CausalLM& model, cache::KVCache& cache) {
     logits = model.forward(batch, cache, nullptr);
-    ids = infinilm::sample(logits, temperature, top_k, top_p, seeds);
+    ids = infinilm::sample(logits, temperature, top_k, top_p, seeds, min_p);
   }
 };
 

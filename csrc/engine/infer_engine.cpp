@@ -142,6 +142,19 @@ void InferEngine::check_usable() const {
               "ranks' collectives no longer pair up; create a new engine");
 }
 
+void InferEngine::check_loaded() const {
+  for (const auto& r : ranks_) {  // every local rank loads its own shard
+    if (r.model->all_loaded()) continue;
+    const std::vector<std::string> missing = r.model->missing_params();
+    const size_t total = r.model->state_dict().size();
+    std::string names;
+    for (size_t i = 0; i < missing.size() && i < 8; ++i) names += (i ? ", " : "") + missing[i];
+    if (missing.size() > 8) names += ", ...";
+    TORCH_CHECK(false, "InferEngine.forward: ", missing.size(), " of ", total, " parameters were never loaded ",
+                "(rank ", r.worker->rank(), "): ", names, "; give every checkpoint tensor to load_param first");
+  }
+}
+
 std::vector<int64_t> InferEngine::local_ranks() const {
   std::vector<int64_t> out;
   for (const auto& r : ranks_) out.push_back(r.worker->rank());
@@ -173,15 +186,20 @@ std::vector<InferEngine::StateDict> InferEngine::state_dict() const {
 InferEngine::Output InferEngine::forward(const Input& input) {
   std::lock_guard<std::mutex> lock(call_mu_);
   check_usable();
+  check_loaded();
   // Every check happens here, on the host, before any rank writes its cache.
-  const models::ForwardBatch host = build_batch(input, ranks_[0].model->batch_limits(), *ranks_[0].cache);
+  CacheWrites writes;
+  const models::ForwardBatch host = build_batch(input, ranks_[0].model->batch_limits(), *ranks_[0].cache, &writes);
   const int64_t n = host.seq_lens.size(0);
   const SamplingParams sp = build_sampling(input, n, config_.vocab_size);
   Output out;  // output_ids stays undefined (None) in a process without group rank 0
   const int64_t failing = inject_failure_rank_.exchange(-1);
-  // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly.
+  // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly. Steps
+  // with penalties run eagerly too: their token lists change width every step (a graph per width would
+  // multiply the captures) and the op is cheap next to the forward. Logprobs run after the replay.
   const bool graphed = graphs_enabled_ && world_ == 1 && host.is_decode &&
-                       !(hooks_ && hooks_->has_hooks());
+                       !(hooks_ && hooks_->has_hooks()) && !sp.penalties;
+  for (auto& r : ranks_) begin_writes(writes, *r.cache);
   run_on_all([&](Rank& rank) {
     TORCH_CHECK(rank.worker->rank() != failing, "InferEngine: injected failure on rank ", failing);
     const at::Device dev = rank.worker->device();
@@ -191,11 +209,20 @@ InferEngine::Output InferEngine::forward(const Input& input) {
       const models::ForwardBatch batch = to_device(host, dev);
       logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
       if (!first) return;  // only rank 0 samples
-      ids = infinilm::sample(logits, sp.temperature.to(dev), sp.top_k.to(dev), sp.top_p.to(dev), sp.seeds.to(dev));
+      // Penalties work in place: on a copy when the raw logits are still needed (returned, or logprobs).
+      at::Tensor work = sp.penalties && (input.return_logits || sp.logprobs_k >= 0) ? logits.clone() : logits;
+      ids = run_sampler(work, sp);
     }
     out.output_ids = ids.to(at::kCPU, at::kLong).view({n, 1});
     if (input.return_logits) out.logits = logits.to(at::kCPU);
+    if (sp.logprobs_k >= 0) {
+      auto [lp, top, top_ids] = infinilm::logprobs(logits, ids, sp.logprobs_k);
+      out.logprobs = lp.to(at::kCPU);
+      out.top_logprobs = top.to(at::kCPU);
+      out.top_token_ids = top_ids.to(at::kCPU);
+    }
   }, /*collective=*/true);
+  for (auto& r : ranks_) commit_writes(writes, *r.cache);
   return out;
 }
 

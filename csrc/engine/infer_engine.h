@@ -87,6 +87,8 @@ class InferEngine {
   // forever) and the engine refuses later calls (the ranks' collective sequences no longer pair up).
   void run_on_all(const std::function<void(Rank&)>& command, bool collective = false);
   void check_usable() const;
+  // Every parameter of every local rank went through load_param (else a RuntimeError naming the missing ones).
+  void check_loaded() const;
   // Drops the captured graphs on each rank's thread (they point at cache and weight memory).
   void clear_graphs();
 

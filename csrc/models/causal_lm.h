@@ -30,6 +30,9 @@ class CausalLM {
   virtual ~CausalLM() = default;
   // HF checkpoint name and the full (unsharded) tensor; the rank copies its slice, converting dtype/device.
   virtual void load_param(const std::string& name, const at::Tensor& full) = 0;
+  // Names never given to load_param, in checkpoint order; a forward before all are loaded is refused.
+  virtual std::vector<std::string> missing_params() const = 0;
+  virtual bool all_loaded() const = 0;
   // This rank's parameters under HF names (views of the live buffers), in checkpoint order.
   virtual StateDict state_dict() const = 0;
   // Every parameter with its full shape, in checkpoint order.

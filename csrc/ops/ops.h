@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 
 namespace infinilm {
 
@@ -26,7 +27,12 @@ at::Tensor paged_attention_prefill_cpu(const at::Tensor& query, const at::Tensor
                                        double scale, std::optional<int64_t> max_query_len,
                                        std::optional<int64_t> max_seq_len);
 at::Tensor sample_cpu(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                      const at::Tensor& top_p, const at::Tensor& seeds);
+                      const at::Tensor& top_p, const at::Tensor& seeds, const std::optional<at::Tensor>& min_p);
+void apply_penalties_cpu(at::Tensor& logits, const at::Tensor& prompt_token_ids, const at::Tensor& output_token_ids,
+                         const at::Tensor& repetition_penalty, const at::Tensor& presence_penalty,
+                         const at::Tensor& frequency_penalty);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> logprobs_cpu(const at::Tensor& logits, const at::Tensor& token_ids,
+                                                            int64_t k);
 
 // ---- CUDA kernels (csrc/ops/*_cuda.cu), present when built with INFINILM_WITH_CUDA -----------------
 #ifdef INFINILM_WITH_CUDA
@@ -47,7 +53,12 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
                                         double scale, std::optional<int64_t> max_query_len,
                                         std::optional<int64_t> max_seq_len);
 at::Tensor sample_cuda(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                       const at::Tensor& top_p, const at::Tensor& seeds);
+                       const at::Tensor& top_p, const at::Tensor& seeds, const std::optional<at::Tensor>& min_p);
+void apply_penalties_cuda(at::Tensor& logits, const at::Tensor& prompt_token_ids, const at::Tensor& output_token_ids,
+                          const at::Tensor& repetition_penalty, const at::Tensor& presence_penalty,
+                          const at::Tensor& frequency_penalty);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> logprobs_cuda(const at::Tensor& logits, const at::Tensor& token_ids,
+                                                             int64_t k);
 #define INFINILM_DISPATCH_DEVICE(t, name, ...) \
   ((t).is_cuda() ? name##_cuda(__VA_ARGS__) : name##_cpu(__VA_ARGS__))
 #else
@@ -103,8 +114,19 @@ inline at::Tensor paged_attention_prefill(const at::Tensor& query, const at::Ten
                                   query_start_loc, seq_lens, scale, max_query_len, max_seq_len);
 }
 inline at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
-                         const at::Tensor& top_p, const at::Tensor& seeds) {
-  return INFINILM_DISPATCH_DEVICE(logits, sample, logits, temperature, top_k, top_p, seeds);
+                         const at::Tensor& top_p, const at::Tensor& seeds,
+                         const std::optional<at::Tensor>& min_p = std::nullopt) {
+  return INFINILM_DISPATCH_DEVICE(logits, sample, logits, temperature, top_k, top_p, seeds, min_p);
+}
+inline void apply_penalties(at::Tensor& logits, const at::Tensor& prompt_token_ids,
+                            const at::Tensor& output_token_ids, const at::Tensor& repetition_penalty,
+                            const at::Tensor& presence_penalty, const at::Tensor& frequency_penalty) {
+  INFINILM_DISPATCH_DEVICE(logits, apply_penalties, logits, prompt_token_ids, output_token_ids, repetition_penalty,
+                           presence_penalty, frequency_penalty);
+}
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> logprobs(const at::Tensor& logits, const at::Tensor& token_ids,
+                                                               int64_t k) {
+  return INFINILM_DISPATCH_DEVICE(logits, logprobs, logits, token_ids, k);
 }
 
 }  // namespace infinilm

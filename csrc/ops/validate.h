@@ -170,7 +170,7 @@ inline void check_paged_attention_args(const at::Tensor& query, const at::Tensor
                     key_cache.size(3));
   const int64_t hq = query.size(1), hk = key_cache.size(1);
   TORCH_CHECK_VALUE(hk > 0 && hq % hk == 0, "infinilm: query heads (", hq, ") must be a multiple of kv heads (", hk,
-                    ")");
+                    ") ('query' ", query.sizes(), ", 'key_cache' ", key_cache.sizes(), ")");
   TORCH_CHECK_VALUE(block_tables.size(0) == seq_lens.size(0), "infinilm: 'block_tables' has ", block_tables.size(0),
                     " rows but 'seq_lens' has ", seq_lens.size(0), " entries");
   TORCH_CHECK_VALUE(scale > 0.0, "infinilm: 'scale' must be > 0, got ", scale);

@@ -202,14 +202,14 @@ def _attend(query, key, value, desc, scaling):
         seq_lens = _seq_lens(desc, bsz, kv_len, query.device)
         return _attend_per_kv_head(query, key, value, seq_lens, scaling)
     # [B, Hk, Skv, D] is a paged cache of B blocks of Skv tokens; row b owns block b.
+    # No max_* hints: with one block per row the kernels size their grids from the cache shape alone, and an
+    # int argument would specialise a symbolic length under torch.compile (a recompile per cache length).
     seq_lens, block_tables, starts = _indices(desc, bsz, q_len, kv_len, query.device)
     if q_len == 1:
-        out = ops.paged_attention_decode(
-            query.reshape(bsz, n_heads, head_dim), key, value, block_tables, seq_lens, scaling, kv_len
-        )
+        out = ops.paged_attention_decode(query.reshape(bsz, n_heads, head_dim), key, value, block_tables, seq_lens, scaling)
         return out.view(bsz, 1, n_heads, head_dim)
     q = query.transpose(1, 2).reshape(bsz * q_len, n_heads, head_dim)
-    out = ops.paged_attention_prefill(q, key, value, block_tables, starts, seq_lens, scaling, q_len, kv_len)
+    out = ops.paged_attention_prefill(q, key, value, block_tables, starts, seq_lens, scaling)
     return out.view(bsz, q_len, n_heads, head_dim)
 
 

@@ -9,11 +9,9 @@ request throughput, output tok/s, TTFT and inter-token latency p50/p99.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
-import statistics
 import time
 from typing import List
 

@@ -18,7 +18,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from infinilm_torch.serving import sampler
-from infinilm_torch.serving.params import CompletionOutput, Logprob, RequestOutput, SamplingParams
+from infinilm_torch.serving.outputs import check_stop_strings, request_output
+from infinilm_torch.serving.params import Logprob, RequestOutput, SamplingParams
 from infinilm_torch.serving.sequence import Sequence
 
 Sink = Callable[[Optional[RequestOutput], Optional[BaseException]], None]
@@ -136,7 +137,7 @@ class EngineCore:
                     if not s.finished:
                         s.finish_reason = "abort"
                     self.scheduler.finish(s)
-                req.sink(self._output(req, True), None)
+                req.sink(request_output(req, True, self.llm.decode), None)
         elif kind == "call":
             fn, done = arg
             try:
@@ -153,7 +154,8 @@ class EngineCore:
                 raise ValueError(f"request id {req.request_id!r} is already running")
             for i in range(p.n):
                 seed = base if i == 0 else hash((base, i)) & ((1 << 62) - 1)
-                seq = Sequence(req, i, req.prompt_token_ids, p, seed, llm.max_model_len, stop_ids)
+                seq = Sequence(req, i, req.prompt_token_ids, p, seed, self.scheduler.capacity(llm.max_model_len),
+                               stop_ids)
                 self.scheduler.check_fits(seq)
                 req.seqs.append(seq)
         except Exception as e:  # noqa: BLE001
@@ -199,22 +201,25 @@ class EngineCore:
         if not batch.seqs:
             raise RuntimeError("scheduler planned an empty step with requests pending (no block can be freed)")
         seqs = batch.seqs
-        # Plain greedy rows need only the engine's argmax; other rows use the engine's per-request sampler when
-        # it has one (paged batches), else the host sampler over the returned logits.
-        simple = all(s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs)
-        pending_min = any(len(s.out) < s.params.min_tokens for s in seqs)
-        engine_sampling = not simple and not pending_min and self.engine_per_request and batch.rows is None
-        host = not simple and not engine_sampling or pending_min
+        # Plain greedy rows take the engine's argmax; other rows its per-request sampler when it has one. The host
+        # samples (from the returned logits) rows still under min_tokens (stop ids masked) and, without an engine
+        # sampler, every non-greedy row. The choice depends on the row alone, so a seeded row's draw does not
+        # depend on its batch.
+        simple = [s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs]
+        engine_sampling = self.engine_per_request and not all(simple)
+        on_host = [len(s.out) < s.params.min_tokens or (not simple[i] and not engine_sampling)
+                   for i, s in enumerate(seqs)]
         k = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
-        extra = sampler.engine_fields(seqs, k) if engine_sampling else {}
-        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=host,
+        # Logprob rows on the engine path also fetch logits: the chosen token's rank needs the whole row.
+        want_logits = any(on_host) or (engine_sampling and k is not None)
+        inp = self.llm._lib.InferEngine.Input(temperature=0.0, top_k=1, top_p=1.0, return_logits=want_logits,
                                               **self._inputs(batch))
-        for name, v in extra.items():
-            setattr(inp, name, v)
+        if engine_sampling:
+            for name, v in sampler.engine_fields(batch.rows if batch.rows is not None else seqs, k).items():
+                setattr(inp, name, v)
         out = self.llm.engine.forward(inp)
-        rows = (lambda t: t[[s.slot for s in seqs]]) if batch.rows is not None else (lambda t: t)
-        ids = rows(out.output_ids.view(-1))
-        logits = rows(out.logits) if host else None
+        where = [s.slot for s in seqs] if batch.rows is not None else list(range(len(seqs)))  # output row of each
+        ids = out.output_ids.view(-1)[where]
         sampled = self.scheduler.update(batch)
         self.steps += 1
         live = [i for i, ok in enumerate(sampled) if ok]
@@ -222,20 +227,27 @@ class EngineCore:
             return
         live_seqs = [seqs[i] for i in live]
         ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs]
-        lps = None
-        if host:
-            lg = logits[live]
-            tokens = sampler.sample(lg, live_seqs)
-            if k is not None:
-                lps = sampler.logprobs_of(lg, tokens, ks)
-        else:
-            tokens = ids[live]
-            if engine_sampling and k is not None:
-                lps = self._engine_logprobs(out, live, tokens, ks)
+        tokens = ids[live].clone()
+        lps: List[Optional[tuple]] = [None] * len(live)
+        host_j = [j for j, i in enumerate(live) if on_host[i]]
+        if host_j:
+            lg = out.logits[[where[live[j]] for j in host_j]]
+            hs = [live_seqs[j] for j in host_j]
+            drawn = sampler.sample(lg, hs)
+            tokens[host_j] = drawn
+            if any(q.params.logprobs is not None for q in hs):
+                for j, r in zip(host_j, sampler.logprobs_of(lg, drawn, [ks[j] for j in host_j])):
+                    lps[j] = r
+        eng_j = [j for j, i in enumerate(live) if not on_host[i] and live_seqs[j].params.logprobs is not None]
+        if eng_j:
+            res = self._engine_logprobs(out, [where[live[j]] for j in eng_j], [int(tokens[j]) for j in eng_j],
+                                        [ks[j] for j in eng_j])
+            for j, r in zip(eng_j, res):
+                lps[j] = r
         now = time.perf_counter()
         touched = {}
         for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
-            if lps is not None and s.logprobs is not None:
+            if lps[j] is not None and s.logprobs is not None:
                 lp, rank, top = lps[j]
                 entry = {t: Logprob(v, None) for t, v in top.items()}
                 for r, t in enumerate(top):
@@ -244,7 +256,7 @@ class EngineCore:
                 s.logprobs.append(entry)
                 s.cumulative_logprob += lp
             s.append(tok)
-            self._check_stop_strings(s)
+            check_stop_strings(s, self.llm.decode)
             if s.request.first_token is None:
                 s.request.first_token = now
             if s.finished:
@@ -255,50 +267,16 @@ class EngineCore:
             if done:
                 self._requests.pop(rid, None)
             if done or req.stream:
-                req.sink(self._output(req, done), None)
+                req.sink(request_output(req, done, self.llm.decode), None)
 
     @staticmethod
-    def _engine_logprobs(out, live, tokens, ks):
-        """(logprob, rank or None when outside the top k, top-k {id: logprob}) from the engine's Output."""
-        chosen, top_v, top_i = out.logprobs[live], out.top_logprobs[live], out.top_token_ids[live]
+    def _engine_logprobs(out, rows, tokens, ks):
+        """(logprob, rank, top-k {id: logprob}) from the engine's Output rows."""
+        chosen, top_v, top_i = out.logprobs[rows], out.top_logprobs[rows], out.top_token_ids[rows]
+        logits = out.logits[rows]
+        ranks = (logits > logits.gather(1, torch.tensor(tokens).view(-1, 1))).sum(dim=1) + 1
         res = []
-        for j, (tok, kk) in enumerate(zip(tokens.tolist(), ks)):
+        for j, (tok, kk) in enumerate(zip(tokens, ks)):
             top = {int(top_i[j, r]): float(top_v[j, r]) for r in range(kk)}
-            lp = float(chosen[j])
-            rank = list(top).index(tok) + 1 if tok in top else None
-            res.append((lp, rank, top))
+            res.append((float(chosen[j]), int(ranks[j]), top))
         return res
-
-    def _check_stop_strings(self, s: Sequence) -> None:
-        p = s.params
-        if not p.stop and not s.request.stream and not s.finished:
-            return
-        text = self.llm.decode(s.out, p.skip_special_tokens)
-        if p.stop:
-            hits = [(text.find(x), x) for x in p.stop if x in text]
-            if hits:
-                at, x = min(hits)
-                text = text[:at]
-                s.finish_reason, s.stop_reason = "stop", x
-        s.text = text
-
-    def _output(self, req: Request, finished: bool) -> RequestOutput:
-        outs = []
-        hold = max((len(x) for x in req.params.stop), default=1) - 1
-        for s in req.seqs:
-            text = s.text
-            if s.finished and not text and s.out and s.stop_reason not in req.params.stop:
-                text = s.text = self.llm.decode(s.out, req.params.skip_special_tokens)
-            if not s.finished:  # a stop string may be forming, and a multi-byte character may be cut
-                text = text[:len(text) - hold] if hold else text
-                text = text.rstrip("\ufffd")
-            outs.append(CompletionOutput(s.index, text, list(s.out), s.cumulative_logprob,
-                                         None if s.logprobs is None else list(s.logprobs), s.finish_reason,
-                                         s.stop_reason))
-        m = {"arrival": req.arrival}
-        if req.first_token is not None:
-            m["first_token"] = req.first_token
-        if finished:
-            m["finished"] = time.perf_counter()
-        cached = req.seqs[0].num_cached_prompt if req.seqs else 0
-        return RequestOutput(req.request_id, req.prompt, list(req.prompt_token_ids), outs, finished, cached, m)

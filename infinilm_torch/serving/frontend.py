@@ -9,7 +9,7 @@ import operator
 import queue
 import sys
 import time
-from typing import Any, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -19,6 +19,7 @@ from infinilm_torch.serving.params import RequestOutput, SamplingParams
 from infinilm_torch.serving.scheduler import PagedScheduler, StaticScheduler
 
 _request_ids = itertools.count()
+MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
 def _pos_int(name, v, allow_none=False, minimum=1):
@@ -124,6 +125,8 @@ class GenerateMixin:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         params.validate()
+        if params.logprobs is not None and params.logprobs > MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be <= {MAX_LOGPROBS} (vLLM's max_logprobs), got {params.logprobs}")
         text = prompt if isinstance(prompt, str) else prompt.get("prompt") if isinstance(prompt, dict) else None
         ids = self.encode(prompt, what)
         new = params.max_tokens if params.max_tokens is not None else 1
@@ -134,9 +137,13 @@ class GenerateMixin:
         return Request(rid, text, ids, params, sink, stream)
 
     def generate(self, prompts, sampling_params: Union[SamplingParams, Sequence[SamplingParams], None] = None,
-                 use_tqdm: bool = True) -> List[RequestOutput]:
+                 use_tqdm: bool = True, **legacy) -> List[RequestOutput]:
         """Generate for one prompt or a list (str, token ids, or {"prompt_token_ids": [...]}); one RequestOutput
         per prompt, in input order. ``sampling_params``: one for all prompts, or one per prompt."""
+        if legacy:
+            raise TypeError(f"generate() got unexpected keyword arguments {sorted(legacy)}: sampling settings go in "
+                            f"a SamplingParams (max_new_tokens is SamplingParams(max_tokens=...), stop_at_eos=False "
+                            f"is ignore_eos=True)")
         batch = [prompts] if _is_single(prompts) else list(prompts)
         if not batch:
             raise ValueError("generate: no prompts given")

@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
 
+_GREEDY_EPS = 1e-5
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -47,6 +50,8 @@ class SamplingParams:
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
         self.validate()
+        if 0 < self.temperature < _GREEDY_EPS:  # as vLLM: a vanishing temperature is greedy (and keeps logits finite)
+            self.temperature = 0.0
 
     def validate(self) -> None:
         def bad(name, want):

@@ -34,6 +34,8 @@ def sampling_params(body: Dict[str, Any], chat: bool) -> SamplingParams:
     kw: Dict[str, Any] = {}
     if chat and body.get("max_completion_tokens") is not None:
         body = dict(body, max_tokens=body["max_completion_tokens"])
+    if chat and body.get("max_tokens") is None:
+        kw["max_tokens"] = None  # OpenAI's chat default: up to the context length
     for key, (name, types) in _FIELDS.items():
         v = body.get(key)
         if v is None:

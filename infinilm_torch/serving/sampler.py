@@ -93,19 +93,23 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, ks: List[int]) -> Li
     return out
 
 
-def engine_fields(seqs: List[Sequence], logprobs: Optional[int]) -> dict:
-    """The per-request sampling tensors of an engine Input that takes them (temperatures, seeds, penalties ...)."""
-    f32 = dict(dtype=torch.float32)
+def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> dict:
+    """The per-request sampling tensors of an engine Input that takes them (temperatures, seeds, penalties ...);
+    a None entry (an idle static-cache row) samples greedily."""
+    ps = [s.params if s is not None else None for s in seqs]
+
+    def col(get, idle, dtype=torch.float32):
+        return torch.tensor([get(p) if p is not None else idle for p in ps], dtype=dtype)
     return dict(
-        temperatures=torch.tensor([s.params.temperature for s in seqs], **f32),
-        top_ks=torch.tensor([s.params.top_k if s.params.top_k > 0 else 0 for s in seqs], dtype=torch.int64),
-        top_ps=torch.tensor([s.params.top_p for s in seqs], **f32),
-        min_ps=torch.tensor([s.params.min_p for s in seqs], **f32),
-        seeds=torch.tensor([step_seed(s.seed, len(s.out)) for s in seqs], dtype=torch.int64),
-        repetition_penalties=torch.tensor([s.params.repetition_penalty for s in seqs], **f32),
-        presence_penalties=torch.tensor([s.params.presence_penalty for s in seqs], **f32),
-        frequency_penalties=torch.tensor([s.params.frequency_penalty for s in seqs], **f32),
-        prompt_token_ids=_padded([s.prompt for s in seqs]),
-        output_token_ids=_padded([s.out for s in seqs]),
+        temperatures=col(lambda p: p.temperature, 0.0),
+        top_ks=col(lambda p: max(p.top_k, 0), 0, torch.int64),
+        top_ps=col(lambda p: p.top_p, 1.0),
+        min_ps=col(lambda p: p.min_p, 0.0),
+        seeds=torch.tensor([step_seed(s.seed, len(s.out)) if s is not None else 0 for s in seqs], dtype=torch.int64),
+        repetition_penalties=col(lambda p: p.repetition_penalty, 1.0),
+        presence_penalties=col(lambda p: p.presence_penalty, 0.0),
+        frequency_penalties=col(lambda p: p.frequency_penalty, 0.0),
+        prompt_token_ids=_padded([s.prompt if s is not None else [] for s in seqs]),
+        output_token_ids=_padded([s.out if s is not None else [] for s in seqs]),
         return_logprobs=-1 if logprobs is None else int(logprobs),
     )

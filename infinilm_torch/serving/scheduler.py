@@ -62,6 +62,10 @@ class PagedScheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def capacity(self, max_model_len: int) -> int:
+        """The longest sequence that can run (max_tokens=None generates up to it)."""
+        return min(max_model_len, self.bm.num_blocks * self.bm.block_size)
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.bm.free(seq.blocks)
@@ -142,6 +146,9 @@ class StaticScheduler:
 
     def check_fits(self, seq: Sequence) -> None:
         pass  # the cache grows (between batches) to the longest request
+
+    def capacity(self, max_model_len: int) -> int:
+        return max_model_len
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)

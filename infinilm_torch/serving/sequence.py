@@ -36,7 +36,8 @@ class Sequence:
         self.cumulative_logprob = 0.0 if params.logprobs is not None else None
         self.text = ""
         self.num_cached_prompt = 0
-        self.max_tokens = min(params.max_tokens or max_len, max_len - len(prompt) + 1)
+        # None: up to the longest sequence that can run (explicit values are checked against it on admission).
+        self.max_tokens = params.max_tokens if params.max_tokens is not None else max(1, max_len - len(prompt) + 1)
         self.stop_ids = set(stop_ids)
 
     @property

@@ -3,10 +3,14 @@
 //
 // Semantics, per row b (the CUDA kernel implements the same definition; ties are part of it):
 //   l = logits[b, :] converted to fp32 (-inf = masked token), V its length, m = max_i l_i (finite: rows of
-//   all -inf, NaN and +inf are errors), T = temperature[b], k = top_k[b], p = top_p[b].
+//   all -inf, NaN and +inf are errors), T = temperature[b], k = top_k[b], p = top_p[b], q = min_p[b] (0
+//   when no min_p is given).
 //   1. Greedy when T == 0 or k == 1: the lowest index i with l_i == m.
 //   2. Top-k, when 0 < k < V: t_k = the k-th largest of l (counted with multiplicity);
 //      K = {i : l_i >= t_k}, so tokens tied with the k-th are all kept (|K| >= k). Otherwise K = all.
+//      Min-p, when q > 0 (vLLM: p_i >= q * p_max after temperature): K is intersected with
+//      {i : (l_i - m) / T >= ln q}, the exact fp32 rule of kernels/common/min_p.h. Both sets are upper sets
+//      of l, so the order of the two filters does not matter; top-p below renormalises over what is left.
 //   3. Weights w_i = exp(z_i), z_i = (l_i - m) / T in fp32 (subtract, then divide), and w_i = 0 where
 //      z_i < -87.33654 (below the normal fp32 range; masked -inf logits included): the softmax of l / T up to
 //      its normaliser. exp is any fp32 exp of a few ulp (here exp_approx, ~2 ulp). Filtering compares l, not
@@ -38,6 +42,7 @@
 #include <vector>
 
 #include "kernels/common/counter_rng.h"
+#include "kernels/common/min_p.h"
 #include "kernels/cpu/common.h"
 #include "kernels/cpu/select.h"
 
@@ -147,8 +152,8 @@ inline int64_t compact_ge(int32_t* idx, float* val, int64_t n, float t) {
 }
 
 template <typename T>
-int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p, uint64_t seed, Scratch& s,
-                   int64_t& err) {
+int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p, float min_p, uint64_t seed,
+                   Scratch& s, int64_t& err) {
   bool bad = false;
   if (temp == 0.f || top_k == 1) {
     const float mx = scan_row<T, false>(x, V, nullptr, s.bmax.data(), bad);
@@ -159,25 +164,30 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
       if (to_float(x[i]) == mx) return i;
   }
   const bool use_k = top_k > 0 && top_k < V;
+  const bool use_min_p = min_p > 0.f;
+  const bool filter = use_k || use_min_p;
   const float* row;
   float mx;
   if constexpr (std::is_same_v<T, float>) {
     row = x;
-    mx = scan_row<T, false>(x, V, nullptr, use_k ? s.bmax.data() : nullptr, bad);
+    mx = scan_row<T, false>(x, V, nullptr, filter ? s.bmax.data() : nullptr, bad);
   } else {
     row = s.row.data();
-    mx = scan_row<T, true>(x, V, s.row.data(), use_k ? s.bmax.data() : nullptr, bad);
+    mx = scan_row<T, true>(x, V, s.row.data(), filter ? s.bmax.data() : nullptr, bad);
   }
   if ((err = row_error(x, V, mx, bad)) != 0) return -1;
 
-  // Top-k set K in index order. The k-th largest block maximum bounds t_k from below (the k largest
-  // maxima are k distinct tokens), so only tokens at or above it are candidates: usually a few times k.
+  // Top-k (and min-p) set K in index order. The k-th largest block maximum bounds t_k from below (the k
+  // largest maxima are k distinct tokens), so only tokens at or above it are candidates: usually a few
+  // times k. Min-p's floor l* raises that bound: when more than k tokens reach l*, the k-th largest of the
+  // row is among them (so t_k is selected there); when at most k do, all of them are in K.
   const int32_t* kidx = nullptr;  // null: K is the whole row, ids are positions
   const float* kval = row;
   int64_t n = V;
-  if (use_k) {
+  if (filter) {
     const int64_t nb = (V + kBlock - 1) / kBlock;
-    const float lb = top_k <= nb ? select_threshold<false>(s.bmax.data(), nullptr, nb, top_k, s.sel) : -INFINITY;
+    float lb = use_k && top_k <= nb ? select_threshold<false>(s.bmax.data(), nullptr, nb, top_k, s.sel) : -INFINITY;
+    if (use_min_p) lb = std::max(lb, minp::key_to_float(minp::floor_key(mx, temp, std::min(min_p, 1.f))));
     int32_t* idx = s.idx.data();
     float* val = s.val.data();
     n = 0;
@@ -189,8 +199,10 @@ int64_t sample_row(const T* x, int64_t V, float temp, int64_t top_k, float top_p
         n += row[i] >= lb;
       }
     }
-    const float tk = select_threshold<false>(val, nullptr, n, static_cast<double>(top_k), s.sel);
-    n = compact_ge(idx, val, n, tk);
+    if (use_k && n > top_k) {
+      const float tk = select_threshold<false>(val, nullptr, n, static_cast<double>(top_k), s.sel);
+      n = compact_ge(idx, val, n, tk);
+    }
     kidx = idx, kval = val;
   }
   float* w = s.w.data();
@@ -281,12 +293,14 @@ void sample(int64_t* out,                // [B]
             const int64_t* top_k,        // [B] >= 0
             const float* top_p,          // [B] in (0, 1]
             const int64_t* seeds,        // [B]
+            const float* min_p,          // [B] in [0, 1], or null (no min-p)
             int64_t B, int64_t V, int64_t row_stride) {
   parallel_for(B, V, [&](int64_t b) {
     thread_local sampling_detail::Scratch scratch;
     scratch.ensure(V);
     out[b] = sampling_detail::sample_row<T>(logits + b * row_stride, V, temperature[b], top_k[b], top_p[b],
-                                            static_cast<uint64_t>(seeds[b]), scratch, err[b]);
+                                            min_p ? min_p[b] : 0.f, static_cast<uint64_t>(seeds[b]), scratch,
+                                            err[b]);
   });
 }
 

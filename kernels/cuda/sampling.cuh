@@ -16,9 +16,13 @@
 // (~5 us a pass for one SM) and from DRAM at large batch (B=256: 5 x 131 MB = 0.22 ms at 3 TB/s).
 // Invalid values cannot raise without a host sync: rows with temperature <= 0 or NaN, or a row whose max is
 // -inf, are drawn greedily; top_k < 0 or >= V means no top-k; top_p >= 1 (or NaN) no top-p, top_p <= 0 keeps
-// the most likely tokens only; NaN logits are never the max. The output is always a token id in [0, V).
+// the most likely tokens only; NaN logits are never the max; min_p NaN or <= 0 means no min-p, > 1 acts as 1.
+// The output is always a token id in [0, V).
+// Min-p (kernels/common/min_p.h) is a key floor computed from the row max: it raises the top-k threshold
+// key, so the kept set only shrinks and n_k stays an upper bound of its size.
 #pragma once
 
+#include "kernels/common/min_p.h"
 #include "kernels/cuda/sampling_select.cuh"
 
 namespace infinilm::cuda {
@@ -69,6 +73,7 @@ __global__ void __launch_bounds__(sampling_detail::kThreads)
                       const int64_t* __restrict__ top_k,      // [B]
                       const float* __restrict__ top_p,        // [B]
                       const int64_t* __restrict__ seeds,      // [B]
+                      const float* __restrict__ min_p,        // [B] or null
                       const float* __restrict__ part_max,     // [B, G]
                       const int* __restrict__ part_idx, int G) {
   using namespace sampling_detail;
@@ -89,6 +94,8 @@ __global__ void __launch_bounds__(sampling_detail::kThreads)
   uint32_t key_k = 0;
   u64 n_k = static_cast<u64>(V);
   if (k > 1 && k < V) key_k = radix_select<false>(row, 0u, static_cast<u64>(k), 0.f, sh, n_k);
+  const float q = min_p ? min_p[b] : 0.f;
+  if (q > 0.f) key_k = max(key_k, minp::floor_key(m, temp, fminf(q, 1.f)));
   const float p = top_p[b];
   const bool use_p = p < 1.f;
   const uint64_t seed = static_cast<uint64_t>(seeds[b]);
@@ -189,6 +196,7 @@ cudaError_t sample(int64_t* out,               // [B]
                    const int64_t* top_k,       // [B]
                    const float* top_p,         // [B]
                    const int64_t* seeds,       // [B]
+                   const float* min_p,         // [B] or null (no min-p)
                    int64_t B, int64_t V, int64_t row_stride,
                    void* workspace,            // sample_workspace_bytes(B, V) bytes
                    size_t workspace_bytes, cudaStream_t stream) {
@@ -205,12 +213,14 @@ cudaError_t sample(int64_t* out,               // [B]
     const int slice = ceil_div(ceil_div(V, G), VV) * VV;
     sample_partial_max_kernel<T, VV><<<dim3(G, B), 256, 0, stream>>>(logits, row_stride, v, slice, part_max, part_idx);
     sample_row_kernel<T, VV><<<B, sampling_detail::kThreads, 0, stream>>>(out, logits, row_stride, v, temperature,
-                                                                         top_k, top_p, seeds, part_max, part_idx, G);
+                                                                         top_k, top_p, seeds, min_p, part_max,
+                                                                         part_idx, G);
   } else {
     const int slice = ceil_div(V, G);
     sample_partial_max_kernel<T, 1><<<dim3(G, B), 256, 0, stream>>>(logits, row_stride, v, slice, part_max, part_idx);
     sample_row_kernel<T, 1><<<B, sampling_detail::kThreads, 0, stream>>>(out, logits, row_stride, v, temperature,
-                                                                        top_k, top_p, seeds, part_max, part_idx, G);
+                                                                        top_k, top_p, seeds, min_p, part_max,
+                                                                        part_idx, G);
   }
   return cudaGetLastError();
 }

@@ -97,6 +97,15 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, i
 void LlamaForCausalLM::add_param(const std::string& name, at::Tensor dst, int shard_dim) {
   params_.emplace(name, Param{std::move(dst), shard_dim});
   order_.push_back(name);
+  ++num_missing_;
+}
+
+std::vector<std::string> LlamaForCausalLM::missing_params() const {
+  std::vector<std::string> out;
+  for (const auto& name : order_) {
+    if (!params_.at(name).loaded) out.push_back(name);
+  }
+  return out;
 }
 
 void LlamaForCausalLM::load_param(const std::string& name, const at::Tensor& full) {
@@ -111,7 +120,7 @@ void LlamaForCausalLM::load_param(const std::string& name, const at::Tensor& ful
   TORCH_CHECK_VALUE(it != params_.end(), "load_param: unknown parameter name '", name, "' for this ",
                     config_.model_type, " config (", config_.num_hidden_layers, " layers, attention_bias=",
                     config_.attention_bias, ", tie_word_embeddings=", config_.tie_word_embeddings, ")");
-  const Param& p = it->second;
+  Param& p = it->second;
   std::vector<int64_t> expect = p.dst.sizes().vec();
   if (p.shard_dim >= 0) expect[p.shard_dim] *= tp_size_;
   TORCH_CHECK_VALUE(full.sizes().vec() == expect, "load_param: '", name, "' has shape ", full.sizes(),
@@ -122,6 +131,8 @@ void LlamaForCausalLM::load_param(const std::string& name, const at::Tensor& ful
     src = full.narrow(p.shard_dim, tp_rank_ * n, n);
   }
   p.dst.copy_(src);
+  if (!p.loaded) --num_missing_;
+  p.loaded = true;
 }
 
 StateDict LlamaForCausalLM::state_dict() const {

@@ -30,6 +30,10 @@ class LlamaForCausalLM : public CausalLM {
 
   // HF checkpoint name and the full (unsharded) tensor; this rank copies its slice, converting dtype/device.
   void load_param(const std::string& name, const at::Tensor& full) override;
+  // Names never given to load_param, in checkpoint order (buffers start uninitialised: a forward before
+  // every parameter is loaded would compute on garbage). A tied lm_head is the embedding, not a name of its own.
+  std::vector<std::string> missing_params() const override;
+  bool all_loaded() const override { return num_missing_ == 0; }
   // This rank's parameters under HF names (views of the live buffers), in checkpoint order.
   StateDict state_dict() const override;
   std::vector<ParamSpec> param_specs() const override;
@@ -55,6 +59,7 @@ class LlamaForCausalLM : public CausalLM {
   struct Param {
     at::Tensor dst;
     int shard_dim;
+    bool loaded = false;
   };
   void add_param(const std::string& name, at::Tensor dst, int shard_dim);
   at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
@@ -70,6 +75,7 @@ class LlamaForCausalLM : public CausalLM {
   std::vector<Layer> layers_;
   std::map<std::string, Param> params_;
   std::vector<std::string> order_;  // checkpoint order for state_dict
+  size_t num_missing_ = 0;          // parameters not loaded yet
 };
 
 }  // namespace infinilm::models::llama
