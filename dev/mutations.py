@@ -41,8 +41,8 @@ MUTATIONS = [
          pattern='return attention_bias && model_type != "qwen2";', replacement="return attention_bias;",
          tests=["tests/test_engine.py"],
          why="Qwen2 treated like Llama: an o_proj bias that no checkpoint loads (uninitialised memory)"),
-    dict(name="top_p_not_forwarded", file="csrc/engine/batch.cpp",
-         pattern="greedy ? 1.0 : in.top_p", replacement="greedy ? 1.0 : 1.0",
-         tests=["tests/test_sampling.py", "tests/test_engine_api.py", "tests/test_frontend.py"],
+    dict(name="top_p_not_forwarded", file="csrc/engine/sampling.cpp",
+         pattern="sp.top_k.to(dev), sp.top_p.to(dev)", replacement="sp.top_k.to(dev), at::ones_like(sp.top_p).to(dev)",
+         tests=["tests/test_sampling_engine.py", "tests/test_sampling.py", "tests/test_serving.py"],
          why="the engine never passes top_p to the sampler"),
 ]
