@@ -100,3 +100,20 @@ def test_short_sliding_window_is_refused():
     assert parse_config({**d, "model_type": "qwen3", "use_sliding_window": False})["model_type"] == "qwen3"
     with pytest.raises(ConfigError, match="sliding_window 1024"):
         parse_config({**d, "model_type": "qwen2", "use_sliding_window": True})
+
+
+def test_includes_point_one_way():
+    """models -> ops, cache, dist, hooks; engine -> models; nothing below the engine includes engine/, and the
+    cache knows no model."""
+    below_engine = ("csrc/models", "csrc/cache", "csrc/dist", "csrc/hooks", "csrc/ops")
+    for top in below_engine:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for f in files:
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, ROOT)
+                for line in open(path, encoding="utf-8"):
+                    if not line.startswith("#include \"csrc/"):
+                        continue
+                    assert "csrc/engine/" not in line, f"{rel} includes the engine: {line.strip()}"
+                    if not rel.startswith("csrc/models"):
+                        assert "csrc/models/" not in line, f"{rel} includes a model: {line.strip()}"

@@ -13,6 +13,8 @@
 #include <set>
 #include <sstream>
 
+#include "csrc/models/registry.h"
+
 namespace infinilm {
 
 namespace fs = std::filesystem;
@@ -113,8 +115,11 @@ LlamaConfig config_from_json(const std::string& json_text, const std::string& sr
   TORCH_CHECK_VALUE(d.is_object(), src, ": not a JSON object");
   LlamaConfig c;
   const std::string model_type = has(d, "model_type") && d["model_type"].is_string() ? d["model_type"].get<std::string>() : "";
-  TORCH_CHECK_VALUE(model_type == "llama" || model_type == "qwen2" || model_type == "mistral" || model_type == "qwen3",
-                    src, ": unsupported model_type '", model_type, "'; supported: llama, mistral, qwen2, qwen3");
+  if (!models::is_supported_model_type(model_type)) {
+    std::string types;
+    for (const auto& t : models::supported_model_types()) types += (types.empty() ? "" : ", ") + t;
+    TORCH_CHECK_VALUE(false, src, ": unsupported model_type '", model_type, "'; supported: ", types);
+  }
   c.model_type = model_type;
   for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"}) {
     TORCH_CHECK_VALUE(has(d, key), src, ": missing required field '", key, "' for model_type '", model_type, "'");
@@ -136,6 +141,16 @@ LlamaConfig config_from_json(const std::string& json_text, const std::string& sr
   const std::map<std::string, int64_t> default_max_pos = {{"llama", 2048}, {"mistral", 4096 * 32}, {"qwen2", 32768}, {"qwen3", 32768}};
   c.max_position_embeddings = has(d, "max_position_embeddings") ? get_int(d, "max_position_embeddings", src)
                                                                 : default_max_pos.at(model_type);
+  // The attention ops take no window: a window shorter than the context would silently diverge (as in Python).
+  const bool qwen_window = has(d, "use_sliding_window") && d["use_sliding_window"].is_boolean() &&
+                           d["use_sliding_window"].get<bool>();
+  const bool windowed = model_type == "mistral" || qwen_window;
+  if (windowed && has(d, "sliding_window")) {
+    const int64_t window = get_int(d, "sliding_window", src);
+    TORCH_CHECK_VALUE(window >= c.max_position_embeddings, src, ": sliding_window ", window,
+                      " is shorter than max_position_embeddings ", c.max_position_embeddings,
+                      "; sliding-window attention is not implemented");
+  }
   c.rms_norm_eps = has(d, "rms_norm_eps") ? d["rms_norm_eps"].get<double>() : 1e-6;
   c.hidden_act = has(d, "hidden_act") ? d["hidden_act"].get<std::string>() : "silu";
   TORCH_CHECK_VALUE(c.hidden_act == "silu", src, ": hidden_act '", c.hidden_act, "' is not supported (only 'silu')");

@@ -44,40 +44,40 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config, int64_t tp_rank, i
     Layer L;
     L.input_norm = at::empty({H}, opts);
     L.post_norm = at::empty({H}, opts);
-    L.qkv_w = weight({q + 2 * kv, H}, opts);
-    if (c.attention_bias) L.qkv_b = at::empty({q + 2 * kv}, opts);
-    L.o_w = weight({H, q}, opts);
-    if (c.o_proj_bias()) L.o_b = at::empty({H}, opts);
-    L.gate_up_w = weight({2 * inter_, H}, opts);
-    L.down_w = weight({H, inter_}, opts);
+    L.attn.qkv_w = weight({q + 2 * kv, H}, opts);
+    if (c.attention_bias) L.attn.qkv_b = at::empty({q + 2 * kv}, opts);
+    L.attn.o_w = weight({H, q}, opts);
+    if (c.o_proj_bias()) L.attn.o_b = at::empty({H}, opts);
+    L.mlp.gate_up_w = weight({2 * inter_, H}, opts);
+    L.mlp.down_w = weight({H, inter_}, opts);
     if (c.mlp_bias) {
-      L.gate_up_b = at::empty({2 * inter_}, opts);
-      L.down_b = at::empty({H}, opts);
+      L.mlp.gate_up_b = at::empty({2 * inter_}, opts);
+      L.mlp.down_b = at::empty({H}, opts);
     }
     // HF names in HF's state_dict order; q/k/v and gate/up are views into the fused buffers.
     const int64_t qkv_off[3] = {0, q, q + kv}, qkv_len[3] = {q, kv, kv};
     const char* qkv_names[3] = {"q_proj", "k_proj", "v_proj"};
     for (int j = 0; j < 3; ++j) {
       const std::string base = std::string("self_attn.") + qkv_names[j];
-      add_param(layer_name(i, (base + ".weight").c_str()), L.qkv_w.narrow(0, qkv_off[j], qkv_len[j]), 0);
-      if (L.qkv_b.defined()) add_param(layer_name(i, (base + ".bias").c_str()), L.qkv_b.narrow(0, qkv_off[j], qkv_len[j]), 0);
+      add_param(layer_name(i, (base + ".weight").c_str()), L.attn.qkv_w.narrow(0, qkv_off[j], qkv_len[j]), 0);
+      if (L.attn.qkv_b.defined()) add_param(layer_name(i, (base + ".bias").c_str()), L.attn.qkv_b.narrow(0, qkv_off[j], qkv_len[j]), 0);
     }
-    add_param(layer_name(i, "self_attn.o_proj.weight"), L.o_w, 1);
-    if (L.o_b.defined()) add_param(layer_name(i, "self_attn.o_proj.bias"), L.o_b, -1);
+    add_param(layer_name(i, "self_attn.o_proj.weight"), L.attn.o_w, 1);
+    if (L.attn.o_b.defined()) add_param(layer_name(i, "self_attn.o_proj.bias"), L.attn.o_b, -1);
     if (c.qk_norm()) {  // per head, so every rank holds the whole [head_dim] weight
-      L.q_norm = at::empty({D}, opts);
-      L.k_norm = at::empty({D}, opts);
-      add_param(layer_name(i, "self_attn.q_norm.weight"), L.q_norm, -1);
-      add_param(layer_name(i, "self_attn.k_norm.weight"), L.k_norm, -1);
+      L.attn.q_norm = at::empty({D}, opts);
+      L.attn.k_norm = at::empty({D}, opts);
+      add_param(layer_name(i, "self_attn.q_norm.weight"), L.attn.q_norm, -1);
+      add_param(layer_name(i, "self_attn.k_norm.weight"), L.attn.k_norm, -1);
     }
     const char* mlp_names[2] = {"gate_proj", "up_proj"};
     for (int j = 0; j < 2; ++j) {
       const std::string base = std::string("mlp.") + mlp_names[j];
-      add_param(layer_name(i, (base + ".weight").c_str()), L.gate_up_w.narrow(0, j * inter_, inter_), 0);
-      if (L.gate_up_b.defined()) add_param(layer_name(i, (base + ".bias").c_str()), L.gate_up_b.narrow(0, j * inter_, inter_), 0);
+      add_param(layer_name(i, (base + ".weight").c_str()), L.mlp.gate_up_w.narrow(0, j * inter_, inter_), 0);
+      if (L.mlp.gate_up_b.defined()) add_param(layer_name(i, (base + ".bias").c_str()), L.mlp.gate_up_b.narrow(0, j * inter_, inter_), 0);
     }
-    add_param(layer_name(i, "mlp.down_proj.weight"), L.down_w, 1);
-    if (L.down_b.defined()) add_param(layer_name(i, "mlp.down_proj.bias"), L.down_b, -1);
+    add_param(layer_name(i, "mlp.down_proj.weight"), L.mlp.down_w, 1);
+    if (L.mlp.down_b.defined()) add_param(layer_name(i, "mlp.down_proj.bias"), L.mlp.down_b, -1);
     add_param(layer_name(i, "input_layernorm.weight"), L.input_norm, -1);
     add_param(layer_name(i, "post_attention_layernorm.weight"), L.post_norm, -1);
     layers_.push_back(std::move(L));
@@ -157,35 +157,19 @@ cache::CacheShape LlamaForCausalLM::cache_shape() const {
           config_.max_position_embeddings};
 }
 
-at::Tensor LlamaForCausalLM::row_parallel_linear(const at::Tensor& x, const at::Tensor& w,
-                                                 const at::Tensor& b) const {
-  if (tp_size_ == 1) return infinilm::linear(x, w, b);
-  // Each rank holds a slice of the input features: partial sums, reduced, then the (replicated) bias once.
-  at::Tensor y = infinilm::linear(x, w);
-  comm_->all_reduce_sum(y);
-  if (b.defined()) y.add_(b);
-  return y;
-}
-
 at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& cache,
                                      const debug_utils::HookRegistry* hooks) const {
   const auto& c = config_;
-  const bool hooked = hooks != nullptr && hooks->has_hooks();
-  // Names are built only when a registry is attached: "layer{i}_<suffix>" inside layers, "<suffix>" outside.
-  auto hook = [&](const char* suffix, const at::Tensor& t, int64_t layer) {
-    if (!hooked) return;
-    hooks->call(layer < 0 ? std::string(suffix) : "layer" + std::to_string(layer) + "_" + suffix, t, layer);
-  };
-  const int64_t T = batch.input_ids.size(0), D = c.head_dim;
-  const int64_t q = q_heads_ * D, kv = kv_heads_ * D;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  const std::optional<int64_t> max_seq = batch.max_seq_len, max_q = batch.max_query_len;
+  const layers::Hooks hook(hooks);
+  const layers::TensorParallel tp{tp_rank_, tp_size_, comm_};
+  const layers::AttentionShape shape{q_heads_, kv_heads_, c.head_dim, c.rms_norm_eps};
 
   at::Tensor h = at::embedding(embed_, batch.input_ids);  // [T, H]
-  hook("embed_tokens", h, -1);
+  hook("embed_tokens", h);
   at::Tensor residual;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const Layer& L = layers_[i];
+    const layers::Hooks layer_hook = hook.at(i);
     at::Tensor x;
     if (i == 0) {
       residual = h;
@@ -194,47 +178,19 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
       infinilm::fused_add_rms_norm(h, residual, L.input_norm, c.rms_norm_eps);  // residual += h; h = norm
       x = h;
     }
-    at::Tensor qkv = infinilm::linear(x, L.qkv_w, L.qkv_b);  // [T, q + 2 kv]
-    at::Tensor qt = qkv.narrow(1, 0, q).view({T, q_heads_, D});
-    at::Tensor kt = qkv.narrow(1, q, kv).view({T, kv_heads_, D});
-    at::Tensor vt = qkv.narrow(1, q + kv, kv).view({T, kv_heads_, D});
-    hook("attention_q", qt, i);
-    hook("attention_k", kt, i);
-    hook("attention_v", vt, i);
-    if (L.q_norm.defined()) {  // Qwen3: RMSNorm over each head's head_dim features, before RoPE
-      qt = infinilm::rms_norm(qt, L.q_norm, c.rms_norm_eps);
-      kt = infinilm::rms_norm(kt, L.k_norm, c.rms_norm_eps);
-    }
-    infinilm::rotary_embedding(batch.positions, qt, kt, rope_, /*is_neox=*/true);
-    hook("attention_q_rope", qt, i);
-    hook("attention_k_rope", kt, i);
-    infinilm::reshape_and_cache(kt, vt, cache.key(i), cache.value(i), batch.slot_mapping);
-    at::Tensor attn =
-        batch.is_decode
-            ? infinilm::paged_attention_decode(qt, cache.key(i), cache.value(i), batch.block_tables, batch.seq_lens,
-                                               scale, max_seq)
-            : infinilm::paged_attention_prefill(qt, cache.key(i), cache.value(i), batch.block_tables,
-                                                batch.query_start_loc, batch.seq_lens, scale, max_q, max_seq);
-    attn = attn.reshape({T, q});
-    hook("attention_output", attn, i);
-    at::Tensor o = row_parallel_linear(attn, L.o_w, L.o_b);  // [T, H]
-    hook("attention", o, i);
+    at::Tensor o = layers::paged_self_attention(L.attn, shape, x, batch, cache.key(i), cache.value(i), rope_, tp,
+                                                layer_hook);
     infinilm::fused_add_rms_norm(o, residual, L.post_norm, c.rms_norm_eps);  // residual += o; o = norm
-    at::Tensor gate_up = infinilm::linear(o, L.gate_up_w, L.gate_up_b);            // [T, 2 I]
-    hook("mlp_gate_up", gate_up, i);
-    at::Tensor act = infinilm::silu_and_mul(gate_up);  // [T, I]
-    hook("mlp_intermediate", act, i);
-    h = row_parallel_linear(act, L.down_w, L.down_b);  // [T, H]
-    hook("mlp", h, i);
-    if (hooked) hook("output", residual + h, i);
+    h = layers::gated_mlp(L.mlp, o, tp, layer_hook);
+    if (layer_hook.on()) layer_hook("output", residual + h);
   }
   // Only each request's last token needs the final norm and the lm_head.
   at::Tensor last_h = h.index_select(0, batch.last_token_idx);
   at::Tensor last_res = residual.index_select(0, batch.last_token_idx);
   infinilm::fused_add_rms_norm(last_h, last_res, norm_, c.rms_norm_eps);
-  hook("final_norm", last_h, -1);
+  hook("final_norm", last_h);
   at::Tensor logits = infinilm::linear(last_h, lm_head()).to(at::kFloat);  // [n, V]
-  hook("logits", logits, -1);
+  hook("logits", logits);
   return logits;
 }
 

@@ -15,6 +15,8 @@
 #include "csrc/hooks/hook_registry.h"
 #include "csrc/models/causal_lm.h"
 #include "csrc/models/forward_batch.h"
+#include "csrc/models/layers/attention.h"
+#include "csrc/models/layers/mlp.h"
 #include "csrc/models/llama/config.h"
 
 namespace infinilm::models::llama {
@@ -49,11 +51,8 @@ class LlamaForCausalLM : public CausalLM {
  private:
   struct Layer {
     at::Tensor input_norm, post_norm;  // [H]
-    at::Tensor qkv_w, qkv_b;           // [(q_heads + 2 kv_heads) * D, H], [(q_heads + 2 kv_heads) * D]
-    at::Tensor o_w, o_b;               // [H, q_heads * D], [H] (bias added after the all-reduce)
-    at::Tensor gate_up_w, gate_up_b;   // [2 I, H], [2 I]
-    at::Tensor down_w, down_b;         // [H, I], [H]
-    at::Tensor q_norm, k_norm;         // [D] (Qwen3 only; undefined otherwise)
+    layers::AttentionWeights attn;
+    layers::GatedMlpWeights mlp;
   };
   // shard_dim: -1 replicated, 0 rows (column-parallel), 1 columns (row-parallel).
   struct Param {
@@ -62,7 +61,6 @@ class LlamaForCausalLM : public CausalLM {
     bool loaded = false;
   };
   void add_param(const std::string& name, at::Tensor dst, int shard_dim);
-  at::Tensor row_parallel_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const;
   const at::Tensor& lm_head() const { return config_.tie_word_embeddings ? embed_ : lm_head_; }
 
   LlamaConfig config_;
