@@ -27,9 +27,10 @@ $(VENV)/.stamp-install: $(VENV)/.stamp-deps setup.py
 	INFINILM_NO_EXT=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-# Incremental rebuild of the extension (ninja): a no-op when no source changed.
+# Incremental rebuild of the extension: --force hands every build to ninja, which recompiles what changed (headers
+# included, through its depfiles); without it setuptools compares only the .cpp files with the .so.
 build: $(VENV)/.stamp-install
-	@$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace > $(VENV)/build.log 2>&1 || (cat $(VENV)/build.log; exit 1)
+	@$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace --force > $(VENV)/build.log 2>&1 || (cat $(VENV)/build.log; exit 1)
 
 demo: build
 	$(PY) -m infinilm_torch

