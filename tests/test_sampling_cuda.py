@@ -115,7 +115,7 @@ def _engine(model, cc, graphs=True):
 
 
 def test_engine_per_request_sampling_under_cuda_graphs():
-    model = make_hf(vocab=256)
+    model = make_hf(vocab=256, head_dim=64)  # CUDA kernels take head_dim 64 or 128
     engine = _engine(model, paged_config(model, 64, 8))
     n = 5
     drv = PagedDriver(engine, [torch.randint(0, 256, (6,)).tolist() for _ in range(n)], 64, 8)
