@@ -336,6 +336,78 @@ def prop_sample(data):
             assert (row > row[tok]).sum() < top_k[b], f"row {b} drew {tok} outside its top-{top_k[b]}"
 
 
+def penalties_reference(logits, prompt, output, rep, pres, freq):
+    """vLLM's penalties in fp32: repetition over prompt + output tokens, then frequency and presence over output."""
+    x = logits.float().clone()
+    for b in range(x.shape[0]):
+        seen = {int(t) for t in prompt[b].tolist() + output[b].tolist() if t >= 0}
+        for t in seen:
+            x[b, t] = x[b, t] / rep[b] if x[b, t] > 0 else x[b, t] * rep[b]
+        counts = torch.bincount(output[b][output[b] >= 0].long(), minlength=x.shape[1]).float()
+        x[b] -= freq[b] * counts + pres[b] * (counts > 0).float()
+    return x
+
+
+@given(st.data())
+def prop_apply_penalties(data):
+    B, V = data.draw(st.integers(0, 4)), data.draw(st.sampled_from([1, 5, 33, 300]))
+    dt = data.draw(st.sampled_from(FLOATS))
+    logits = data.draw(tensor((B, V), dt, layout="dense", poison=False))
+    Lp, Lo = data.draw(st.integers(0, 6)), data.draw(st.integers(0, 6))
+    ids = lambda L: torch.tensor(data.draw(st.lists(st.lists(st.integers(-1, V - 1), min_size=L, max_size=L),  # noqa
+                                                    min_size=B, max_size=B)), dtype=torch.int64).view(B, L)
+    prompt, output = ids(Lp), ids(Lo)
+    rep = torch.tensor(data.draw(st.lists(st.sampled_from([1.0, 0.5, 1.3, 2.0]), min_size=B, max_size=B)))
+    pres = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.5, -1.0]), min_size=B, max_size=B)))
+    freq = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.25, 1.5]), min_size=B, max_size=B)))
+    bad = data.draw(st.sampled_from([None] * 5 + ["id", "rep", "shape", "dtype"])) if B else None
+    if bad == "id" and (Lp or Lo):
+        (prompt if Lp else output)[0, 0] = data.draw(st.sampled_from([V, V + 7, -2]))
+    elif bad == "rep":
+        rep[0] = data.draw(st.sampled_from([0.0, -1.0, math.inf, math.nan]))
+    elif bad == "shape":
+        freq = torch.zeros(B + 1)
+    elif bad == "dtype":
+        output = output.float()
+    else:
+        bad = None
+    want = penalties_reference(logits, prompt, output, rep, pres, freq) if bad is None else None
+    before = logits.clone()
+    _, ran = expect(lambda: OPS.apply_penalties(logits, prompt, output, rep, pres, freq), bad is None,
+                    ["logits", "prompt_token_ids", "output_token_ids", "repetition_penalty", "presence_penalty",
+                     "frequency_penalty"])
+    if not ran:
+        assert torch.equal(logits, before), "a refused call changed the logits"
+        return
+    torch.testing.assert_close(logits.float(), want.to(dt).float(), atol=ATOL[dt], rtol=ATOL[dt])
+
+
+@given(st.data())
+def prop_logprobs(data):
+    B, V = data.draw(st.integers(0, 4)), data.draw(st.sampled_from([1, 7, 64, 1000]))
+    dt = data.draw(st.sampled_from(FLOATS))
+    logits = data.draw(tensor((B, V), dt, layout=data.draw(st.sampled_from(["dense", "row_strided", "step"])),
+                              poison=False))
+    k = data.draw(st.sampled_from([0, 1, min(V, 5), V, V + 1, -1, 2000]))
+    ids = torch.tensor(data.draw(st.lists(st.integers(0, V - 1), min_size=B, max_size=B)), dtype=torch.int64)
+    bad_id = B and data.draw(st.integers(0, 5)) == 0
+    if bad_id:
+        ids[0] = data.draw(st.sampled_from([V, -1, V + 100]))
+    ok = None if logits.stride(-1) != 1 else (0 <= k <= min(V, 1024) and not bad_id)
+    out, ran = expect(lambda: OPS.logprobs(logits, ids, k), ok, ["logits", "token_ids", "k"])
+    if not ran:
+        return
+    lp, top, top_ids = out
+    ref = torch.log_softmax(logits.float(), -1)
+    tol = 1e-4 if dt == torch.float32 else 1e-3
+    torch.testing.assert_close(lp, ref.gather(1, ids.view(-1, 1)).view(-1), atol=tol, rtol=tol)
+    assert top.shape == (B, k) and top_ids.shape == (B, k)
+    torch.testing.assert_close(top, ref.gather(1, top_ids), atol=tol, rtol=tol)
+    if k:  # the k largest, decreasing
+        torch.testing.assert_close(top, ref.topk(k, dim=1).values, atol=tol, rtol=tol)
+
+
 OP_PROPS = {f.__name__[5:]: f for f in (prop_rms_norm, prop_fused_add_rms_norm, prop_rotary_embedding,
                                          prop_rope_cos_sin_cache, prop_silu_and_mul, prop_reshape_and_cache,
-                                         prop_paged_attention_decode, prop_paged_attention_prefill, prop_sample)}
+                                         prop_paged_attention_decode, prop_paged_attention_prefill, prop_sample,
+                                         prop_apply_penalties, prop_logprobs)}
