@@ -7,9 +7,9 @@ or node ids run for this mutation), why (what the bug models). Add one for every
 
 MUTATIONS = [
     # ---- the five bugs planted for the test-suite review ---------------------------------------------------
-    dict(name="tp_row_bias_every_rank", file="csrc/models/llama/model.cpp",
-         pattern="  comm_->all_reduce_sum(y);\n  if (b.defined()) y.add_(b);\n",
-         replacement="  if (b.defined()) y.add_(b);\n  comm_->all_reduce_sum(y);\n",
+    dict(name="tp_row_bias_every_rank", file="csrc/models/layers/common.h",
+         pattern="    comm->all_reduce_sum(y);\n    if (b.defined()) y.add_(b);\n",
+         replacement="    if (b.defined()) y.add_(b);\n    comm->all_reduce_sum(y);\n",
          tests=["tests/test_tp.py"],  # the static/paged TP tests with biases vs HF
          why="o_proj/down_proj bias added on every rank before the all-reduce: tp x bias under TP"),
     dict(name="hf_fused_norm_eps_hardcoded", file="infinilm_torch/hf/layers.py",
@@ -45,4 +45,14 @@ MUTATIONS = [
          pattern="sp.top_k.to(dev), sp.top_p.to(dev)", replacement="sp.top_k.to(dev), at::ones_like(sp.top_p).to(dev)",
          tests=["tests/test_sampling_engine.py", "tests/test_sampling.py", "tests/test_serving.py"],
          why="the engine never passes top_p to the sampler"),
+    # Bugs fixed since the harness landed (one mutation each, as issue 20 asks).
+    dict(name="paged_values_read_raw_view", file="csrc/ops/validate.h",
+         pattern="auto sl = seq_lens.to(at::kLong).contiguous();", replacement="auto sl = seq_lens.to(at::kLong);",
+         count=2,
+         tests=["tests/test_hardening.py", "tests/test_fuzz.py"],
+         why="the paged-attention value check reads raw memory of a strided seq_lens view"),
+    dict(name="forward_without_weights", file="csrc/engine/infer_engine.cpp",
+         pattern="  check_loaded();\n", replacement="\n",
+         tests=["tests/test_hardening.py"],
+         why="an engine whose parameters were never loaded runs on zeros"),
 ]
