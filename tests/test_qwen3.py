@@ -37,7 +37,9 @@ def make_qwen3(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, inter=128,
     model = transformers.Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
+            if "q_norm" in name or "k_norm" in name:  # sharp attention: unit-RMS q/k would make it nearly uniform
+                p.copy_(3.0 + 0.5 * torch.randn_like(p))
+            elif p.dim() == 1 and "norm" in name:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             elif p.dim() == 1:
                 p.copy_(0.5 * torch.randn_like(p))
