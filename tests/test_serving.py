@@ -328,3 +328,17 @@ def test_min_tokens_masks_stop_ids(model_dir):
     held = llm.generate([prompt], greedy(12, stop_token_ids=[stop], min_tokens=first + 3))[0].outputs[0]
     assert stop not in held.token_ids[:first + 3] and len(held.token_ids) >= first + 3
     assert held.token_ids[:first] == full[:first]
+
+
+def test_sampling_filters_reach_the_sampler(model_dir):
+    """End to end through LLM.generate: a top_p / min_p / top_k that keeps only the most likely token turns
+    temperature-2 sampling into greedy decoding, while the same seeds without the filter leave it."""
+    llm = LLM(model_dir, cache="paged", block_size=4, progress=False)
+    prompts = rand_prompts([5, 7, 3, 9])
+    want = ids_of(llm.generate(prompts, greedy(12)))
+    hot = dict(temperature=2.0, max_tokens=12, ignore_eos=True)
+    for filt in (dict(top_p=1e-6, top_k=0), dict(min_p=1.0, top_k=0), dict(top_k=1)):
+        got = ids_of(llm.generate(prompts, [SamplingParams(seed=s, **filt, **hot) for s in range(4)]))
+        assert got == want, f"{filt} did not reach the sampler"
+    free = ids_of(llm.generate(prompts, [SamplingParams(seed=s, top_k=0, **hot) for s in range(4)]))
+    assert free != want, "unfiltered temperature-2 sampling reproduced greedy decoding: the test proves nothing"
