@@ -25,10 +25,18 @@ def make_hf(model_type="llama", hidden=64, layers=2, heads=4, kv_heads=4, head_d
         cfg = transformers.LlamaConfig(attention_bias=bias, mlp_bias=mlp_bias, rope_scaling=rope_scaling, **kw)
         cls = transformers.LlamaForCausalLM
     cfg._attn_implementation = "eager"
-    model = cls(cfg).eval()
+    return spread_weights(cls(cfg).eval()).to(dtype)
+
+
+def spread_weights(model, qk_norm_mean=None):
+    """Fresh random weights wide enough that greedy paths vary: norms near 1, biases and embeddings of moderate
+    size, matrices with gain 2.5. qk_norm_mean: centre of per-head q/k norm weights (Qwen3), so that attention over
+    unit-RMS queries and keys is not nearly uniform."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 1 and "norm" in name:
+            if qk_norm_mean is not None and ("q_norm" in name or "k_norm" in name):
+                p.copy_(qk_norm_mean + 0.3 * torch.randn_like(p))
+            elif p.dim() == 1 and "norm" in name:
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             elif p.dim() == 1:
                 p.copy_(0.5 * torch.randn_like(p))
@@ -36,7 +44,7 @@ def make_hf(model_type="llama", hidden=64, layers=2, heads=4, kv_heads=4, head_d
                 p.copy_(0.3 * torch.randn_like(p))
             else:
                 p.copy_(torch.randn_like(p) * 2.5 / math.sqrt(p.shape[1]))
-    return model.to(dtype)
+    return model
 
 
 def engine_config(hf_cfg, dtype):

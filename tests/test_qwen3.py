@@ -1,7 +1,6 @@
 """Qwen3 (per-head q/k RMSNorm before RoPE, free head_dim) on the engine vs transformers' Qwen3ForCausalLM:
 static and paged caches, tensor parallelism, bf16, AutoConfig, safetensors loading, LLM and the CLI."""
 import ast
-import math
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from engine_utils import PagedDriver, check_sequence, hf_logits, make_engine, paged_config, run_static
+from engine_utils import PagedDriver, check_sequence, hf_logits, make_engine, paged_config, run_static, spread_weights
 from infinilm_torch.lib import _infinilm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,20 +33,7 @@ def make_qwen3(hidden=64, layers=2, heads=4, kv_heads=2, head_dim=32, inter=128,
                                    tie_word_embeddings=tied, attention_bias=bias, rope_theta=10000.0,
                                    use_sliding_window=False)
     cfg._attn_implementation = "eager"
-    model = transformers.Qwen3ForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "q_norm" in name or "k_norm" in name:  # sharp attention: unit-RMS q/k would make it nearly uniform
-                p.copy_(1.8 + 0.3 * torch.randn_like(p))
-            elif p.dim() == 1 and "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif p.dim() == 1:
-                p.copy_(0.5 * torch.randn_like(p))
-            elif "embed" in name:
-                p.copy_(0.3 * torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) * 2.5 / math.sqrt(p.shape[1]))
-    return model.to(dtype)
+    return spread_weights(transformers.Qwen3ForCausalLM(cfg).eval(), qk_norm_mean=1.8).to(dtype)
 
 
 def _prompts(vocab, lengths=(9, 4)):
