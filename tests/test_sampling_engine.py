@@ -46,6 +46,7 @@ def test_engine_ids_equal_ops_sample_per_request():
     dropped = {"top_p": 0, "min_p": 0, "top_k": 0, "temperature": 0}
     for step in range(8):
         T, K, P, Q, S = per_request(n)
+        T[0], K[0], P[0], Q[0] = 2.5, 5, 1.0, 0.0  # one row where top-k alone binds: its guard below never idles
         out = drv.step(plan, temperature=1.0, top_k=50, top_p=1.0, temperatures=T, top_ks=K.int(), top_ps=P,
                        min_ps=Q, seeds=S)
         t, k, p = op_params(T, K, P)
