@@ -157,9 +157,13 @@ py::dict rope_fields(const LlamaConfig& c) {
   return d;
 }
 
-void set_rope_scaling(LlamaConfig& c, py::handle v) {
-  const std::string src = "LlamaConfig.rope_scaling";
-  infinilm::models::llama::parse_rope(c, config_fields(v, "rope_scaling", src), {}, ConfigValue{}, src);
+// LlamaConfig.rope_scaling / .rope_parameters = dict: the whole rope setting (rope_theta kept unless given).
+void set_rope(LlamaConfig& c, py::handle v, bool scaling) {
+  const char* field = scaling ? "rope_scaling" : "rope_parameters";
+  const std::string src = std::string("LlamaConfig.") + field;
+  const ConfigFields fields = config_fields(v, field, src);
+  infinilm::models::llama::parse_rope(c, scaling ? ConfigFields{} : fields, scaling ? fields : ConfigFields{},
+                                      ConfigValue{}, src);
 }
 
 py::object get_rope_scaling(const LlamaConfig& c) {
@@ -210,10 +214,10 @@ void bind_config(py::module_& m) {
   };
   c.def_property("dtype", dtype_get, dtype_set);
   c.def_property("torch_dtype", dtype_get, dtype_set);
-  c.def_property("rope_scaling", &get_rope_scaling, &set_rope_scaling,
+  c.def_property("rope_scaling", &get_rope_scaling, [](LlamaConfig& c, py::handle v) { set_rope(c, v, true); },
                  "HF-style dict {rope_type, factor, low_freq_factor, high_freq_factor, "
                  "original_max_position_embeddings} or None");
-  c.def_property("rope_parameters", &get_rope_scaling, &set_rope_scaling);
+  c.def_property("rope_parameters", &get_rope_scaling, [](LlamaConfig& c, py::handle v) { set_rope(c, v, false); });
   c.def("validate", &LlamaConfig::validate, "Raises ValueError naming the first inconsistent field.");
   c.def("kv_dim", &LlamaConfig::kv_dim, "num_key_value_heads * head_dim");
   c.def("__repr__", [](const LlamaConfig& s) {
