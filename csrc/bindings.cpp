@@ -15,6 +15,7 @@
 #include "csrc/engine/infer_engine.h"
 #include "csrc/models/registry.h"
 #include "csrc/ops/ops.h"
+#include "kernels/kernel_limits.h"
 
 namespace py = pybind11;
 using infinilm::cache::CacheConfig;
@@ -23,6 +24,8 @@ using infinilm::cache::StaticKVCacheConfig;
 using infinilm::engine::InferEngine;
 using infinilm::engine::distributed::DistConfig;
 using infinilm::models::debug_utils::HookRegistry;
+using infinilm::models::llama::ConfigFields;
+using infinilm::models::llama::ConfigValue;
 using infinilm::models::llama::LlamaConfig;
 
 namespace {
@@ -106,20 +109,61 @@ std::vector<int64_t> as_id_list(py::handle v) {
   return v.cast<std::vector<int64_t>>();
 }
 
-void set_rope_scaling(LlamaConfig& c, py::handle v) {
-  if (v.is_none()) {
-    c.rope_type = "default";
-    return;
+// A Python value as parse_rope reads it (bool before int: True is an int to Python).
+ConfigValue config_value(py::handle v) {
+  ConfigValue out;
+  out.text = py::str(py::repr(v));
+  if (v.is_none()) return out;
+  if (py::isinstance<py::bool_>(v)) {
+    out.kind = ConfigValue::Kind::kBool;
+    out.number = v.cast<bool>();
+  } else if (py::isinstance<py::int_>(v)) {
+    out.kind = ConfigValue::Kind::kInt;
+    out.number = v.cast<double>();
+  } else if (py::isinstance<py::float_>(v)) {
+    out.kind = ConfigValue::Kind::kFloat;
+    out.number = v.cast<double>();
+  } else if (py::isinstance<py::str>(v)) {
+    out.kind = ConfigValue::Kind::kString;
+    out.text = v.cast<std::string>();
+  } else {
+    out.kind = ConfigValue::Kind::kOther;
   }
-  py::dict d = py::reinterpret_borrow<py::dict>(v);
-  auto get = [&](const char* k) { return d.contains(k) && !d[k].is_none() ? py::object(d[k]) : py::object(); };
-  py::object t = get("rope_type") ? get("rope_type") : get("type");
-  c.rope_type = t ? t.cast<std::string>() : "default";
-  if (auto f = get("factor")) c.rope_factor = f.cast<double>();
-  if (auto f = get("low_freq_factor")) c.rope_low_freq_factor = f.cast<double>();
-  if (auto f = get("high_freq_factor")) c.rope_high_freq_factor = f.cast<double>();
-  if (auto f = get("original_max_position_embeddings")) c.rope_original_max_position_embeddings = f.cast<int64_t>();
-  if (auto f = get("rope_theta")) c.rope_theta = f.cast<double>();  // transformers 5 rope_parameters
+  return out;
+}
+
+// A dict (or None) of rope settings; anything else is a config error naming the field.
+ConfigFields config_fields(py::handle v, const char* field, const std::string& src) {
+  ConfigFields out;
+  if (v.is_none()) return out;
+  if (!py::isinstance<py::dict>(v)) {
+    throw py::value_error(src + ": '" + field + "' must be an object (a dict) or null, got " +
+                          std::string(py::str(py::repr(v))));
+  }
+  for (auto item : py::reinterpret_borrow<py::dict>(v)) {
+    out[py::str(item.first)] = config_value(item.second);
+  }
+  return out;
+}
+
+py::dict rope_fields(const LlamaConfig& c) {
+  py::dict d;
+  d["rope_theta"] = c.rope_theta;
+  d["rope_type"] = c.rope_type;
+  d["rope_factor"] = c.rope_factor;
+  d["rope_low_freq_factor"] = c.rope_low_freq_factor;
+  d["rope_high_freq_factor"] = c.rope_high_freq_factor;
+  d["rope_original_max_position_embeddings"] = c.rope_original_max_position_embeddings;
+  return d;
+}
+
+// LlamaConfig.rope_scaling / .rope_parameters = dict: the whole rope setting (rope_theta kept unless given).
+void set_rope(LlamaConfig& c, py::handle v, bool scaling) {
+  const char* field = scaling ? "rope_scaling" : "rope_parameters";
+  const std::string src = std::string("LlamaConfig.") + field;
+  const ConfigFields fields = config_fields(v, field, src);
+  infinilm::models::llama::parse_rope(c, scaling ? ConfigFields{} : fields, scaling ? fields : ConfigFields{},
+                                      ConfigValue{}, src);
 }
 
 py::object get_rope_scaling(const LlamaConfig& c) {
@@ -170,10 +214,10 @@ void bind_config(py::module_& m) {
   };
   c.def_property("dtype", dtype_get, dtype_set);
   c.def_property("torch_dtype", dtype_get, dtype_set);
-  c.def_property("rope_scaling", &get_rope_scaling, &set_rope_scaling,
+  c.def_property("rope_scaling", &get_rope_scaling, [](LlamaConfig& c, py::handle v) { set_rope(c, v, true); },
                  "HF-style dict {rope_type, factor, low_freq_factor, high_freq_factor, "
                  "original_max_position_embeddings} or None");
-  c.def_property("rope_parameters", &get_rope_scaling, &set_rope_scaling);
+  c.def_property("rope_parameters", &get_rope_scaling, [](LlamaConfig& c, py::handle v) { set_rope(c, v, false); });
   c.def("validate", &LlamaConfig::validate, "Raises ValueError naming the first inconsistent field.");
   c.def("kv_dim", &LlamaConfig::kv_dim, "num_key_value_heads * head_dim");
   c.def("__repr__", [](const LlamaConfig& s) {
@@ -190,6 +234,33 @@ void bind_config(py::module_& m) {
 void bind_models(py::module_& m) {
   m.def("supported_model_types", &infinilm::models::supported_model_types,
         "The model_type values this build serves (the registry's list), sorted.");
+  m.def("parse_rope", [](py::object rope_parameters, py::object rope_scaling, py::object rope_theta,
+                         const std::string& src) {
+        LlamaConfig c;
+        infinilm::models::llama::parse_rope(c, config_fields(rope_parameters, "rope_parameters", src),
+                                            config_fields(rope_scaling, "rope_scaling", src),
+                                            config_value(rope_theta), src);
+        return rope_fields(c);
+      }, py::arg("rope_parameters") = py::none(), py::arg("rope_scaling") = py::none(),
+      py::arg("rope_theta") = py::none(), py::arg("src") = "config",
+      "The LlamaConfig rope fields {rope_theta, rope_type, rope_factor, rope_low_freq_factor, "
+      "rope_high_freq_factor, rope_original_max_position_embeddings} of a HF config's rope_parameters, "
+      "rope_scaling and rope_theta (the parser the C++ checkpoint loader uses); ValueError names src, the "
+      "field and its value.");
+  m.def("kernel_limits", [] {
+        namespace lim = infinilm::limits;
+        py::dict d;
+        d["max_paged_block_size"] = lim::kMaxPagedBlockSize;
+        d["cuda_head_sizes"] = py::tuple(py::cast(std::vector<int64_t>(lim::kCudaHeadSizes.begin(),
+                                                                       lim::kCudaHeadSizes.end())));
+        d["max_logprobs"] = lim::kMaxLogprobs;
+        py::list types;
+        for (std::string_view t : lim::kRopeTypes) types.append(std::string(t));
+        d["rope_types"] = py::tuple(types);
+        return d;
+      },
+      "The kernels' limits (kernels/kernel_limits.h, the constants their checks use): max_paged_block_size (CUDA "
+      "paged attention, power-of-two blocks), cuda_head_sizes, max_logprobs, rope_types.");
   m.def("param_specs", [](const LlamaConfig& config) {
         py::list out;
         for (const auto& p : infinilm::models::param_specs(config)) {
@@ -290,13 +361,14 @@ void bind_engine(py::module_& m) {
          }),
          py::arg("input_ids") = py::none(), py::arg("position_ids") = py::none(),
          py::arg("cache_lengths") = py::none(), py::arg("input_lengths") = py::none(),
-         py::arg("block_tables") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("temperature") = 1.0,
-         py::arg("top_k") = 50, py::arg("top_p") = 1.0, py::arg("return_logits") = false,
+         py::arg("block_tables") = py::none(), py::arg("slot_mapping") = py::none(), py::arg("temperature") = Input{}.temperature,
+         py::arg("top_k") = Input{}.top_k, py::arg("top_p") = Input{}.top_p,
+         py::arg("return_logits") = Input{}.return_logits,
          py::arg("seed") = py::none(), py::arg("temperatures") = py::none(), py::arg("top_ks") = py::none(),
          py::arg("top_ps") = py::none(), py::arg("min_ps") = py::none(), py::arg("seeds") = py::none(),
          py::arg("repetition_penalties") = py::none(), py::arg("presence_penalties") = py::none(),
          py::arg("frequency_penalties") = py::none(), py::arg("prompt_token_ids") = py::none(),
-         py::arg("output_token_ids") = py::none(), py::arg("return_logprobs") = -1,
+         py::arg("output_token_ids") = py::none(), py::arg("return_logprobs") = Input{}.return_logprobs,
          "Per-request sampling tensors ([n], CPU or device) override the scalars; see csrc/engine/io.h.");
 #define TENSOR_FIELD(name)                                                                      \
   in.def_property(#name, [](const Input& x) { return x.name; },                                 \

@@ -63,12 +63,16 @@ def _engine_args(g: argparse.ArgumentParser, cache: str = "paged") -> None:
     g.add_argument("--demo-dir", help="where the demo checkpoint is cached (default ~/.cache/infinilm_torch/...)")
 
 
-def _sampling_args(g: argparse.ArgumentParser, temperature: float = 0.8) -> None:
-    g.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=_int_at_least(1), default=64)
+def _sampling_args(g: argparse.ArgumentParser, chat: bool = False) -> None:
+    from infinilm_torch.serving.defaults import CLI
+
+    g.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=_int_at_least(1),
+                   default=CLI["max_tokens"])
+    temperature = CLI["chat_temperature" if chat else "temperature"]
     g.add_argument("--temperature", type=_float_at_least(0.0), default=temperature, help="0 = greedy")
-    g.add_argument("--top-k", type=_int_at_least(-1), default=50)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--top-k", type=_int_at_least(-1), default=CLI["top_k"])
+    g.add_argument("--top-p", type=float, default=CLI["top_p"])
+    g.add_argument("--seed", type=int, default=CLI["seed"])
     g.add_argument("--ignore-eos", action="store_true", help="always generate max-new-tokens tokens")
 
 
@@ -84,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="text prompts as they are (no chat template)")
     c = sub.add_parser("chat", help="an interactive chat on stdin (/reset clears the history, /exit quits)")
     _engine_args(c)
-    _sampling_args(c, temperature=0.7)
+    _sampling_args(c, chat=True)
     c.add_argument("--system", help="a system message")
     s = sub.add_parser("serve", help="the OpenAI-compatible HTTP server")
     _engine_args(s)

@@ -14,7 +14,7 @@ from infinilm_torch.lib import _infinilm
 
 # The compiled model registry's list (csrc/models/registry.cpp); each type also needs its mapping below.
 SUPPORTED_MODEL_TYPES = tuple(_infinilm.supported_model_types())
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = tuple(_infinilm.kernel_limits()["rope_types"])
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 # HF transformers' defaults for fields a config.json may leave out.
 _DEFAULT_MAX_POSITIONS = {"llama": 2048, "mistral": 4096 * 32, "qwen2": 32768, "qwen3": 32768}
@@ -77,33 +77,12 @@ def _dtype_name(value, src: str) -> str:
 
 
 def _rope(d: Dict[str, Any], src: str) -> Dict[str, Any]:
-    """rope_theta and rope scaling from ``rope_theta``/``rope_scaling`` (transformers 4) or ``rope_parameters`` (5)."""
-    params = d.get("rope_parameters") or {}
-    scaling = d.get("rope_scaling") or {}
-    if not isinstance(params, dict) or not isinstance(scaling, dict):
-        raise ConfigError(f"{src}: 'rope_parameters'/'rope_scaling' must be objects, got "
-                          f"{d.get('rope_parameters')!r} / {d.get('rope_scaling')!r}")
-    merged = {**params, **scaling}
-    theta = d.get("rope_theta", merged.get("rope_theta", 10000.0))
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not math.isfinite(theta) or theta <= 0:
-        raise ConfigError(f"{src}: 'rope_theta' must be a finite positive number, got {theta!r}")
-    rope_type = merged.get("rope_type", merged.get("type", "default")) or "default"
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ConfigError(f"{src}: rope scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
-    out = {"rope_theta": float(theta), "rope_type": rope_type, "rope_factor": 1.0, "rope_low_freq_factor": 1.0,
-           "rope_high_freq_factor": 4.0, "rope_original_max_position_embeddings": 8192}
-    if rope_type in ("linear", "llama3"):
-        if "factor" not in merged:
-            raise ConfigError(f"{src}: rope scaling {rope_type!r} needs 'factor', got {merged!r}")
-        out["rope_factor"] = _float(merged, "factor", f"{src} rope scaling", 1.0)
-    if rope_type == "llama3":
-        for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
-            if key not in merged:
-                raise ConfigError(f"{src}: rope scaling 'llama3' needs '{key}', got {merged!r}")
-        out["rope_low_freq_factor"] = float(merged["low_freq_factor"])
-        out["rope_high_freq_factor"] = float(merged["high_freq_factor"])
-        out["rope_original_max_position_embeddings"] = int(merged["original_max_position_embeddings"])
-    return out
+    """The rope_* fields, from the module's parser (the one the C++ checkpoint loader uses): transformers 4's
+    ``rope_theta``/``rope_scaling`` or 5's ``rope_parameters``."""
+    try:
+        return dict(_infinilm.parse_rope(d.get("rope_parameters"), d.get("rope_scaling"), d.get("rope_theta"), src))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:

@@ -61,33 +61,23 @@ def rope_cos_sin_cache(
 
 
 def hf_rope_params(config) -> dict:
-    """rope_theta, rope_type and the scaling fields of a transformers config, merged from ``rope_scaling``
-    (transformers 4) and ``rope_parameters`` (transformers 5)."""
-    scaling = dict(getattr(config, "rope_scaling", None) or {})
-    params = getattr(config, "rope_parameters", None)
-    if isinstance(params, dict):
-        scaling = {**params, **scaling}
-    scaling.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    scaling["rope_type"] = scaling.get("rope_type", scaling.get("type", "default")) or "default"
-    return scaling
+    """The engine's rope fields (``rope_theta``, ``rope_type``, ``rope_factor``, ``rope_low_freq_factor``,
+    ``rope_high_freq_factor``, ``rope_original_max_position_embeddings``) of a transformers config, from the
+    module's parser (AutoConfig's): ``rope_scaling`` (transformers 4) and ``rope_parameters`` (5) merged.
+    Raises ValueError naming the field and value of an unsupported rope type."""
+    return dict(_infinilm.parse_rope(getattr(config, "rope_parameters", None), getattr(config, "rope_scaling", None),
+                                     getattr(config, "rope_theta", None), type(config).__name__))
 
 
 def rope_cache_from_hf_config(config, max_position: Optional[int] = None) -> torch.Tensor:
-    """The cos/sin table for a transformers Llama/Qwen2/Mistral config (rope_theta and rope_scaling honoured)."""
+    """The cos/sin table for a transformers Llama/Qwen2/Mistral/Qwen3 config (rope_theta and rope_scaling
+    honoured)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     rot = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
-    scaling = hf_rope_params(config)
-    theta, rope_type = scaling["rope_theta"], scaling["rope_type"]
-    return rope_cos_sin_cache(
-        max_position or config.max_position_embeddings,
-        rot,
-        float(theta),
-        rope_type,
-        float(scaling.get("factor", 1.0) or 1.0),
-        float(scaling.get("low_freq_factor", 1.0)),
-        float(scaling.get("high_freq_factor", 4.0)),
-        int(scaling.get("original_max_position_embeddings", 8192)),
-    )
+    r = hf_rope_params(config)
+    return rope_cos_sin_cache(max_position or config.max_position_embeddings, rot, r["rope_theta"], r["rope_type"],
+                              r["rope_factor"], r["rope_low_freq_factor"], r["rope_high_freq_factor"],
+                              r["rope_original_max_position_embeddings"])
 
 
 def silu_and_mul(input: torch.Tensor) -> torch.Tensor:

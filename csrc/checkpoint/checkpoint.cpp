@@ -39,6 +39,29 @@ int64_t get_int(const json& d, const char* key, const std::string& src) {
 
 bool has(const json& d, const char* key) { return d.contains(key) && !d.at(key).is_null(); }
 
+models::llama::ConfigValue config_value(const json& v) {
+  using Kind = models::llama::ConfigValue::Kind;
+  models::llama::ConfigValue out;
+  out.text = v.dump();
+  if (v.is_null()) return out;
+  if (v.is_boolean()) {
+    out.kind = Kind::kBool;
+    out.number = v.get<bool>();
+  } else if (v.is_number_integer()) {
+    out.kind = Kind::kInt;
+    out.number = v.get<double>();
+  } else if (v.is_number_float()) {
+    out.kind = Kind::kFloat;
+    out.number = v.get<double>();
+  } else if (v.is_string()) {
+    out.kind = Kind::kString;
+    out.text = v.get<std::string>();
+  } else {
+    out.kind = Kind::kOther;
+  }
+  return out;
+}
+
 std::vector<int64_t> id_list(const json& d, const char* key, const std::string& src) {
   if (!has(d, key)) return {};
   const json& v = d.at(key);
@@ -167,29 +190,17 @@ LlamaConfig config_from_json(const std::string& json_text, const std::string& sr
   const char* dtype_key = has(d, "dtype") ? "dtype" : "torch_dtype";
   c.dtype = has(d, dtype_key) ? models::llama::dtype_name(models::llama::parse_dtype(d[dtype_key].get<std::string>()))
                               : "float32";
-  // rope: transformers 4's rope_theta/rope_scaling or transformers 5's rope_parameters.
-  json rope = json::object();
-  for (const char* key : {"rope_parameters", "rope_scaling"}) {
-    if (!has(d, key)) continue;
-    TORCH_CHECK_VALUE(d[key].is_object(), src, ": '", key, "' must be an object, got ", d[key].dump());
-    for (const auto& [k, v] : d[key].items()) rope[k] = v;
+  // rope: the one parser (csrc/models/llama/config.h), as AutoConfig uses it.
+  models::llama::ConfigFields rope[2];
+  const char* rope_keys[2] = {"rope_parameters", "rope_scaling"};
+  for (int i = 0; i < 2; ++i) {
+    if (!has(d, rope_keys[i])) continue;
+    TORCH_CHECK_VALUE(d[rope_keys[i]].is_object(), src, ": '", rope_keys[i],
+                      "' must be an object (a dict) or null, got ", d[rope_keys[i]].dump());
+    for (const auto& [k, v] : d[rope_keys[i]].items()) rope[i][k] = config_value(v);
   }
-  c.rope_theta = has(d, "rope_theta") ? d["rope_theta"].get<double>()
-                 : rope.contains("rope_theta") ? rope["rope_theta"].get<double>() : 10000.0;
-  c.rope_type = rope.contains("rope_type") && rope["rope_type"].is_string() ? rope["rope_type"].get<std::string>()
-                : rope.contains("type") && rope["type"].is_string() ? rope["type"].get<std::string>() : "default";
-  TORCH_CHECK_VALUE(c.rope_type == "default" || c.rope_type == "linear" || c.rope_type == "llama3", src,
-                    ": rope scaling type '", c.rope_type, "' is not supported; supported: default, linear, llama3");
-  auto need = [&](const char* k) {
-    TORCH_CHECK_VALUE(rope.contains(k), src, ": rope scaling '", c.rope_type, "' needs '", k, "', got ", rope.dump());
-    return rope[k];
-  };
-  if (c.rope_type != "default") c.rope_factor = need("factor").get<double>();
-  if (c.rope_type == "llama3") {
-    c.rope_low_freq_factor = need("low_freq_factor").get<double>();
-    c.rope_high_freq_factor = need("high_freq_factor").get<double>();
-    c.rope_original_max_position_embeddings = need("original_max_position_embeddings").get<int64_t>();
-  }
+  models::llama::parse_rope(c, rope[0], rope[1], d.contains("rope_theta") ? config_value(d["rope_theta"])
+                                                                           : models::llama::ConfigValue{}, src);
   c.validate();
   return c;
 }

@@ -9,10 +9,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 
 #include "csrc/ops/ops.h"
 #include "csrc/ops/validate.h"
 #include "kernels/cuda/attention_params.h"
+#include "kernels/kernel_limits.h"
 
 namespace infinilm {
 namespace {
@@ -42,11 +44,11 @@ at::Tensor aligned_rows(const at::Tensor& q) {
 // owns one block (block_tables [n, 1]), e.g. an HF cache [B, Hk, max_len, D] shown as B blocks of max_len.
 int checked_log2_block_size(const at::Tensor& key_cache, const at::Tensor& block_tables) {
   const int64_t bs = key_cache.size(2);
-  const bool pow2 = bs >= 1 && bs <= 1024 && (bs & (bs - 1)) == 0;
+  const bool pow2 = bs >= 1 && bs <= limits::kMaxPagedBlockSize && (bs & (bs - 1)) == 0;
   TORCH_CHECK_VALUE(pow2 || (bs >= 1 && block_tables.size(1) == 1),
-                    "infinilm: CUDA paged attention needs a power-of-two block_size (8..256 tested), or one block "
-                    "per request ('block_tables' with 1 column), got block_size ", bs, " ('key_cache' shape ",
-                    key_cache.sizes(), ", 'block_tables' shape ", block_tables.sizes(), ")");
+                    "infinilm: CUDA paged attention needs a power-of-two block_size <= ", limits::kMaxPagedBlockSize,
+                    ", or one block per request ('block_tables' with 1 column), got block_size ", bs,
+                    " ('key_cache' shape ", key_cache.sizes(), ", 'block_tables' shape ", block_tables.sizes(), ")");
   if (!pow2) return ka::kWholeRowLogBs;
   int lg = 0;
   while ((int64_t{1} << lg) < bs) ++lg;
@@ -68,8 +70,13 @@ void check_cache_strides(const at::Tensor& key_cache, const at::Tensor& value_ca
 }
 
 void check_cuda_head_dim(const at::Tensor& query) {
-  TORCH_CHECK_VALUE(query.size(2) == 64 || query.size(2) == 128,
-                    "infinilm: CUDA paged attention supports head_dim 64 or 128, got ", query.size(2),
+  std::string sizes;  // "64 or 128"
+  const size_t n = limits::kCudaHeadSizes.size();
+  for (size_t i = 0; i < n; ++i) {
+    sizes += (i == 0 ? "" : i + 1 == n ? " or " : ", ") + std::to_string(limits::kCudaHeadSizes[i]);
+  }
+  TORCH_CHECK_VALUE(limits::is_cuda_head_size(query.size(2)),
+                    "infinilm: CUDA paged attention supports head_dim ", sizes, ", got ", query.size(2),
                     " ('query' shape ", query.sizes(), ")");
 }
 

@@ -8,6 +8,7 @@
 #include "csrc/ops/ops.h"
 #include "csrc/ops/validate.h"
 #include "kernels/cpu/rotary.h"
+#include "kernels/kernel_limits.h"
 
 namespace infinilm {
 
@@ -48,6 +49,7 @@ at::Tensor rope_cos_sin_cache(int64_t max_position, int64_t rotary_dim, double b
       f = g;
     }
   } else {
+    static_assert(limits::kRopeTypes.size() == 3, "a rope type in kernels/kernel_limits.h without a branch here");
     TORCH_CHECK_VALUE(rope_type == "default", "infinilm: 'rope_type' must be 'default', 'linear' or 'llama3', got '",
                       rope_type, "'");
   }

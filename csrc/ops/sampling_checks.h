@@ -10,11 +10,11 @@
 #include <utility>
 
 #include "csrc/ops/checks.h"
+#include "kernels/kernel_limits.h"
 
 namespace infinilm {
 
-// The largest top-k of logprobs: the CUDA kernel keeps its candidates in shared memory.
-constexpr int64_t kMaxLogprobs = 1024;
+using limits::kMaxLogprobs;
 
 // A 1-D per-row tensor of B entries on `device`.
 inline void check_row_param(const at::Tensor& t, const char* name, int64_t B, at::Device device) {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from infinilm_torch import ops
+from infinilm_torch.lib import _infinilm
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 NAME = "infinilm"
@@ -39,10 +40,11 @@ KERNELS = {"cpu": _has_paged_kernels("CPU"), "cuda": _has_paged_kernels("CUDA")}
 # limited to such blocks; a cache length without a power-of-two divisor >= MIN_BLOCK then goes to sdpa, and a
 # patched model's generate() rounds static caches up to STATIC_CACHE_MULTIPLE tokens.
 LAYOUT = {"cpu": "row", "cuda": "row"}
-MAX_BLOCK = 256
+_LIMITS = _infinilm.kernel_limits()  # the constants the ops' own checks use (kernels/kernel_limits.h)
+MAX_BLOCK = _LIMITS["max_paged_block_size"]
 MIN_BLOCK = {"cuda": 8}
 STATIC_CACHE_MULTIPLE = 64
-HEAD_DIMS = {"cuda": (64, 128)}  # head sizes the device's kernels are built for; other devices take any
+HEAD_DIMS = {"cuda": tuple(_LIMITS["cuda_head_sizes"])}  # head sizes the device's kernels take; others: any
 
 
 # transformers helpers that traced code calls, imported by register() (before any tracing): an import statement

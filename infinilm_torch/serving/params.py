@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
+from infinilm_torch.serving.defaults import SAMPLING as _D
 
 _GREEDY_EPS = 1e-5
 
@@ -18,7 +19,8 @@ def _is_num(x) -> bool:
 
 @dataclass
 class SamplingParams:
-    """How one request samples and when it stops (vLLM's fields and defaults).
+    """How one request samples and when it stops (vLLM's fields and defaults: serving/defaults.py, which also
+    says how they differ from the engine Input's).
 
     temperature 0 is greedy; top_k 0 or -1 and top_p 1 and min_p 0 are off. ``stop`` strings end the text
     (the stop string itself is cut off); ``stop_token_ids`` and the model's eos end it too unless
@@ -27,22 +29,22 @@ class SamplingParams:
     k most likely tokens'. Penalties follow vLLM: repetition over prompt and output (>1 discourages),
     presence and frequency over the output.
     """
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_tokens: Optional[int] = 16
-    min_tokens: int = 0
+    n: int = _D["n"]
+    temperature: float = _D["temperature"]
+    top_p: float = _D["top_p"]
+    top_k: int = _D["top_k"]
+    min_p: float = _D["min_p"]
+    max_tokens: Optional[int] = _D["max_tokens"]
+    min_tokens: int = _D["min_tokens"]
     stop: Optional[Union[str, List[str]]] = None
     stop_token_ids: Optional[List[int]] = None
-    ignore_eos: bool = False
-    seed: Optional[int] = None
-    logprobs: Optional[int] = None
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    skip_special_tokens: bool = True
+    ignore_eos: bool = _D["ignore_eos"]
+    seed: Optional[int] = _D["seed"]
+    logprobs: Optional[int] = _D["logprobs"]
+    repetition_penalty: float = _D["repetition_penalty"]
+    presence_penalty: float = _D["presence_penalty"]
+    frequency_penalty: float = _D["frequency_penalty"]
+    skip_special_tokens: bool = _D["skip_special_tokens"]
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

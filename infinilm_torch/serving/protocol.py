@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from infinilm_torch.serving import defaults
 from infinilm_torch.serving.params import CompletionOutput, SamplingParams
 
 
@@ -35,7 +36,7 @@ def sampling_params(body: Dict[str, Any], chat: bool) -> SamplingParams:
     if chat and body.get("max_completion_tokens") is not None:
         body = dict(body, max_tokens=body["max_completion_tokens"])
     if chat and body.get("max_tokens") is None:
-        kw["max_tokens"] = None  # OpenAI's chat default: up to the context length
+        kw["max_tokens"] = defaults.CHAT_MAX_TOKENS
     for key, (name, types) in _FIELDS.items():
         v = body.get(key)
         if v is None:

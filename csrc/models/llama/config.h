@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ struct LlamaConfig {
   std::string model_type = "llama";  // "llama", "qwen2", "mistral" or "qwen3"
   std::string dtype = "float32";     // "float32", "float16" or "bfloat16" (a "torch." prefix is accepted)
 
-  // rope_scaling (HF's rope_scaling / rope_parameters): "default", "linear" or "llama3".
+  // rope_scaling (HF's rope_scaling / rope_parameters): a type of limits::kRopeTypes; set by parse_rope.
   std::string rope_type = "default";
   double rope_factor = 1.0;
   double rope_low_freq_factor = 1.0;
@@ -49,6 +50,25 @@ struct LlamaConfig {
   bool qk_norm() const { return model_type == "qwen3"; }
   at::ScalarType scalar_type() const;
 };
+
+// One value of a config field as its reader found it (JSON, a Python object): what parse_rope checks.
+struct ConfigValue {
+  enum class Kind { kNull, kBool, kInt, kFloat, kString, kOther };
+  Kind kind = Kind::kNull;
+  double number = 0;  // kBool, kInt, kFloat
+  std::string text;   // kString: the string; otherwise the value as its source spells it (for messages)
+};
+using ConfigFields = std::map<std::string, ConfigValue>;
+
+// The one parser of HF rope settings (AutoConfig, the LlamaConfig.rope_scaling setter and the C++
+// checkpoint loader all call it): transformers 5's `rope_parameters` and transformers 4's `rope_scaling`
+// (which wins where both give a key), and the top-level `rope_theta` (which wins over theirs; null: theirs,
+// else the config's current rope_theta). Sets the rope_* fields of `c`; throws ValueError naming `src`,
+// the field and its value for unsupported types and missing or bad values.
+void parse_rope(LlamaConfig& c, const ConfigFields& rope_parameters, const ConfigFields& rope_scaling,
+                const ConfigValue& rope_theta, const std::string& src);
+// The rope checks of LlamaConfig::validate (fields set one by one bypass parse_rope).
+void validate_rope(const LlamaConfig& c, const std::string& src);
 
 // "float32"/"fp32"/"torch.float32"/"float" ... -> at::ScalarType; throws on anything else.
 at::ScalarType parse_dtype(const std::string& name);
