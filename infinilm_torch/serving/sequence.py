@@ -30,6 +30,7 @@ class Sequence:
         self.blocks: List[int] = []
         self.hashed_blocks = 0                 # leading blocks already registered in the prefix cache
         self.slot: Optional[int] = None        # static cache row
+        self.in_running = False                # in its scheduler's running list
         self.finish_reason: Optional[str] = None
         self.stop_reason = None
         self.logprobs: Optional[List[Dict[int, Logprob]]] = [] if params.logprobs is not None else None
