@@ -3,7 +3,8 @@
 Drives EngineCore._step on the calling thread over a tiny random Llama (so the forward is cheap) with N requests
 (prompts --prompt-len tokens, temperature 0.6 seeded, ignore_eos, long outputs); once every request is decoding,
 times --steps steps and reports per step: whole step ms, forward ms, host ms (the difference). --profile prints a
-cProfile of those steps. --stream marks the requests streamed (the server's case: an output per step each).
+cProfile of those steps. --stream marks the requests streamed (the server's case: an output per step each);
+--smollm2-tokenizer gives them a real tokenizer's text to build.
 
     PYTHONPATH=. python benchmarks/bench_serving_host.py --running 64 256
 """
@@ -58,7 +59,7 @@ def run(path: str, running: int, args) -> dict:
     blocks = running * (-(-(args.prompt_len + args.warm + args.steps + 8) // block)) + 8
     kv = blocks * block * 2 * 2 * 2 * 16 * 4  # k+v, layers, kv heads, head_dim, fp32
     llm = LLM(path, cache="paged", block_size=block, max_kv_memory_bytes=kv, max_num_seqs=running,
-              max_step_tokens=max(8192, running), progress=False, tokenizer=None)
+              max_step_tokens=max(8192, running), progress=False, tokenizer=args.tok)
     core = llm._core
     timed = TimedEngine(llm.engine)
     llm.engine = timed
@@ -98,10 +99,18 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--stream", action="store_true")
+    ap.add_argument("--smollm2-tokenizer", action="store_true",
+                    help="decode with SmolLM2's tokenizer (vocab 49152; streamed requests are decoded every step)")
     ap.add_argument("--profile", type=int, default=0, help="print the top N cProfile entries")
     ap.add_argument("--model-dir", default=os.path.join(tempfile.gettempdir(), "infinilm_host_bench_model"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    args.tok = None
+    if args.smollm2_tokenizer:
+        from infinilm_torch.loaders import default_model
+        from infinilm_torch.tokenizer import load_tokenizer
+
+        args.tok, args.vocab = load_tokenizer(default_model()), 49152
     path = make_model(args.model_dir + f"_{args.vocab}", args.vocab)
     for n in args.running:
         r = run(path, n, args)

@@ -75,20 +75,24 @@ def bench_throughput(args) -> int:
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
     print(f"model {model}: {len(prompts)} requests, prompts {args.min_len}..{args.max_input_len}, outputs "
           f"{args.min_len}..{args.max_output_len} tokens, {args.cache} cache on {llm.device}")
-    t0, steps0 = time.perf_counter(), llm._core.steps
+    core = llm._core
+    t0, steps0, step_s0, fwd_s0 = time.perf_counter(), core.steps, core.step_s, core.forward_s
     res = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0
+    steps = max(1, core.steps - steps0)
+    step_ms, fwd_ms = 1e3 * (core.step_s - step_s0) / steps, 1e3 * (core.forward_s - fwd_s0) / steps
     got = sum(len(r.outputs[0].token_ids) for r in res)
     assert got == sum(outs), (got, sum(outs))
     pre = getattr(llm._core.scheduler, "num_preemptions", 0)
-    _line("infinilm_torch LLM", len(prompts), got, dt, f"  ({llm._core.steps - steps0} steps, {pre} preemptions)")
+    _line("infinilm_torch LLM", len(prompts), got, dt, f"  ({steps} steps, {pre} preemptions; per step {step_ms:.2f} ms, "
+          f"{fwd_ms:.2f} in forward, {step_ms - fwd_ms:.2f} host)")
     wanted = set(args.baseline or ())
     if not wanted - {"none"}:
         return 0
     from infinilm_torch.serving import bench_hf
 
     device, dtype = llm.device, llm.dtype
-    del llm, res
+    del llm, res, core
     bench_hf.free()  # the engine's cache leaves the device before transformers sizes its own
     if wanted & {"hf", "hf-cb"}:
         bench_hf.continuous_batching(model, dtype, device, prompts, outs, args.hf_attn, _line, args.hf_cb_blocks)

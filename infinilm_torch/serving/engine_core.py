@@ -62,6 +62,7 @@ class EngineCore:
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self.steps = 0
+        self.step_s = self.forward_s = 0.0  # wall time in steps, and in the engine's forward within them
         self.engine_per_request = hasattr(llm._lib.InferEngine.Input(), "temperatures")
         _cores.add(self)
 
@@ -203,6 +204,13 @@ class EngineCore:
                     slot_mapping=slots, block_tables=tables)
 
     def _step(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._run_step()
+        finally:
+            self.step_s += time.perf_counter() - t0
+
+    def _run_step(self) -> None:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             raise RuntimeError("scheduler planned an empty step with requests pending (no block can be freed)")
@@ -223,7 +231,9 @@ class EngineCore:
         if engine_sampling:
             for name, v in sampler.engine_fields(batch.rows if batch.rows is not None else seqs, k).items():
                 setattr(inp, name, v)
+        t0 = time.perf_counter()
         out = self.llm.engine.forward(inp)
+        self.forward_s += time.perf_counter() - t0
         where = [s.slot for s in seqs] if batch.rows is not None else list(range(len(seqs)))  # output row of each
         ids = out.output_ids.view(-1)[where]
         sampled = self.scheduler.update(batch)
