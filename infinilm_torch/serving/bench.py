@@ -76,9 +76,11 @@ def bench_throughput(args) -> int:
     print(f"model {model}: {len(prompts)} requests, prompts {args.min_len}..{args.max_input_len}, outputs "
           f"{args.min_len}..{args.max_output_len} tokens, {args.cache} cache on {llm.device}")
     core = llm._core
+    core.call(lambda: None)  # the warm-up's last step has fully ended (its time is counted) before the counters are read
     t0, steps0, step_s0, fwd_s0 = time.perf_counter(), core.steps, core.step_s, core.forward_s
     res = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0
+    core.call(lambda: None)
     steps = max(1, core.steps - steps0)
     step_ms, fwd_ms = 1e3 * (core.step_s - step_s0) / steps, 1e3 * (core.forward_s - fwd_s0) / steps
     got = sum(len(r.outputs[0].token_ids) for r in res)
@@ -94,11 +96,22 @@ def bench_throughput(args) -> int:
     device, dtype = llm.device, llm.dtype
     del llm, res, core
     bench_hf.free()  # the engine's cache leaves the device before transformers sizes its own
+    runs = []
     if wanted & {"hf", "hf-cb"}:
-        bench_hf.continuous_batching(model, dtype, device, prompts, outs, args.hf_attn, _line, args.hf_cb_blocks)
+        runs.append(("HF generate_batch", lambda: bench_hf.continuous_batching(
+            model, dtype, device, prompts, outs, args.hf_attn, _line, args.hf_cb_blocks)))
     if wanted & {"hf", "hf-generate"}:
-        bench_hf.padded_generate(model, dtype, device, prompts, outs, args.hf_batch_size, _line)
-    return 0
+        runs.append(("HF generate", lambda: bench_hf.padded_generate(
+            model, dtype, device, prompts, outs, args.hf_batch_size, _line)))
+    failed = 0
+    for name, fn in runs:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001  (one baseline failing must not hide the others)
+            failed += 1
+            print(f"{name:<34} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            bench_hf.free()
+    return 1 if failed else 0
 
 
 def _pct(xs: List[float], q: float) -> float:
