@@ -34,9 +34,12 @@ el "checkpoint rc=$?"
 
 ENG="--device cuda --dtype bfloat16 --cache paged --max-kv-memory-bytes 40000000000 --max-num-seqs 256"
 WL="--num-seqs 256 --min-len 100 --max-input-len 1024 --max-output-len 256"
-timeout "$(left 200)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG $WL \
+timeout "$(left 250)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG $WL \
   --baseline hf-cb --baseline hf-generate --hf-batch-size 64 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/throughput.log"
 el "throughput rc=${PIPESTATUS[0]}"
+# The same engine at 64 requests: per-step and host ms at a smaller batch (no baselines).
+timeout "$(left 60)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 64 --min-len 100 \
+  --max-input-len 1024 --max-output-len 256 2>&1 | tail -n 1 | tee -a "$OUT/throughput.log"
 
 python -m infinilm_torch serve --model /tmp/llama1b $ENG --port 8011 > "$OUT/serve.log" 2>&1 &
 SRV=$!

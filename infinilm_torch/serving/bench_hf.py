@@ -50,6 +50,13 @@ def _accepts(fn, name: str) -> bool:
         return False
 
 
+def _finished(result) -> bool:
+    done = getattr(result, "is_finished", None)
+    if callable(done):
+        return bool(done())
+    return str(getattr(result, "status", "")).upper().endswith("FINISHED")
+
+
 def continuous_batching(model: str, dtype, device, prompts: List[List[int]], outs: List[int], attn: str,
                         line: Line, num_blocks: Optional[int] = None) -> None:
     """transformers' continuous batching: one request per prompt with its own max_new_tokens, as generate_batch
@@ -89,10 +96,10 @@ def continuous_batching(model: str, dtype, device, prompts: List[List[int]], out
             while len(got) < len(ids):
                 r = manager.get_result(timeout=1)
                 if r is None:
-                    if not manager.is_running():
+                    if not getattr(manager, "is_running", lambda: True)():
                         raise RuntimeError(f"{name}: the generation thread stopped with {len(got)} of {len(ids)} done")
                     continue
-                if r.is_finished():
+                if _finished(r):
                     got[r.request_id] = len(r.generated_tokens)
                     errors += getattr(r, "error", None) is not None
             dt = time.perf_counter() - t0
