@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 T0=$(date +%s); BUDGET=${BUDGET:-465}
 el(){ echo "[$(( $(date +%s) - T0 ))s] $*"; }
 left(){ local l=$(( BUDGET - ($(date +%s) - T0) )); (( l < $1 )) && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
-python -c "import torch, transformers, infinilm_torch.lib._infinilm as m; print('torch', torch.__version__, \
+python -c "import torch, transformers; from infinilm_torch.lib import _infinilm; print('torch', torch.__version__, \
 'transformers', transformers.__version__, torch.cuda.get_device_name())" || { echo "extension not built"; exit 1; }
 python -c "import fastapi, uvicorn, infinilm_torch.serving.server; print('fastapi', fastapi.__version__, \
 'uvicorn', uvicorn.__version__)" 2>&1 | tail -3
@@ -35,7 +35,7 @@ el "checkpoint rc=$?"
 ENG="--device cuda --dtype bfloat16 --cache paged --max-kv-memory-bytes 40000000000 --max-num-seqs 256"
 WL="--num-seqs 256 --min-len 100 --max-input-len 1024 --max-output-len 256"
 timeout "$(left 250)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG $WL \
-  --baseline hf-cb --baseline hf-generate --hf-batch-size 64 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/throughput.log"
+  --baseline hf-cb --baseline hf-generate --hf-batch-size 64 2>&1 | tr '\r' '\n' | grep -v "Warning\|warn(\|Converting\|Loading" | tee "$OUT/throughput.log"
 el "throughput rc=${PIPESTATUS[0]}"
 # The same engine at 64 requests: per-step and host ms at a smaller batch (no baselines).
 timeout "$(left 60)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 64 --min-len 100 \
@@ -57,7 +57,7 @@ el "serving done"; tail -n 5 "$OUT/serve.log"
 if [ -f /tmp/smollm2.gguf ]; then
   timeout "$(left 150)" python -m infinilm_torch bench-throughput --model /tmp/smollm2.gguf --device cuda \
     --dtype bfloat16 --cache paged --max-kv-memory-bytes 20000000000 --max-num-seqs 256 $WL --baseline hf-cb \
-    --baseline hf-generate --hf-batch-size 64 2>&1 | grep -v "Warning\|warn(" | tee "$OUT/throughput_smollm2.log"
+    --baseline hf-generate --hf-batch-size 64 2>&1 | tr '\r' '\n' | grep -v "Warning\|warn(\|Converting\|Loading" | tee "$OUT/throughput_smollm2.log"
   el "smollm2 rc=${PIPESTATUS[0]}"
 else
   el "no /tmp/smollm2.gguf: SmolLM2 part skipped"
