@@ -51,6 +51,11 @@ class TimedEngine:
         return getattr(self.engine, name)
 
 
+def _sink(out, err) -> None:
+    if err is not None:
+        raise err
+
+
 def run(path: str, running: int, args) -> dict:
     from infinilm_torch import LLM, SamplingParams
     from infinilm_torch.serving.engine_core import Request
@@ -66,8 +71,8 @@ def run(path: str, running: int, args) -> dict:
     g = torch.Generator().manual_seed(running)
     for i in range(running):
         ids = torch.randint(3, args.vocab, (args.prompt_len,), generator=g).tolist()
-        p = SamplingParams(temperature=0.6, max_tokens=10_000, ignore_eos=True, seed=i)
-        core._add(Request(str(i), None, ids, p, lambda o, e: None, stream=args.stream))
+        p = SamplingParams(temperature=args.temperature, max_tokens=args.warm + args.steps + 4, ignore_eos=True, seed=i)
+        core._add(Request(str(i), None, ids, p, _sink, stream=args.stream))
     while len(core.scheduler.running) < running or any(s.num_computed < len(s.prompt) for s in core.scheduler.running):
         core._step()
     for _ in range(args.warm):
@@ -98,6 +103,7 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--temperature", type=float, default=0.6, help="0: greedy (the engine's argmax)")
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--smollm2-tokenizer", action="store_true",
                     help="decode with SmolLM2's tokenizer (vocab 49152; streamed requests are decoded every step)")

@@ -47,7 +47,10 @@ class _Deliverer:
             if self.scheduled:
                 return
             self.scheduled = True
-        self.loop.call_soon_threadsafe(self._drain)
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the event loop is closed (server shut down): nobody is left to read it
+            self.pending.clear()
 
     def _drain(self) -> None:  # on the event loop
         with self.lock:
