@@ -2,7 +2,8 @@
 
 bench-throughput: N requests of random token ids, prompt and output lengths uniform in [min-len, max-*-len],
 ignore_eos, all given to one LLM.generate; prints one line per system: requests, tokens, seconds, tok/s.
-The baseline (``--baseline hf``) is transformers' ``generate`` on the same weights in padded batches.
+Baselines on the same weights, same run (``--baseline``, repeatable): ``hf-cb`` transformers' continuous batching
+(generate_batch's manager, ``--hf-attn``), ``hf-generate`` its padded ``generate``; ``hf`` both.
 
 bench-serving: requests sent at a Poisson rate to a running server's /v1/completions (streamed); prints
 request throughput, output tok/s, TTFT and inter-token latency p50/p99.
@@ -17,12 +18,18 @@ from typing import List
 
 
 def add_parsers(sub, engine_args) -> None:
+    from infinilm_torch.__main__ import _int_at_least
+
     t = sub.add_parser("bench-throughput", help="offline throughput: N random requests through LLM.generate")
     engine_args(t)
     _workload_args(t, n=256, max_in=1024, max_out=1024)
-    t.add_argument("--baseline", choices=("none", "hf"), default="none",
-                   help="also time transformers' generate on the same weights (padded batches), same run")
-    t.add_argument("--hf-batch-size", type=int, default=16)
+    t.add_argument("--baseline", choices=("none", "hf", "hf-cb", "hf-generate"), action="append",
+                   help="also time transformers on the same weights, same run: hf-cb (continuous batching, "
+                        "generate_batch), hf-generate (padded batches), hf (both); repeatable")
+    t.add_argument("--hf-batch-size", type=_int_at_least(1), default=16, help="hf-generate's batch size")
+    t.add_argument("--hf-attn", default="paged|sdpa", help="hf-cb's attn_implementation")
+    t.add_argument("--hf-cb-blocks", type=_int_at_least(1), default=None,
+                   help="hf-cb's cache pages (default: transformers sizes it from free memory)")
     s = sub.add_parser("bench-serving", help="online load against a running server (see serve)")
     s.add_argument("--base-url", default="http://127.0.0.1:8000")
     s.add_argument("--model", default=None, help="model id to send (default: the server's first)")
@@ -53,7 +60,7 @@ def workload(args, vocab: int):
 
 
 def _line(name, n, tokens, seconds, extra=""):
-    print(f"{name:<28} {n:>5} req {tokens:>8} tok {seconds:>8.2f} s {tokens / seconds:>10.1f} tok/s{extra}",
+    print(f"{name:<34} {n:>5} req {tokens:>8} tok {seconds:>8.2f} s {tokens / seconds:>10.1f} tok/s{extra}",
           flush=True)
 
 
@@ -68,43 +75,43 @@ def bench_throughput(args) -> int:
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
     print(f"model {model}: {len(prompts)} requests, prompts {args.min_len}..{args.max_input_len}, outputs "
           f"{args.min_len}..{args.max_output_len} tokens, {args.cache} cache on {llm.device}")
-    t0 = time.perf_counter()
+    core = llm._core
+    core.call(lambda: None)  # the warm-up's last step has fully ended (its time is counted) before the counters are read
+    t0, steps0, step_s0, fwd_s0 = time.perf_counter(), core.steps, core.step_s, core.forward_s
     res = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0
+    core.call(lambda: None)
+    steps = max(1, core.steps - steps0)
+    step_ms, fwd_ms = 1e3 * (core.step_s - step_s0) / steps, 1e3 * (core.forward_s - fwd_s0) / steps
     got = sum(len(r.outputs[0].token_ids) for r in res)
     assert got == sum(outs), (got, sum(outs))
     pre = getattr(llm._core.scheduler, "num_preemptions", 0)
-    _line("infinilm_torch LLM", len(prompts), got, dt, f"  ({llm._core.steps} steps, {pre} preemptions)")
-    if args.baseline == "hf":
-        _hf_baseline(model, llm, prompts, outs, args.hf_batch_size)
-    return 0
+    _line("infinilm_torch LLM", len(prompts), got, dt, f"  ({steps} steps, {pre} preemptions; per step {step_ms:.2f} ms, "
+          f"{fwd_ms:.2f} in forward, {step_ms - fwd_ms:.2f} host)")
+    wanted = set(args.baseline or ())
+    if not wanted - {"none"}:
+        return 0
+    from infinilm_torch.serving import bench_hf
 
-
-def _hf_baseline(model, llm, prompts, outs, batch) -> None:
-    import torch
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    if str(model).endswith(".gguf"):
-        import os
-
-        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(model), gguf_file=os.path.basename(model),
-                                                               dtype=llm.dtype)
-    else:
-        hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=llm.dtype)
-    hf = hf.to(llm.device).eval()
-    t0, useful = time.perf_counter(), 0
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch):
-            ps, ns = prompts[i:i + batch], outs[i:i + batch]
-            width = max(len(p) for p in ps)
-            ids = torch.tensor([[0] * (width - len(p)) + p for p in ps], device=llm.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=llm.device)
-            n = max(ns)
-            hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=True,
-                        temperature=0.6, top_k=0, pad_token_id=0)
-            useful += sum(ns)  # the tokens the requests asked for (padding rows and overshoot not counted)
-    _line(f"HF generate (batch {batch})", len(prompts), useful, time.perf_counter() - t0)
+    device, dtype = llm.device, llm.dtype
+    del llm, res, core
+    bench_hf.free()  # the engine's cache leaves the device before transformers sizes its own
+    runs = []
+    if wanted & {"hf", "hf-cb"}:
+        runs.append(("HF generate_batch", lambda: bench_hf.continuous_batching(
+            model, dtype, device, prompts, outs, args.hf_attn, _line, args.hf_cb_blocks)))
+    if wanted & {"hf", "hf-generate"}:
+        runs.append(("HF generate", lambda: bench_hf.padded_generate(
+            model, dtype, device, prompts, outs, args.hf_batch_size, _line)))
+    failed = 0
+    for name, fn in runs:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001  (one baseline failing must not hide the others)
+            failed += 1
+            print(f"{name:<34} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+            bench_hf.free()
+    return 1 if failed else 0
 
 
 def _pct(xs: List[float], q: float) -> float:

@@ -62,6 +62,7 @@ class EngineCore:
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self.steps = 0
+        self.step_s = self.forward_s = 0.0  # wall time in steps, and in the engine's forward within them
         self.engine_per_request = hasattr(llm._lib.InferEngine.Input(), "temperatures")
         _cores.add(self)
 
@@ -185,18 +186,31 @@ class EngineCore:
             return dict(input_ids=_i64([f + [0] * (width - len(f)) for f in feeds]),
                         position_ids=cache[:, None] + torch.arange(width)[None, :], cache_lengths=cache,
                         input_lengths=_i64([len(f) for f in feeds]))
-        bm = self.scheduler.bm
-        ids, pos, slots = [], [], []
+        # Paged: token-level tensors from per-sequence ones (no Python loop over tokens).
+        bs = self.scheduler.bm.block_size
+        ids: List[int] = []
         for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
             ids += s.tokens[st:st + n]
-            pos += range(st, st + n)
-            slots += [bm.slot(s.blocks, q) for q in range(st, st + n)]
-        width = max(len(s.blocks) for s in batch.seqs)
-        return dict(input_ids=_i64([ids]), position_ids=_i64(pos), cache_lengths=_i64(batch.starts),
-                    input_lengths=_i64(batch.lengths), slot_mapping=_i64(slots),
-                    block_tables=_i64([s.blocks + [0] * (width - len(s.blocks)) for s in batch.seqs]))
+        starts, lengths = _i64(batch.starts), _i64(batch.lengths)
+        tables = sampler.padded([s.blocks for s in batch.seqs], pad=0)
+        if len(ids) == len(batch.seqs):  # decodes only: one token per sequence, at its cache length
+            rows, pos = torch.arange(len(ids)), starts.clone()
+        else:
+            rows = torch.repeat_interleave(torch.arange(len(batch.seqs)), lengths)
+            first = torch.cumsum(lengths, 0) - lengths
+            pos = torch.arange(len(ids)) - first[rows] + starts[rows]
+        slots = tables[rows, pos // bs] * bs + pos % bs
+        return dict(input_ids=_i64(ids).view(1, -1), position_ids=pos, cache_lengths=starts, input_lengths=lengths,
+                    slot_mapping=slots, block_tables=tables)
 
     def _step(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._run_step()
+        finally:
+            self.step_s += time.perf_counter() - t0
+
+    def _run_step(self) -> None:
         batch = self.scheduler.schedule()
         if not batch.seqs:
             raise RuntimeError("scheduler planned an empty step with requests pending (no block can be freed)")
@@ -217,7 +231,9 @@ class EngineCore:
         if engine_sampling:
             for name, v in sampler.engine_fields(batch.rows if batch.rows is not None else seqs, k).items():
                 setattr(inp, name, v)
+        t0 = time.perf_counter()
         out = self.llm.engine.forward(inp)
+        self.forward_s += time.perf_counter() - t0
         where = [s.slot for s in seqs] if batch.rows is not None else list(range(len(seqs)))  # output row of each
         ids = out.output_ids.view(-1)[where]
         sampled = self.scheduler.update(batch)

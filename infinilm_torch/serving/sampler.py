@@ -6,6 +6,7 @@ engine whose Input takes them.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -13,12 +14,14 @@ import torch
 from infinilm_torch.serving.sequence import Sequence, step_seed
 
 
-def _padded(rows: List[List[int]]) -> torch.Tensor:
-    width = max(1, max(len(r) for r in rows))
-    out = torch.full((len(rows), width), -1, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        if r:
-            out[i, :len(r)] = torch.tensor(r, dtype=torch.int64)
+def padded(rows: List[List[int]], pad: int = -1) -> torch.Tensor:
+    """Rows of ints as one [n, longest] int64 tensor (one tensor build for all rows, not one per row)."""
+    lens = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    width = max(1, int(lens.max())) if rows else 1
+    out = torch.full((len(rows), width), pad, dtype=torch.int64)
+    flat = list(itertools.chain.from_iterable(rows))
+    if flat:
+        out[torch.arange(width)[None, :] < lens[:, None]] = torch.tensor(flat, dtype=torch.int64)
     return out
 
 
@@ -36,8 +39,8 @@ def apply_penalties(logits: torch.Tensor, seqs: List[Sequence]) -> torch.Tensor:
     rep = torch.tensor([s.params.repetition_penalty for s in seqs], dtype=torch.float32)[:, None]
     pres = torch.tensor([s.params.presence_penalty for s in seqs], dtype=torch.float32)[:, None]
     freq = torch.tensor([s.params.frequency_penalty for s in seqs], dtype=torch.float32)[:, None]
-    out_counts = _presence(_padded([s.out for s in seqs]), vocab)
-    seen = (_presence(_padded([s.prompt for s in seqs]), vocab) > 0) | (out_counts > 0)
+    out_counts = _presence(padded([s.out for s in seqs]), vocab)
+    seen = (_presence(padded([s.prompt for s in seqs]), vocab) > 0) | (out_counts > 0)
     penalized = torch.where(logits > 0, logits / rep, logits * rep)
     logits = torch.where(seen, penalized, logits)
     return logits - freq * out_counts - pres * (out_counts > 0).float()
@@ -93,23 +96,31 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, ks: List[int]) -> Li
     return out
 
 
+def _penalized(p) -> bool:
+    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
 def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> dict:
     """The per-request sampling tensors of an engine Input that takes them (temperatures, seeds, penalties ...);
-    a None entry (an idle static-cache row) samples greedily."""
+    a None entry (an idle static-cache row) samples greedily. Penalties and the token ids they read are sent
+    only when some row has one (the engine skips them otherwise; building them costs a pass over every token)."""
     ps = [s.params if s is not None else None for s in seqs]
 
     def col(get, idle, dtype=torch.float32):
         return torch.tensor([get(p) if p is not None else idle for p in ps], dtype=dtype)
-    return dict(
+    out = dict(
         temperatures=col(lambda p: p.temperature, 0.0),
         top_ks=col(lambda p: max(p.top_k, 0), 0, torch.int64),
         top_ps=col(lambda p: p.top_p, 1.0),
         min_ps=col(lambda p: p.min_p, 0.0),
         seeds=torch.tensor([step_seed(s.seed, len(s.out)) if s is not None else 0 for s in seqs], dtype=torch.int64),
-        repetition_penalties=col(lambda p: p.repetition_penalty, 1.0),
-        presence_penalties=col(lambda p: p.presence_penalty, 0.0),
-        frequency_penalties=col(lambda p: p.frequency_penalty, 0.0),
-        prompt_token_ids=_padded([s.prompt if s is not None else [] for s in seqs]),
-        output_token_ids=_padded([s.out if s is not None else [] for s in seqs]),
         return_logprobs=-1 if logprobs is None else int(logprobs),
     )
+    if any(p is not None and _penalized(p) for p in ps):
+        out.update(
+            repetition_penalties=col(lambda p: p.repetition_penalty, 1.0),
+            presence_penalties=col(lambda p: p.presence_penalty, 0.0),
+            frequency_penalties=col(lambda p: p.frequency_penalty, 0.0),
+            prompt_token_ids=padded([s.prompt if s is not None else [] for s in seqs]),
+            output_token_ids=padded([s.out if s is not None else [] for s in seqs]))
+    return out

@@ -25,6 +25,15 @@ from infinilm_torch.serving.block_manager import BlockManager
 from infinilm_torch.serving.sequence import Sequence
 
 
+def _leave(running: List[Sequence], seq: Sequence) -> None:
+    """Take ``seq`` out of the running list (``seq.in_running`` spares the scans of a membership test)."""
+    if running and running[-1] is seq:
+        running.pop()
+    else:
+        running.remove(seq)
+    seq.in_running = False
+
+
 @dataclass
 class Batch:
     seqs: List[Sequence] = field(default_factory=list)
@@ -67,7 +76,7 @@ class PagedScheduler:
         return min(max_model_len, self.bm.num_blocks * self.bm.block_size)
 
     def _preempt(self, seq: Sequence) -> None:
-        self.running.remove(seq)
+        _leave(self.running, seq)
         self.bm.free(seq.blocks)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
@@ -80,7 +89,7 @@ class PagedScheduler:
         for seq in list(self.running):
             if budget == 0:
                 break
-            if seq not in self.running:  # preempted below as a victim
+            if not seq.in_running:  # preempted below as a victim
                 continue
             n = min(seq.num_tokens - seq.num_computed, budget)
             need = bm.blocks_for(seq.num_computed + n) - len(seq.blocks)
@@ -90,7 +99,7 @@ class PagedScheduler:
                 preempted = True
                 if victim is seq:
                     break
-            if seq not in self.running:
+            if not seq.in_running:
                 break
             seq.blocks += bm.allocate(need)
             batch.add(seq, n)
@@ -112,6 +121,7 @@ class PagedScheduler:
                 bm.hit_tokens += done
                 bm.query_tokens += len(seq.prompt)
             self.running.append(self.waiting.popleft())
+            seq.in_running = True
             batch.add(seq, n)
             budget -= n
         return batch
@@ -120,7 +130,7 @@ class PagedScheduler:
         """Account the step's computed tokens; per batch entry, whether its sampled token is a real next token."""
         sampled = []
         for seq, n in zip(batch.seqs, batch.lengths):
-            if seq.finished or seq not in self.running:
+            if seq.finished or not seq.in_running:
                 sampled.append(False)
                 continue
             seq.num_computed += n
@@ -129,8 +139,8 @@ class PagedScheduler:
         return sampled
 
     def finish(self, seq: Sequence) -> None:
-        if seq in self.running:
-            self.running.remove(seq)
+        if seq.in_running:
+            _leave(self.running, seq)
             self.bm.free(seq.blocks)
         elif seq in self.waiting:
             self.waiting.remove(seq)
@@ -168,6 +178,7 @@ class StaticScheduler:
             used.add(seq.slot)
             seq.num_computed = 0
             self.running.append(seq)
+            seq.in_running = True
         batch = Batch(rows=[None] * (max(used) + 1 if used else 0))
         for seq in sorted(self.running, key=lambda s: s.slot):
             batch.rows[seq.slot] = seq
@@ -177,7 +188,7 @@ class StaticScheduler:
     def update(self, batch: Batch) -> List[bool]:
         out = []
         for seq, n in zip(batch.seqs, batch.lengths):
-            if seq.finished or seq not in self.running:
+            if seq.finished or not seq.in_running:
                 out.append(False)
                 continue
             seq.num_computed += n
@@ -185,7 +196,7 @@ class StaticScheduler:
         return out
 
     def finish(self, seq: Sequence) -> None:
-        if seq in self.running:
-            self.running.remove(seq)
+        if seq.in_running:
+            _leave(self.running, seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)

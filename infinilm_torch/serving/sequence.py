@@ -30,11 +30,13 @@ class Sequence:
         self.blocks: List[int] = []
         self.hashed_blocks = 0                 # leading blocks already registered in the prefix cache
         self.slot: Optional[int] = None        # static cache row
+        self.in_running = False                # in its scheduler's running list
         self.finish_reason: Optional[str] = None
         self.stop_reason = None
         self.logprobs: Optional[List[Dict[int, Logprob]]] = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0 if params.logprobs is not None else None
         self.text = ""
+        self.inc_text, self.prefix_offset, self.read_offset = "", 0, 0  # incremental detokenization state
         self.num_cached_prompt = 0
         # None: up to the longest sequence that can run (explicit values are checked against it on admission).
         self.max_tokens = params.max_tokens if params.max_tokens is not None else max(1, max_len - len(prompt) + 1)

@@ -7,7 +7,9 @@ error body with status 400 (404 for an unknown model, as OpenAI and vLLM answer)
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import threading
 import time
 import uuid
 from typing import Any, AsyncIterator, Dict, List, Optional
@@ -18,6 +20,44 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from infinilm_torch.serving import protocol
 from infinilm_torch.serving.params import RequestOutput
 from infinilm_torch.serving.protocol import RequestError, error_body
+
+
+_GONE = object()  # queued by the disconnect watcher: the client went away
+
+
+async def _watch(request: Request, q: asyncio.Queue) -> None:
+    """Poll for the client's disconnect (twice a second) while its request runs; then wake its reader."""
+    while True:
+        await asyncio.sleep(0.5)
+        if await request.is_disconnected():
+            q.put_nowait((None, _GONE))
+            return
+
+
+class _Deliverer:
+    """Hands the engine loop's outputs to one event loop in batches: one wake-up of the event loop per engine
+    step rather than one per request (each is a self-pipe write and a loop iteration)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.pending, self.lock, self.scheduled = loop, collections.deque(), threading.Lock(), False
+
+    def put(self, q: asyncio.Queue, item) -> None:  # on the engine loop's thread
+        self.pending.append((q, item))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the event loop is closed (server shut down): nobody is left to read it
+            self.pending.clear()
+
+    def _drain(self) -> None:  # on the event loop
+        with self.lock:
+            self.scheduled = False
+        while self.pending:
+            q, item = self.pending.popleft()
+            q.put_nowait(item)
 
 
 def build_app(llm, model_name: str, aliases: Optional[List[str]] = None):
@@ -41,13 +81,16 @@ def build_app(llm, model_name: str, aliases: Optional[List[str]] = None):
             raise RequestError(f"The model `{model}` does not exist.", "model", 404, "NotFoundError")
         return body
 
+    deliverers: Dict[asyncio.AbstractEventLoop, _Deliverer] = {}
+
     def submit(prompt, params, stream: bool, what: str):
         """Queue one request on the engine loop; returns (request id, asyncio queue of (output, error))."""
         loop = asyncio.get_running_loop()
+        deliver = deliverers.get(loop) or deliverers.setdefault(loop, _Deliverer(loop))
         q: asyncio.Queue = asyncio.Queue()
 
         def sink(out, e):
-            loop.call_soon_threadsafe(q.put_nowait, (out, e))
+            deliver.put(q, (out, e))
         try:
             req = llm.make_request(prompt, params, sink, stream=stream, request_id=uuid.uuid4().hex, what=what)
         except (TypeError, ValueError) as e:
@@ -58,20 +101,19 @@ def build_app(llm, model_name: str, aliases: Optional[List[str]] = None):
     async def results(rid: str, q: asyncio.Queue, request: Request) -> AsyncIterator[RequestOutput]:
         """Outputs of one request until it finishes; aborts it when the client goes away."""
         done = False
+        watcher = asyncio.create_task(_watch(request, q))
         try:
             while not done:
-                try:
-                    out, e = await asyncio.wait_for(q.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
+                out, e = await q.get()
+                if e is _GONE:
+                    return
                 if e is not None:
                     done = True
                     raise RequestError(str(e)) if isinstance(e, ValueError) else e
                 done = out.finished
                 yield out
         finally:
+            watcher.cancel()
             if not done:
                 llm._core.abort(rid)
 
