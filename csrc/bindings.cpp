@@ -342,7 +342,8 @@ void bind_engine(py::module_& m) {
   WAITING_FIELD(output_ids); WAITING_FIELD(logits); WAITING_FIELD(logprobs); WAITING_FIELD(top_logprobs);
   WAITING_FIELD(top_token_ids);
 #undef WAITING_FIELD
-  o.def_readonly("device_ids", &Output::device_ids)
+  o.def(py::init<>(), "An empty Output (no ids; ready).")
+      .def_readonly("device_ids", &Output::device_ids)
       .def("ready", &Output::ready, "Whether the host fields hold this step's results (never blocks).")
       .def("wait", &Output::wait, py::call_guard<py::gil_scoped_release>(),
            "Blocks until the host fields hold this step's results (returns at once for a synchronous step).");

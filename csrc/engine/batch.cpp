@@ -139,9 +139,11 @@ Tokens resolve_tokens(const Input& in, bool paged, int64_t prev_rows) {
     t.ids = at::zeros_like(t.src);
     return t;
   }
-  t.src = host_index(*in.prev_token_index, "prev_token_index");
+  // Paged per-token vectors take [T] or [1, T].
+  auto flat = [paged](at::Tensor x) { return paged && x.dim() == 2 && x.size(0) == 1 ? x.view({-1}) : x; };
+  t.src = flat(host_index(*in.prev_token_index, "prev_token_index"));
   if (in.input_ids) {
-    t.ids = host_index(*in.input_ids, "input_ids").clone();
+    t.ids = flat(host_index(*in.input_ids, "input_ids")).clone();
     TORCH_CHECK_VALUE(t.ids.sizes() == t.src.sizes(), "InferEngine.forward: 'prev_token_index' must have the ",
                       "shape of 'input_ids' ", t.ids.sizes(), ", got ", t.src.sizes());
   } else {
