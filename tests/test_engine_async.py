@@ -273,7 +273,8 @@ def test_cuda_step_returns_before_the_gpu_runs_it(cache):
 
     want, _ = steps(False)
     want = [o.output_ids.clone() for o in want]
-    steps(True)  # graphs captured, allocations made: the timed run is steady state
+    steps(True)  # graphs captured, pinned blocks allocated: the timed run reuses them
+    torch.cuda.synchronize()
     replays = engine._cuda_graph_replays
     outs, host_s = steps(True, busy_s=1.0)
     assert engine._cuda_graph_replays == replays + 6, "the decode steps did not replay graphs"
@@ -286,3 +287,16 @@ def test_cuda_step_returns_before_the_gpu_runs_it(cache):
     assert outs[-1].ready()
     assert [o.output_ids.tolist() for o in outs] == [w.tolist() for w in want]
     assert torch.equal(got, want[-1]) and outs[-1].device_ids.device.type == "cuda"
+
+
+def test_tensor_parallel_takes_device_ids_through_the_host():
+    """Every rank embeds the ids and only rank 0 holds the sampled ones: prev_output works, synchronously."""
+    model = _model("cpu", seed=13)
+    cc = _infinilm.StaticKVCacheConfig(2, 64)
+    prompts = _prompts(2, seed=14)
+    want = _static_run(_engine(model, "cpu", cc), prompts, 5, "sync", temperature=0.0)
+    tp = _infinilm.InferEngine(engine_config(model.config, torch.float32), _infinilm.DistConfig(2), "cpu", cc)
+    for name, t in model.state_dict().items():
+        tp.load_param(name, t)
+    got = _static_run(tp, prompts, 5, "prev_async", idle_from=None, temperature=0.0)
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]

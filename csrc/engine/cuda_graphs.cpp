@@ -58,22 +58,15 @@ void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& 
 struct DecodeGraphs::Graph {
   at::cuda::CUDAGraph graph;
   int64_t n = 0, width = 0;
-  // Packed int64 inputs: two pinned staging buffers used in turn, so that the host fills one for the next
-  // step while the copy from the other may still be queued (non-blocking steps); `copied` is recorded after
-  // each buffer's copy. dev: their device copy.
-  at::Tensor host[2], dev;
-  cudaEvent_t copied[2] = {nullptr, nullptr};
-  int next = 0;
-  ForwardBatch batch;    // views of dev
+  int64_t size = 0;  // int64 words of the packed inputs
+  at::Tensor dev;     // their device copy
+  ForwardBatch batch;  // views of dev
   at::Tensor temperature, top_k, top_p, seeds, min_p, src;
   at::Tensor ids, logits;  // outputs, owned by the graph's pool
 
   Graph(int64_t n_, int64_t width_, int64_t max_len, at::Device device) : n(n_), width(width_) {
     const Layout l(n, width);
-    for (int k = 0; k < 2; ++k) {
-      host[k] = at::empty({l.size}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-      C10_CUDA_CHECK(cudaEventCreateWithFlags(&copied[k], cudaEventDisableTiming));
-    }
+    size = l.size;
     dev = at::zeros({l.size}, at::TensorOptions().dtype(at::kLong).device(device));
     auto slice = [&](int64_t off, int64_t len) { return dev.narrow(0, off, len); };
     batch.input_ids = slice(l.ids, n);
@@ -94,22 +87,15 @@ struct DecodeGraphs::Graph {
     min_p = slice(l.min_p, l.half).view(at::kFloat).narrow(0, 0, n);
   }
 
-  ~Graph() {
-    for (cudaEvent_t e : copied) {
-      if (e) cudaEventDestroy(e);  // no throw from a destructor; a pending copy keeps its queued work
-    }
-  }
-
   // Packs this step's inputs into a staging buffer and queues one H2D copy on the current stream, then (source
   // defined) replaces the ids of the tokens that take an earlier step's sampled ids by those, on the device.
-  // The buffer's previous copy was queued two steps ago: waiting for it normally costs nothing.
+  // The staging buffer is fresh pinned memory from torch's host allocator, which hands a block out again only
+  // once the copy that read it has run: non-blocking steps may queue several uploads ahead, none waits.
   void upload(const ForwardBatch& h, const SamplingParams& sp, int64_t block_size, const at::Tensor& source,
               const at::Tensor& prev) {
     const Layout l(n, width);
-    const int k = next;
-    next ^= 1;
-    C10_CUDA_CHECK(cudaEventSynchronize(copied[k]));
-    int64_t* p = host[k].data_ptr<int64_t>();
+    at::Tensor host = at::empty({size}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    int64_t* p = host.data_ptr<int64_t>();
     auto put = [&](int64_t off, const at::Tensor& t, int64_t len) {
       std::memcpy(p + off, t.data_ptr<int64_t>(), len * sizeof(int64_t));
     };
@@ -142,9 +128,7 @@ struct DecodeGraphs::Graph {
     std::memcpy(temp, sp.temperature.data_ptr<float>(), n * sizeof(float));
     std::memcpy(top_p_h, sp.top_p.data_ptr<float>(), n * sizeof(float));
     std::memcpy(reinterpret_cast<float*>(p + l.min_p), sp.min_p.data_ptr<float>(), n * sizeof(float));
-    dev.copy_(host[k], /*non_blocking=*/true);
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(dev.device().index()).stream();
-    C10_CUDA_CHECK(cudaEventRecord(copied[k], stream));
+    dev.copy_(host, /*non_blocking=*/true);
     if (source.defined()) batch.input_ids.copy_(take_tokens(batch.input_ids, src, prev));
   }
 
