@@ -1,6 +1,11 @@
 """Decode tokens/s of the C++ InferEngine vs HF transformers generate() on the same weights, same run.
 
     python benchmarks/bench_engine.py                       # ~100M-param random Llama, CPU, batch 1 and 8
+    python benchmarks/bench_engine.py --device cuda --model-shape llama-3.2-1b --profile
+        # GPU table: gpt-fast's method (HF + StaticCache + torch.compile reduce-overhead) as the same-run
+        # baseline, engine synchronous and non-blocking (async) decode at batch 1/8/32/64, time to first token
+        # at 2k / 8k prompts, decode at 8k context, peak GPU memory; --profile: kernel families of a batch-1
+        # step and the GPU idle gap (benchmarks/engine_steps.py)
     python benchmarks/bench_engine.py --model DIR_OR_GGUF   # real weights: fp32 and bf16, batch 1 and 8
                                                             # (a .gguf goes through infinilm_torch.llm.LLM)
     python benchmarks/bench_engine.py --device cuda --dtype bfloat16 --batch 1 8 64
@@ -36,6 +41,8 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import engine_steps  # noqa: E402
 from infinilm_torch.lib import _infinilm  # noqa: E402
 
 
@@ -48,9 +55,9 @@ def parse_args():
                    help="also time the engine with this many in-process tensor-parallel ranks (TP=1 always runs)")
     p.add_argument("--dtype", default=None, nargs="+", choices=["float32", "float16", "bfloat16"],
                    help="default: float32 (random Llama); float32 bfloat16 (--model)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--prompt-len", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="default: 1 8 (CPU), 1 8 32 64 (CUDA)")
+    p.add_argument("--prompt-len", type=int, default=None, help="default: 32 (CPU), 128 (CUDA)")
+    p.add_argument("--new-tokens", type=int, default=None, help="default: 32 (CPU), 128 (CUDA)")
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--heads", type=int, default=12)
@@ -63,7 +70,33 @@ def parse_args():
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--cuda-graphs", nargs="+", default=["on"], choices=["on", "off"],
                    help="engine rows with CUDA-graph decode on and/or off (CUDA only; CPU always runs eagerly)")
-    return p.parse_args()
+    p.add_argument("--model-shape", default=None, choices=sorted(SHAPES),
+                   help="random weights of this model's shapes (overrides --hidden/--layers/...)")
+    p.add_argument("--modes", nargs="+", default=["sync", "async"], choices=["sync", "async"],
+                   help="engine decode rows: synchronous steps and/or non-blocking ones fed by device ids")
+    p.add_argument("--gpt-fast", choices=["on", "off"], default=None,
+                   help="gpt-fast baseline rows (default: on with CUDA, off on the CPU where it only compiles)")
+    p.add_argument("--hf", action="store_true", help="CUDA: also HF generate (eager) rows")
+    p.add_argument("--ttft", type=int, nargs="*", default=[2048, 8192], help="CUDA: time-to-first-token prompts")
+    p.add_argument("--long-context", type=int, default=8192, help="CUDA: decode rows at this context (0: none)")
+    p.add_argument("--long-batch", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="CUDA: torch.profiler summary of batch-1 decode steps")
+    a = p.parse_args()
+    gpu = a.device == "cuda" and not a.model
+    a.batch = a.batch or ([1, 8, 32, 64] if gpu else [1, 8])
+    a.prompt_len = a.prompt_len or (128 if gpu else 32)
+    a.new_tokens = a.new_tokens or (128 if gpu else 32)
+    if a.model_shape:
+        for k, v in SHAPES[a.model_shape].items():
+            setattr(a, k, v)
+    return a
+
+
+# Random-weight shapes (speed depends on shapes, not values).
+SHAPES = {
+    "llama-3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192, vocab=128256, tied=True),
+    "llama-3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, intermediate=14336, vocab=128256, tied=False),
+}
 
 
 def sync(device):
@@ -195,45 +228,62 @@ def main_real(a):
         del hf, engine
 
 
+def build_random(a, device, max_pos=2048):
+    """(HF Llama with random weights on `device`, the engine's LlamaConfig, weight bytes)."""
+    dtype = getattr(torch, a.dtype)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                                   num_hidden_layers=a.layers, num_attention_heads=a.heads,
+                                   num_key_value_heads=a.kv_heads, max_position_embeddings=max_pos,
+                                   tie_word_embeddings=getattr(a, "tied", False))
+    with torch.device(device):  # initialised where it runs: minutes faster than on the host for 1B+
+        model = transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+    ec = _infinilm.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
+                               num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                               head_dim=a.hidden // a.heads, max_position_embeddings=max_pos,
+                               rms_norm_eps=cfg.rms_norm_eps, dtype=a.dtype)
+    ec.tie_word_embeddings = cfg.tie_word_embeddings
+    nbytes = sum(p.numel() * p.element_size() for p in {p.data_ptr(): p for p in model.parameters()}.values())
+    return model, ec, nbytes
+
+
 def main():
     a = parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.model:
         return main_real(a)
-    a.dtype = (a.dtype or ["float32"])[0]
-    dtype = getattr(torch, a.dtype)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                                   num_hidden_layers=a.layers, num_attention_heads=a.heads,
-                                   num_key_value_heads=a.kv_heads, max_position_embeddings=2048)
-    model = transformers.LlamaForCausalLM(cfg).to(dtype).to(a.device).eval()
-    n_params = sum(p.numel() for p in model.parameters())
+    a.dtype = (a.dtype or ["bfloat16" if a.device == "cuda" else "float32"])[0]
+    if a.device == "cuda":
+        import bench_engine_gpu
 
-    ec = _infinilm.LlamaConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.intermediate,
-                               num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                               head_dim=a.hidden // a.heads, max_position_embeddings=2048, rms_norm_eps=cfg.rms_norm_eps,
-                               dtype=a.dtype)
-    print(f"Llama {n_params / 1e6:.0f}M params, {a.dtype}, {a.device}, torch threads {torch.get_num_threads()}, "
-          f"prompt {a.prompt_len}, {a.new_tokens} new tokens")
-    modes = a.cuda_graphs if a.device == "cuda" else ["off"]
+        return bench_engine_gpu.main_gpu(a, build_random)
+    model, ec, nbytes = build_random(a, a.device)
+    print(f"Llama {nbytes / 1e6 / model.dtype.itemsize:.0f}M params, {a.dtype}, {a.device}, torch threads "
+          f"{torch.get_num_threads()}, prompt {a.prompt_len}, {a.new_tokens} new tokens")
     tp_head = f" | {f'TP={a.tp} tok/s':>12} | {'all-reduce ms/step':>18}" if a.tp > 1 else ""
-    print(f"{'batch':>5} | {'graphs':>6} | {'replays':>7} | {'engine tok/s':>12} | {'HF tok/s':>10} | {'speedup':>7}"
-          f"{tp_head}")
-    print("-" * (64 + len(tp_head)))
+    print(f"{'batch':>5} | {'mode':>5} | {'engine tok/s':>12} | {'HF tok/s':>10} | {'speedup':>7}{tp_head}")
+    print("-" * (50 + len(tp_head)))
     for B in a.batch:
         cache = _infinilm.StaticKVCacheConfig(B, a.prompt_len + a.new_tokens + 1)
         ids = torch.randint(0, a.vocab, (B, a.prompt_len))
         hf = float("nan") if a.skip_hf else max(
-            hf_decode_tok_s(model, ids.to(a.device), a.new_tokens, a.device) for _ in range(a.repeats))
-        for mode in modes:
-            (eng, _), replays = engine_best(ec, 1, a.device, cache, model, ids, a, graphs=mode == "on")
+            hf_decode_tok_s(model, ids, a.new_tokens, a.device) for _ in range(a.repeats))
+        engine = _infinilm.InferEngine(ec, _infinilm.DistConfig(1), a.device, cache)
+        for name, t in model.state_dict().items():
+            engine.load_param(name, t)
+        for mode in a.modes:
+            eng = max(engine_steps.engine_decode(engine, ids, a.new_tokens, mode) for _ in range(a.repeats))
             tp_cols = ""
-            if a.tp > 1:  # tensor-parallel steps always run eagerly (no NCCL inside graphs yet)
-                (eng_tp, comm_ms), _ = engine_best(ec, a.tp, a.device, cache, model, ids, a, graphs=mode == "on")
+            if a.tp > 1 and mode == "sync":  # tensor-parallel steps are synchronous (prev ids go through the host)
+                (eng_tp, comm_ms), _ = engine_best(ec, a.tp, a.device, cache, model, ids, a)
                 tp_cols = f" | {eng_tp:>12.1f} | {comm_ms:>18.3f}"
-            print(f"{B:>5} | {mode:>6} | {replays:>7} | {eng:>12.1f} | {hf:>10.1f} | {eng / hf:>6.2f}x{tp_cols}",
-                  flush=True)
+            print(f"{B:>5} | {mode:>5} | {eng:>12.1f} | {hf:>10.1f} | {eng / hf:>6.2f}x{tp_cols}", flush=True)
+    if a.gpt_fast == "on":  # on the CPU only a check that the baseline runs (inductor, no CUDA graphs)
+        g = engine_steps.GptFast(model, a.prompt_len + a.new_tokens + 1)
+        ids = torch.randint(0, a.vocab, (a.batch[0], a.prompt_len))
+        g.decode(ids, a.new_tokens)
+        print(f"gpt-fast's method (compiled, CPU), batch {a.batch[0]}: {g.decode(ids, a.new_tokens):.1f} tok/s")
 
 
 if __name__ == "__main__":

@@ -333,8 +333,12 @@ void bind_engine(py::module_& m) {
                      py::object top_ks, py::object top_ps, py::object min_ps, py::object seeds,
                      py::object repetition_penalties, py::object presence_penalties,
                      py::object frequency_penalties, py::object prompt_token_ids, py::object output_token_ids,
-                     int64_t return_logprobs) {
+                     int64_t return_logprobs, std::optional<Output> prev_output, py::object prev_token_index,
+                     bool non_blocking) {
            Input x;
+           x.prev_output = std::move(prev_output);
+           x.prev_token_index = as_tensor(prev_token_index, "prev_token_index");
+           x.non_blocking = non_blocking;
            x.temperatures = as_tensor(temperatures, "temperatures");
            x.top_ks = as_tensor(top_ks, "top_ks");
            x.top_ps = as_tensor(top_ps, "top_ps");
@@ -369,7 +373,11 @@ void bind_engine(py::module_& m) {
          py::arg("repetition_penalties") = py::none(), py::arg("presence_penalties") = py::none(),
          py::arg("frequency_penalties") = py::none(), py::arg("prompt_token_ids") = py::none(),
          py::arg("output_token_ids") = py::none(), py::arg("return_logprobs") = Input{}.return_logprobs,
-         "Per-request sampling tensors ([n], CPU or device) override the scalars; see csrc/engine/io.h.");
+         py::arg("prev_output") = py::none(), py::arg("prev_token_index") = py::none(),
+         py::arg("non_blocking") = Input{}.non_blocking,
+         "Per-request sampling tensors ([n], CPU or device) override the scalars; prev_output / "
+         "prev_token_index feed an earlier step's sampled ids back on the device; non_blocking returns before "
+         "the step has run (docs/engine_inputs.md, csrc/engine/io.h).");
 #define TENSOR_FIELD(name)                                                                      \
   in.def_property(#name, [](const Input& x) { return x.name; },                                 \
                   [](Input& x, py::handle v) { x.name = as_tensor(v, #name); })
@@ -377,23 +385,40 @@ void bind_engine(py::module_& m) {
   TENSOR_FIELD(input_lengths); TENSOR_FIELD(block_tables); TENSOR_FIELD(slot_mapping);
   TENSOR_FIELD(temperatures); TENSOR_FIELD(top_ks); TENSOR_FIELD(top_ps); TENSOR_FIELD(min_ps); TENSOR_FIELD(seeds);
   TENSOR_FIELD(repetition_penalties); TENSOR_FIELD(presence_penalties); TENSOR_FIELD(frequency_penalties);
-  TENSOR_FIELD(prompt_token_ids); TENSOR_FIELD(output_token_ids);
+  TENSOR_FIELD(prompt_token_ids); TENSOR_FIELD(output_token_ids); TENSOR_FIELD(prev_token_index);
 #undef TENSOR_FIELD
   in.def_readwrite("temperature", &Input::temperature)
       .def_readwrite("top_k", &Input::top_k)
       .def_readwrite("top_p", &Input::top_p)
       .def_readwrite("return_logits", &Input::return_logits)
       .def_readwrite("seed", &Input::seed)
-      .def_readwrite("return_logprobs", &Input::return_logprobs);
-  py::class_<Output>(e, "Output", "output_ids [n, 1] int64 (None in a process without group rank 0); "
-                                 "logits [n, vocab] float32 when return_logits (rank 0 only); with "
-                                 "return_logprobs = k >= 0: logprobs [n] float32, top_logprobs [n, k] float32, "
-                                 "top_token_ids [n, k] int64 (raw logits' log_softmax).")
-      .def_readonly("output_ids", &Output::output_ids)
-      .def_readonly("logits", &Output::logits)
-      .def_readonly("logprobs", &Output::logprobs)
-      .def_readonly("top_logprobs", &Output::top_logprobs)
-      .def_readonly("top_token_ids", &Output::top_token_ids);
+      .def_readwrite("return_logprobs", &Input::return_logprobs)
+      .def_readwrite("prev_output", &Input::prev_output)
+      .def_readwrite("non_blocking", &Input::non_blocking);
+  // The host fields of a non-blocking step fill in once its copies land: each property waits for them (with
+  // the GIL released), so reading one never sees a half-copied buffer.
+  py::class_<Output> o(e, "Output", "output_ids [n, 1] int64 (None in a process without group rank 0); "
+                                    "logits [n, vocab] float32 when return_logits (rank 0 only); with "
+                                    "return_logprobs = k >= 0: logprobs [n] float32, top_logprobs [n, k] float32, "
+                                    "top_token_ids [n, k] int64 (raw logits' log_softmax). device_ids [n] int64 "
+                                    "on the engine's device, for Input(prev_output=...). After a non_blocking "
+                                    "step the host fields block until ready() (wait() blocks explicitly).");
+#define WAITING_FIELD(name)                                    \
+  o.def_property_readonly(#name, [](const Output& x) {         \
+    {                                                          \
+      py::gil_scoped_release nogil;                            \
+      x.wait();                                                \
+    }                                                          \
+    return x.name;                                             \
+  })
+  WAITING_FIELD(output_ids); WAITING_FIELD(logits); WAITING_FIELD(logprobs); WAITING_FIELD(top_logprobs);
+  WAITING_FIELD(top_token_ids);
+#undef WAITING_FIELD
+  o.def(py::init<>(), "An empty Output (no ids; ready).")
+      .def_readonly("device_ids", &Output::device_ids)
+      .def("ready", &Output::ready, "Whether the host fields hold this step's results (never blocks).")
+      .def("wait", &Output::wait, py::call_guard<py::gil_scoped_release>(),
+           "Blocks until the host fields hold this step's results (returns at once for a synchronous step).");
 
   // The raw constructor: the defaults and process groups that need Python (the adapter's current device,
   // Gloo/NCCL backends built by torch.distributed) are resolved by infinilm_torch/lib/_engine.py, which wraps this

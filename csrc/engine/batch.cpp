@@ -116,12 +116,59 @@ void check_paged_blocks(const int64_t* btp, int64_t mb, const std::vector<int64_
   }
 }
 
-ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache,
-                          CacheWrites* writes) {
+// input_ids, with 0 (a valid id) where a token takes an earlier step's sampled id, and (prev_output given)
+// the prev_output row of every token, -1 where it takes its own input_ids value; both of input_ids' shape.
+struct Tokens {
+  at::Tensor ids, src;
+};
+
+Tokens resolve_tokens(const Input& in, bool paged, int64_t prev_rows) {
+  Tokens t;
+  if (prev_rows < 0) {
+    TORCH_CHECK_VALUE(!in.prev_token_index, "InferEngine.forward: 'prev_token_index' was given without 'prev_output'");
+    TORCH_CHECK_VALUE(in.input_ids.has_value(), "InferEngine.forward: 'input_ids' is required");
+    t.ids = host_index(*in.input_ids, "input_ids");
+    return t;
+  }
+  if (!in.prev_token_index) {
+    TORCH_CHECK_VALUE(!in.input_ids, "InferEngine.forward: 'input_ids' and 'prev_output' were given without ",
+                      "'prev_token_index': give it to mix them (without it every token is prev_output's id of ",
+                      "its row)");
+    t.src = at::arange(prev_rows, at::kLong);
+    if (!paged) t.src = t.src.view({prev_rows, 1});
+    t.ids = at::zeros_like(t.src);
+    return t;
+  }
+  // Paged per-token vectors take [T] or [1, T].
+  auto flat = [paged](at::Tensor x) { return paged && x.dim() == 2 && x.size(0) == 1 ? x.view({-1}) : x; };
+  t.src = flat(host_index(*in.prev_token_index, "prev_token_index"));
+  if (in.input_ids) {
+    t.ids = flat(host_index(*in.input_ids, "input_ids")).clone();
+    TORCH_CHECK_VALUE(t.ids.sizes() == t.src.sizes(), "InferEngine.forward: 'prev_token_index' must have the ",
+                      "shape of 'input_ids' ", t.ids.sizes(), ", got ", t.src.sizes());
+  } else {
+    t.ids = at::zeros_like(t.src);
+  }
+  const int64_t* sp = t.src.data_ptr<int64_t>();
+  int64_t* ip = t.ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t.src.numel(); ++i) {
+    TORCH_CHECK_INDEX(sp[i] >= -1 && sp[i] < prev_rows, "InferEngine.forward: 'prev_token_index' value ", sp[i],
+                      " (element ", i, ") must be -1 (the token's own 'input_ids') or a row of 'prev_output' [0, ",
+                      prev_rows, ")");
+    TORCH_CHECK_VALUE(sp[i] >= 0 || in.input_ids, "InferEngine.forward: 'prev_token_index' element ", i,
+                      " is -1 (the token's own id) but 'input_ids' was not given");
+    if (sp[i] >= 0) ip[i] = 0;
+  }
+  return t;
+}
+
+ForwardBatch build_static(const Input& in, Tokens tok, const models::BatchLimits& cfg, const cache::KVCache& cache,
+                          CacheWrites* writes, std::vector<int64_t>* fsrc) {
   TORCH_CHECK_VALUE(!in.block_tables && !in.slot_mapping, "InferEngine.forward: 'block_tables'/'slot_mapping' ",
                     "were given but the engine has a static cache; create it with a PagedKVCacheConfig");
-  at::Tensor ids = host_index(*in.input_ids, "input_ids");
+  at::Tensor ids = tok.ids;
   if (ids.dim() == 1) ids = ids.unsqueeze(0);
+  if (tok.src.defined()) tok.src = tok.src.view(ids.sizes());
   TORCH_CHECK_VALUE(ids.dim() == 2 && ids.size(0) > 0 && ids.size(1) > 0,
                     "InferEngine.forward: static-cache 'input_ids' must have shape [batch, seq_len], got ", ids.sizes());
   const int64_t B = ids.size(0), S = ids.size(1);
@@ -141,6 +188,7 @@ ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const
     pos = cl.unsqueeze(1) + at::arange(S, at::kLong).unsqueeze(0);
   }
   const int64_t* idp = ids.data_ptr<int64_t>();
+  const int64_t* srcp = tok.src.defined() ? tok.src.data_ptr<int64_t>() : nullptr;
   const int64_t* pp = pos.data_ptr<int64_t>();
   const int64_t* clp = cl.data_ptr<int64_t>();
   const int64_t* ilp = il.data_ptr<int64_t>();
@@ -156,6 +204,7 @@ ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const
     ils[b] = ilp[b];
     for (int64_t j = 0; j < ilp[b]; ++j) {  // padding beyond input_lengths[b] is dropped
       fids.push_back(idp[b * S + j]);
+      if (srcp) fsrc->push_back(srcp[b * S + j]);
       fpos.push_back(pp[b * S + j]);
       slots.push_back(b * row_slots + clp[b] + j);
     }
@@ -164,11 +213,11 @@ ForwardBatch build_static(const Input& in, const models::BatchLimits& cfg, const
   return finish(fids, fpos, slots, cls, ils, bt, cfg);
 }
 
-ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache,
-                         CacheWrites* writes) {
+ForwardBatch build_paged(const Input& in, Tokens tok, const models::BatchLimits& cfg, const cache::KVCache& cache,
+                         CacheWrites* writes, std::vector<int64_t>* fsrc) {
   TORCH_CHECK_VALUE(in.block_tables && in.slot_mapping, "InferEngine.forward: the engine has a paged cache: ",
                     "'block_tables' and 'slot_mapping' are required");
-  at::Tensor ids = host_index(*in.input_ids, "input_ids");
+  at::Tensor ids = tok.ids;
   if (ids.dim() == 2 && ids.size(0) == 1) ids = ids.view({-1});
   TORCH_CHECK_VALUE(ids.dim() == 1 && ids.size(0) > 0, "InferEngine.forward: paged 'input_ids' must have shape ",
                     "[1, T] or [T] (all requests' new tokens), got ", ids.sizes());
@@ -195,6 +244,7 @@ ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const 
   const int64_t* ilp = il.data_ptr<int64_t>();
   const int64_t* sp = slot.data_ptr<int64_t>();
   std::vector<int64_t> fids(idp, idp + T), fpos(T), slots(sp, sp + T), cls(n), ils(n);
+  if (tok.src.defined()) fsrc->assign(tok.src.data_ptr<int64_t>(), tok.src.data_ptr<int64_t>() + T);
   std::unordered_map<int64_t, int64_t> writer;  // slot -> token writing it
   int64_t t = 0;
   for (int64_t r = 0; r < n; ++r) {
@@ -225,9 +275,24 @@ ForwardBatch build_paged(const Input& in, const models::BatchLimits& cfg, const 
 }  // namespace
 
 ForwardBatch build_batch(const Input& in, const models::BatchLimits& cfg, const cache::KVCache& cache,
-                         CacheWrites* writes) {
-  TORCH_CHECK_VALUE(in.input_ids.has_value(), "InferEngine.forward: 'input_ids' is required");
-  return cache.paged() ? build_paged(in, cfg, cache, writes) : build_static(in, cfg, cache, writes);
+                         CacheWrites* writes, int64_t prev_rows, at::Tensor* source) {
+  Tokens tok = resolve_tokens(in, cache.paged(), prev_rows);
+  std::vector<int64_t> fsrc;
+  ForwardBatch b = cache.paged() ? build_paged(in, tok, cfg, cache, writes, &fsrc)
+                                 : build_static(in, tok, cfg, cache, writes, &fsrc);
+  const bool any = std::any_of(fsrc.begin(), fsrc.end(), [](int64_t v) { return v >= 0; });
+  if (source) *source = any ? at::tensor(fsrc, at::kLong) : at::Tensor();
+  return b;
+}
+
+at::Tensor take_tokens(const at::Tensor& ids, const at::Tensor& source, const at::Tensor& prev) {
+  return at::where(source.ge(0), prev.index_select(0, source.clamp_min(0)), ids);
+}
+
+at::Tensor upload(const at::Tensor& t, at::Device device) {
+  if (device.is_cpu()) return t;
+  // Pinned, so the copy is asynchronous; the host allocator keeps the block until the copy has run.
+  return t.pin_memory().to(device, /*non_blocking=*/true);
 }
 
 void begin_writes(const CacheWrites& writes, cache::KVCache& cache) {
@@ -243,7 +308,7 @@ ForwardBatch to_device(const ForwardBatch& b, at::Device device) {
   ForwardBatch d = b;
   for (at::Tensor* t : {&d.input_ids, &d.positions, &d.slot_mapping, &d.block_tables, &d.seq_lens,
                         &d.query_start_loc, &d.last_token_idx}) {
-    *t = t->to(device, /*non_blocking=*/false);
+    *t = upload(*t, device);
   }
   return d;
 }

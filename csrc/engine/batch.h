@@ -28,8 +28,17 @@ using CacheWrites = std::vector<CacheWrite>;
 // Checks every argument against the config and the cache (including what earlier steps wrote into it)
 // before anything runs; errors name the argument and the numbers. The returned batch lives on the CPU;
 // `writes` (if given) receives what the step will write, for begin_writes / commit_writes.
+// prev_rows: rows of input.prev_output (-1: none). `source` (if given) receives the prev_output row of every
+// flattened token, int64 [T] on the CPU, -1 where the batch's input_ids hold the id; undefined when no token
+// comes from prev_output (the batch's input_ids then hold every id).
 models::ForwardBatch build_batch(const Input& input, const models::BatchLimits& config, const cache::KVCache& cache,
-                                 CacheWrites* writes = nullptr);
+                                 CacheWrites* writes = nullptr, int64_t prev_rows = -1, at::Tensor* source = nullptr);
+
+// ids [T] with the tokens whose source >= 0 replaced by prev[source] (all on one device; no host sync).
+at::Tensor take_tokens(const at::Tensor& ids, const at::Tensor& source, const at::Tensor& prev);
+
+// A host tensor on `device` through pinned memory, queued on the current stream (itself on the CPU).
+at::Tensor upload(const at::Tensor& t, at::Device device);
 
 // Before the step runs: the written ranges count as unwritten (a step failing halfway leaves them unknown).
 void begin_writes(const CacheWrites& writes, cache::KVCache& cache);

@@ -26,12 +26,13 @@ namespace {
 // Offsets (in int64 words) of the static inputs in the packed buffer of a graph for n requests and
 // block-table width w. The three float32 vectors (temperature, top_p, min_p) take ceil(n / 2) words each:
 // every per-row sampling parameter is part of the one static input, so requests of one graph may differ.
+// src: the prev_output row each token's id comes from (-1: ids holds it), read outside the graph.
 struct Layout {
-  int64_t ids, pos, slots, seq, last, qsl, top_k, seeds, tables, temp, top_p, min_p, size, half;
+  int64_t ids, pos, slots, seq, last, qsl, top_k, seeds, src, tables, temp, top_p, min_p, size, half;
   Layout(int64_t n, int64_t w) {
     half = (n + 1) / 2;
     ids = 0, pos = n, slots = 2 * n, seq = 3 * n, last = 4 * n, qsl = 5 * n;  // qsl holds n + 1
-    top_k = 6 * n + 1, seeds = 7 * n + 1, tables = 8 * n + 1;
+    top_k = 6 * n + 1, seeds = 7 * n + 1, src = 8 * n + 1, tables = 9 * n + 1;
     temp = tables + n * w, top_p = temp + half, min_p = top_p + half, size = min_p + half;
   }
 };
@@ -57,14 +58,15 @@ void wait_for(const c10::cuda::CUDAStream& waiter, const c10::cuda::CUDAStream& 
 struct DecodeGraphs::Graph {
   at::cuda::CUDAGraph graph;
   int64_t n = 0, width = 0;
-  at::Tensor host, dev;  // packed int64 inputs: pinned staging buffer and its device copy
-  ForwardBatch batch;    // views of dev
-  at::Tensor temperature, top_k, top_p, seeds, min_p;
+  int64_t size = 0;  // int64 words of the packed inputs
+  at::Tensor dev;     // their device copy
+  ForwardBatch batch;  // views of dev
+  at::Tensor temperature, top_k, top_p, seeds, min_p, src;
   at::Tensor ids, logits;  // outputs, owned by the graph's pool
 
   Graph(int64_t n_, int64_t width_, int64_t max_len, at::Device device) : n(n_), width(width_) {
     const Layout l(n, width);
-    host = at::empty({l.size}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    size = l.size;
     dev = at::zeros({l.size}, at::TensorOptions().dtype(at::kLong).device(device));
     auto slice = [&](int64_t off, int64_t len) { return dev.narrow(0, off, len); };
     batch.input_ids = slice(l.ids, n);
@@ -79,15 +81,20 @@ struct DecodeGraphs::Graph {
     batch.max_seq_len = max_len;  // sizes the attention grid; valid for every step whose lengths fit
     top_k = slice(l.top_k, n);
     seeds = slice(l.seeds, n);
+    src = slice(l.src, n);
     temperature = slice(l.temp, l.half).view(at::kFloat).narrow(0, 0, n);
     top_p = slice(l.top_p, l.half).view(at::kFloat).narrow(0, 0, n);
     min_p = slice(l.min_p, l.half).view(at::kFloat).narrow(0, 0, n);
   }
 
-  // Packs this step's inputs into the staging buffer and queues one H2D copy on the current stream. The
-  // previous step's copy is done: the engine synchronises on its output before the next step.
-  void upload(const ForwardBatch& h, const SamplingParams& sp, int64_t block_size) {
+  // Packs this step's inputs into a staging buffer and queues one H2D copy on the current stream, then (source
+  // defined) replaces the ids of the tokens that take an earlier step's sampled ids by those, on the device.
+  // The staging buffer is fresh pinned memory from torch's host allocator, which hands a block out again only
+  // once the copy that read it has run: non-blocking steps may queue several uploads ahead, none waits.
+  void upload(const ForwardBatch& h, const SamplingParams& sp, int64_t block_size, const at::Tensor& source,
+              const at::Tensor& prev) {
     const Layout l(n, width);
+    at::Tensor host = at::empty({size}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
     int64_t* p = host.data_ptr<int64_t>();
     auto put = [&](int64_t off, const at::Tensor& t, int64_t len) {
       std::memcpy(p + off, t.data_ptr<int64_t>(), len * sizeof(int64_t));
@@ -100,6 +107,11 @@ struct DecodeGraphs::Graph {
     put(l.qsl, h.query_start_loc, n + 1);
     put(l.top_k, sp.top_k, n);
     put(l.seeds, sp.seeds, n);
+    if (source.defined()) {
+      put(l.src, source, n);
+    } else {
+      std::fill(p + l.src, p + l.src + n, int64_t{-1});
+    }
     // Only the blocks a row uses are copied (the caller may pad the rest with anything); the others get
     // block 0, a valid id the kernel never reads.
     const int64_t mb = h.block_tables.size(1);
@@ -117,6 +129,7 @@ struct DecodeGraphs::Graph {
     std::memcpy(top_p_h, sp.top_p.data_ptr<float>(), n * sizeof(float));
     std::memcpy(reinterpret_cast<float*>(p + l.min_p), sp.min_p.data_ptr<float>(), n * sizeof(float));
     dev.copy_(host, /*non_blocking=*/true);
+    if (source.defined()) batch.input_ids.copy_(take_tokens(batch.input_ids, src, prev));
   }
 
   // The step the graph records: the model's forward and the sampler on the static inputs (min_p always
@@ -143,11 +156,12 @@ void DecodeGraphs::clear() {
 
 std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::CausalLM& model,
                                                            cache::KVCache& cache, const ForwardBatch& host,
-                                                           const SamplingParams& sp, int64_t n, int64_t max_len,
+                                                           const SamplingParams& sp, const at::Tensor& source,
+                                                           const at::Tensor& prev, int64_t n, int64_t max_len,
                                                            at::Device device) {
   const int64_t bs = cache.block_size();
   auto g = std::make_unique<Graph>(n, (max_len + bs - 1) / bs, max_len, device);
-  g->upload(host, sp, bs);
+  g->upload(host, sp, bs, source, prev);
   // Capture on a side stream (capture needs a non-default stream) after one eager warm-up there (cuBLAS
   // handle and workspace, lazy kernel loading). The warm-up runs this very step, so the K/V it writes are
   // the values the replay writes again.
@@ -183,7 +197,8 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::CausalL
 }
 
 bool DecodeGraphs::run(const models::CausalLM& model, cache::KVCache& cache, const ForwardBatch& host,
-                       const SamplingParams& sp, at::Tensor* ids, at::Tensor* logits) {
+                       const SamplingParams& sp, const at::Tensor& source, const at::Tensor& prev, at::Tensor* ids,
+                       at::Tensor* logits) {
   const int64_t n = host.seq_lens.size(0);
   if (failed_ || !host.is_decode || n > kMaxBatch || host.input_ids.size(0) != n) return false;
   const int64_t bs = cache.block_size();
@@ -197,7 +212,7 @@ bool DecodeGraphs::run(const models::CausalLM& model, cache::KVCache& cache, con
     const at::Device device = cache.key(0).device();
     std::unique_ptr<Graph> g;
     try {
-      g = capture(model, cache, host, sp, n, max_len, device);
+      g = capture(model, cache, host, sp, source, prev, n, max_len, device);
     } catch (const std::exception& e) {
       // The warm-up wrote only this step's own K/V, so the eager rerun is exact; later steps stay eager.
       failed_ = true;
@@ -206,7 +221,7 @@ bool DecodeGraphs::run(const models::CausalLM& model, cache::KVCache& cache, con
     }
     it = graphs_.emplace(key, std::move(g)).first;
   } else {
-    it->second->upload(host, sp, bs);
+    it->second->upload(host, sp, bs, source, prev);
   }
   it->second->graph.replay();
   ++replays_;
@@ -227,7 +242,7 @@ DecodeGraphs::~DecodeGraphs() = default;
 int64_t DecodeGraphs::num_graphs() const { return 0; }
 void DecodeGraphs::clear() {}
 bool DecodeGraphs::run(const models::CausalLM&, cache::KVCache&, const models::ForwardBatch&,
-                       const SamplingParams&, at::Tensor*, at::Tensor*) {
+                       const SamplingParams&, const at::Tensor&, const at::Tensor&, at::Tensor*, at::Tensor*) {
   return false;
 }
 

@@ -31,10 +31,13 @@ class DecodeGraphs {
   DecodeGraphs& operator=(const DecodeGraphs&) = delete;
 
   // Runs the validated host decode batch through a graph (capturing it on first use) and sets *ids ([n] int64)
-  // and *logits ([n, vocab] float32), both on the device and overwritten by the next replay. Returns false,
+  // and *logits ([n, vocab] float32), both on the device and overwritten by the next replay. source (host
+  // int64 [n], or undefined) and prev (device ids): the tokens whose source >= 0 take prev[source] as their id
+  // (build_batch, take_tokens). Queues work only: no host synchronisation with the device. Returns false,
   // having run nothing, when no graph may serve the step (the caller runs it eagerly).
-  bool run(const models::CausalLM& model, cache::KVCache& cache,
-           const models::ForwardBatch& host, const SamplingParams& sp, at::Tensor* ids, at::Tensor* logits);
+  bool run(const models::CausalLM& model, cache::KVCache& cache, const models::ForwardBatch& host,
+           const SamplingParams& sp, const at::Tensor& source, const at::Tensor& prev, at::Tensor* ids,
+           at::Tensor* logits);
 
   // Drops every graph (they hold the cache's and the weights' addresses).
   void clear();
@@ -45,8 +48,9 @@ class DecodeGraphs {
  private:
   struct Graph;
   std::unique_ptr<Graph> capture(const models::CausalLM& model, cache::KVCache& cache,
-                                 const models::ForwardBatch& host, const SamplingParams& sp, int64_t n,
-                                 int64_t max_len, at::Device device);
+                                 const models::ForwardBatch& host, const SamplingParams& sp,
+                                 const at::Tensor& source, const at::Tensor& prev, int64_t n, int64_t max_len,
+                                 at::Device device);
 
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Graph>> graphs_;
   int64_t replays_ = 0;

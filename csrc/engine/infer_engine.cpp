@@ -10,12 +10,17 @@
 #include <exception>
 #include <future>
 #include <thread>
+#include <tuple>
 
 #include "csrc/engine/batch.h"
 #include "csrc/models/registry.h"
 #include "csrc/ops/ops.h"
 
 namespace infinilm::engine {
+
+namespace {
+std::atomic<uint64_t> g_next_engine_id{1};  // Output.engine_id: which engine's sampled ids an Output holds
+}  // namespace
 
 void InferEngine::check_args(const models::llama::LlamaConfig& config, const distributed::DistConfig& dist,
                              c10::DeviceType device_type, int64_t world_size) {
@@ -42,7 +47,7 @@ void InferEngine::check_args(const models::llama::LlamaConfig& config, const dis
 InferEngine::InferEngine(const models::llama::LlamaConfig& config, const distributed::DistConfig& distributed_config,
                          c10::DeviceType device_type, std::shared_ptr<const cache::CacheConfig> cache_config,
                          std::vector<std::shared_ptr<Communicator>> communicators)
-    : config_(config), dist_(distributed_config), cache_config_(std::move(cache_config)) {
+    : id_(g_next_engine_id++), config_(config), dist_(distributed_config), cache_config_(std::move(cache_config)) {
   const int64_t local = dist_.tp_size();
   world_ = communicators.empty() ? local : communicators[0]->size();
   check_args(config_, dist_, device_type, world_);
@@ -183,16 +188,51 @@ std::vector<InferEngine::StateDict> InferEngine::state_dict() const {
   return out;
 }
 
+namespace {
+
+// A pinned host copy of t, queued on the current stream (read it after the step's event).
+at::Tensor to_pinned(const at::Tensor& t) {
+  at::Tensor h = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+  h.copy_(t, /*non_blocking=*/true);
+  return h;
+}
+
+}  // namespace
+
+int64_t InferEngine::prev_rows(const Input& input) const {
+  if (!input.prev_output) return -1;
+  const Output& p = *input.prev_output;
+  TORCH_CHECK_VALUE(p.engine_id == id_, "InferEngine.forward: 'prev_output' is an Output of ",
+                    p.engine_id ? "another engine" : "no engine", "; only this engine's sampled ids can feed it");
+  TORCH_CHECK_VALUE(p.device_ids.defined() && p.output_ids.defined(), "InferEngine.forward: 'prev_output' holds no ",
+                    "sampled ids (a process without group rank 0 gets none); give 'input_ids' instead");
+  return p.device_ids.size(0);
+}
+
 InferEngine::Output InferEngine::forward(const Input& input) {
   std::lock_guard<std::mutex> lock(call_mu_);
   check_usable();
   check_loaded();
-  // Every check happens here, on the host, before any rank writes its cache.
+  // Every check happens here, on the host, before any rank writes its cache; none reads device memory.
   CacheWrites writes;
-  const models::ForwardBatch host = build_batch(input, ranks_[0].model->batch_limits(), *ranks_[0].cache, &writes);
+  at::Tensor source;  // per token: the prev_output row its id comes from
+  models::ForwardBatch host = build_batch(input, ranks_[0].model->batch_limits(), *ranks_[0].cache, &writes,
+                                          prev_rows(input), &source);
   const int64_t n = host.seq_lens.size(0);
   const SamplingParams sp = build_sampling(input, n, config_.vocab_size);
+  at::Tensor prev;  // prev_output's sampled ids on rank 0's device
+  if (source.defined() && world_ > 1) {
+    // Every rank embeds the ids but only rank 0 holds the sampled ones: they come through the host.
+    input.prev_output->wait();
+    host.input_ids = take_tokens(host.input_ids, source, input.prev_output->output_ids.view({-1}));
+    source = at::Tensor();
+  } else if (source.defined()) {
+    prev = input.prev_output->device_ids;
+  }
+  // A step returns before its work has run only on a single CUDA rank; elsewhere it is synchronous anyway.
+  const bool async = input.non_blocking && world_ == 1 && !ranks_[0].worker->device().is_cpu();
   Output out;  // output_ids stays undefined (None) in a process without group rank 0
+  out.engine_id = id_;
   const int64_t failing = inject_failure_rank_.exchange(-1);
   // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly. Steps
   // with penalties run eagerly too: their token lists change width every step (a graph per width would
@@ -205,21 +245,39 @@ InferEngine::Output InferEngine::forward(const Input& input) {
     const at::Device dev = rank.worker->device();
     const bool first = rank.worker->rank() == 0;
     at::Tensor logits, ids;
-    if (!(graphed && rank.graphs && rank.graphs->run(*rank.model, *rank.cache, host, sp, &ids, &logits))) {
-      const models::ForwardBatch batch = to_device(host, dev);
+    const bool replayed =
+        graphed && rank.graphs && rank.graphs->run(*rank.model, *rank.cache, host, sp, source, prev, &ids, &logits);
+    if (!replayed) {
+      models::ForwardBatch batch = to_device(host, dev);
+      if (source.defined()) batch.input_ids = take_tokens(batch.input_ids, upload(source, dev), prev);
       logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
       if (!first) return;  // only rank 0 samples
       // Penalties work in place: on a copy when the raw logits are still needed (returned, or logprobs).
       at::Tensor work = sp.penalties && (input.return_logits || sp.logprobs_k >= 0) ? logits.clone() : logits;
       ids = run_sampler(work, sp);
     }
+    // A replay's outputs live in the graph and the next replay overwrites them.
+    out.device_ids = replayed ? ids.clone() : ids;
+    std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> lp;
+    if (sp.logprobs_k >= 0) lp = infinilm::logprobs(logits, ids, sp.logprobs_k);
+    if (async) {  // copies into pinned memory, an event after them; nothing here waits for the device
+      out.output_ids = to_pinned(ids).view({n, 1});
+      if (input.return_logits) out.logits = to_pinned(logits);
+      if (lp) {
+        out.logprobs = to_pinned(std::get<0>(*lp));
+        out.top_logprobs = to_pinned(std::get<1>(*lp));
+        out.top_token_ids = to_pinned(std::get<2>(*lp));
+      }
+      out.copied = std::make_shared<c10::Event>(dev.type());
+      out.copied->record(c10::impl::getDeviceGuardImpl(dev.type())->getStream(dev));
+      return;
+    }
     out.output_ids = ids.to(at::kCPU, at::kLong).view({n, 1});
     if (input.return_logits) out.logits = logits.to(at::kCPU);
-    if (sp.logprobs_k >= 0) {
-      auto [lp, top, top_ids] = infinilm::logprobs(logits, ids, sp.logprobs_k);
-      out.logprobs = lp.to(at::kCPU);
-      out.top_logprobs = top.to(at::kCPU);
-      out.top_token_ids = top_ids.to(at::kCPU);
+    if (lp) {
+      out.logprobs = std::get<0>(*lp).to(at::kCPU);
+      out.top_logprobs = std::get<1>(*lp).to(at::kCPU);
+      out.top_token_ids = std::get<2>(*lp).to(at::kCPU);
     }
   }, /*collective=*/true);
   for (auto& r : ranks_) commit_writes(writes, *r.cache);

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -91,9 +92,12 @@ class InferEngine {
   void check_loaded() const;
   // Drops the captured graphs on each rank's thread (they point at cache and weight memory).
   void clear_graphs();
+  // Rows of input.prev_output (-1: none), after checking that it is one of this engine's outputs with ids.
+  int64_t prev_rows(const Input& input) const;
 
   // Serialises the public calls: ranks must see commands in the same order (their collectives pair up).
   mutable std::mutex call_mu_;
+  const uint64_t id_;  // Output.engine_id of this engine's steps
   models::llama::LlamaConfig config_;
   distributed::DistConfig dist_;
   std::shared_ptr<const cache::CacheConfig> cache_config_;

@@ -2,10 +2,34 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/Event.h>
 
+#include <cstdint>
+#include <memory>
 #include <optional>
 
 namespace infinilm::engine {
+
+// One step's results. The default (synchronous) step returns them filled in. A step run with
+// Input.non_blocking on CUDA returns as soon as its work is queued: the host tensors below are pinned buffers
+// the GPU copies into, valid once ready() (wait() blocks until then; the Python properties wait by
+// themselves). On the CPU, or with tensor parallelism, every step is synchronous and ready() is true.
+struct Output {
+  at::Tensor output_ids;            // [n, 1] int64 on the CPU
+  std::optional<at::Tensor> logits;  // [n, vocab] float32 on the CPU, when Input.return_logits
+  // When Input.return_logprobs = k >= 0, on the CPU: [n] float32, [n, k] float32, [n, k] int64.
+  std::optional<at::Tensor> logprobs, top_logprobs, top_token_ids;
+  // The sampled ids [n] int64 on the engine's device (rank 0's; undefined where output_ids is), usable at once:
+  // a later step reads them in stream order (Input.prev_output), with no copy to the host.
+  at::Tensor device_ids;
+  std::shared_ptr<c10::Event> copied;  // recorded after the copies to the host; null: nothing pending
+  uint64_t engine_id = 0;              // the engine that produced it (Input.prev_output must name the same)
+
+  bool ready() const { return !copied || copied->query(); }
+  void wait() const {
+    if (copied) copied->synchronize();
+  }
+};
 
 // Integer tensors may be int32 or int64, on the CPU or the engine's device.
 // Static cache: input_ids [B, S] right-padded, position_ids [B, S] (default cache_lengths[b] + arange(S)),
@@ -31,6 +55,13 @@ namespace infinilm::engine {
 // return_logprobs = k >= 0: Output.logprobs [n] float32 = log_softmax of the raw logits (before penalties
 //   and temperature, vLLM's raw logprobs) at the sampled token, and top_logprobs / top_token_ids [n, k]
 //   (decreasing, ties by lower id; k = 0 gives [n, 0]). k <= min(vocab, 1024). -1 = off.
+//
+// Feeding sampled ids back without a host round trip: prev_output = an earlier step's Output of this engine;
+// prev_token_index (shape of input_ids: [B, S] static, [T] or [1, T] paged; int, CPU) gives each token the
+// prev_output row whose sampled id it takes (-1: the token's own input_ids value). Without prev_token_index,
+// input_ids is omitted and every token takes the row of its own index: static [n_prev, 1], paged [n_prev].
+// Those ids were drawn by the engine, so they need no value check (nor a copy to the host).
+// non_blocking: return once the step is queued (CUDA, one rank); see Output. docs/engine_inputs.md.
 struct Input {
   std::optional<at::Tensor> input_ids;
   std::optional<at::Tensor> position_ids;
@@ -47,13 +78,9 @@ struct Input {
   std::optional<at::Tensor> repetition_penalties, presence_penalties, frequency_penalties;
   std::optional<at::Tensor> prompt_token_ids, output_token_ids;
   int64_t return_logprobs = -1;
-};
-
-struct Output {
-  at::Tensor output_ids;            // [n, 1] int64 on the CPU
-  std::optional<at::Tensor> logits;  // [n, vocab] float32 on the CPU, when Input.return_logits
-  // When Input.return_logprobs = k >= 0, on the CPU: [n] float32, [n, k] float32, [n, k] int64.
-  std::optional<at::Tensor> logprobs, top_logprobs, top_token_ids;
+  std::optional<Output> prev_output;
+  std::optional<at::Tensor> prev_token_index;
+  bool non_blocking = false;
 };
 
 }  // namespace infinilm::engine

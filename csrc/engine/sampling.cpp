@@ -124,12 +124,13 @@ SamplingParams build_sampling(const Input& in, int64_t n, int64_t vocab_size) {
 at::Tensor run_sampler(at::Tensor& logits, const SamplingParams& sp) {
   const at::Device dev = logits.device();
   if (sp.penalties) {
-    infinilm::apply_penalties(logits, sp.prompt_ids.to(dev), sp.output_ids.to(dev), sp.repetition.to(dev),
-                              sp.presence.to(dev), sp.frequency.to(dev));
+    infinilm::apply_penalties(logits, upload(sp.prompt_ids, dev), upload(sp.output_ids, dev),
+                              upload(sp.repetition, dev), upload(sp.presence, dev), upload(sp.frequency, dev));
   }
-  const bool any_min_p = sp.min_p.gt(0).any().item<bool>();
-  return infinilm::sample(logits, sp.temperature.to(dev), sp.top_k.to(dev), sp.top_p.to(dev), sp.seeds.to(dev),
-                          any_min_p ? std::optional<at::Tensor>(sp.min_p.to(dev)) : std::nullopt);
+  const bool any_min_p = sp.min_p.gt(0).any().item<bool>();  // host data: no device sync
+  return infinilm::sample(logits, upload(sp.temperature, dev), upload(sp.top_k, dev), upload(sp.top_p, dev),
+                          upload(sp.seeds, dev), any_min_p ? std::optional<at::Tensor>(upload(sp.min_p, dev))
+                                                           : std::nullopt);
 }
 
 }  // namespace infinilm::engine
