@@ -112,3 +112,15 @@ def test_linear_opcheck():
     b = torch.randn(40, device="cuda", dtype=torch.bfloat16)
     torch.library.opcheck(torch.ops.infinilm.linear, (x, w, b))
     torch.library.opcheck(torch.ops.infinilm.linear, (x, w))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("shape", [(2048, 8192), (4096, 14336), (77, 200)])
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_gemv_silu_and_mul(dtype, shape, m):
+    """The down projection with SiLU-and-mul in its input loads equals linear(silu_and_mul(x)) within the rule."""
+    n, k = shape
+    x = torch.randn(m, 2 * k, device="cuda", dtype=dtype) * 2
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5
+    act = ops.silu_and_mul(x)
+    assert_gemv_close(ops.silu_and_mul_linear(x, w), act, w)
