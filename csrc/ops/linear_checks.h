@@ -9,7 +9,8 @@
 
 namespace infinilm {
 
-inline void check_linear_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+inline void check_linear_args(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias) {
   INFINILM_CHECK_FLOAT(input);
   INFINILM_CHECK_SAME_DTYPE(input, weight);
   INFINILM_CHECK_SAME_DEVICE(input, weight);

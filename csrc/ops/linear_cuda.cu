@@ -29,7 +29,8 @@ bool gemv_ok(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const auto st = x.scalar_type();
   return (st == at::kHalf || st == at::kBFloat16) && w.scalar_type() == st && x.dim() == 2 && w.dim() == 2 &&
          x.size(0) >= 1 && x.size(0) <= cuda::kGemvMaxRows && x.size(1) == w.size(1) && x.size(1) % 8 == 0 &&
-         x.size(1) > 0 && (x.stride(1) == 1 || x.size(1) == 1) && (x.size(0) == 1 || (x.stride(0) % 8 == 0 && x.stride(0) >= x.size(1))) &&
+         x.size(1) > 0 && (x.stride(1) == 1 || x.size(1) == 1) &&
+         (x.size(0) == 1 || (x.stride(0) % 8 == 0 && x.stride(0) >= x.size(1))) &&
          w.is_contiguous() && x.device() == w.device() && cuda::aligned_to(x.data_ptr(), 16) &&
          cuda::aligned_to(w.data_ptr(), 16) &&
          (!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0) && b.scalar_type() == st && b.is_contiguous() &&

@@ -1,4 +1,5 @@
-// Compile check: instantiates the norm, rotary, fused rotary+cache, activation and cache launchers for every dtype/index type.
+// Compile check: instantiates the norm, rotary (plain and fused with the cache write), activation and cache
+// launchers for every dtype/index type.
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cache.cuh"
 #include "kernels/cuda/norm.cuh"
