@@ -95,6 +95,12 @@ def run_rope_cache(table, device, dtype, tokens, hq, hk, d, compile_on):
         table.add("reshape_and_cache", f"T={T} {hk}x{d} bs={bs}",
                   bench_us(lambda: ops.reshape_and_cache(kk, vv, kc, vc, slots), device), 4 * T * hk * d * esz,
                   bench_us(lambda: torch_cache_write(kk, vv, kc, vc, slots, bs), device))
+        # The fused op against the two launches it replaces (the "torch" column here: ours, unfused).
+        separate = bench_us(lambda: (ops.rotary_embedding(pos, q, kk, rope, True),
+                                     ops.reshape_and_cache(kk, vv, kc, vc, slots)), device)
+        fused = bench_us(lambda: ops.rotary_embedding_and_cache(pos, q, kk, vv, kc, vc, slots, rope, True), device)
+        table.add("rotary_embedding_and_cache (vs separate)", f"T={T} {hq}/{hk}x{d} bs={bs}", fused,
+                  2 * T * (hq + hk) * d * esz + 3 * T * hk * d * esz, separate)
 
 
 def run_cases(table, device, quick):

@@ -25,6 +25,14 @@ TORCH_LIBRARY(infinilm, m) {
       "int original_max_position=8192) -> Tensor",
       &infinilm::rope_cos_sin_cache);
 
+  // y = input @ weight^T + bias: input [..., K], weight [N, K], bias [N] -> [..., N]. On CUDA, up to 8 fp16/bf16
+  // rows run on the skinny GEMM (decode) kernel, more on cuBLAS; on the CPU, the engine's linear.
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor");
+
+  // linear(silu_and_mul(input), weight, bias): input [..., 2K] (gate | up), weight [N, K] -> [..., N]; on CUDA
+  // up to 8 fp16/bf16 rows in one kernel that applies the activation as it loads its input.
+  m.def("silu_and_mul_linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor");
+
   // [..., 2d] -> [..., d]: silu(x[..., :d]) * x[..., d:].
   m.def("silu_and_mul(Tensor input) -> Tensor");
 
@@ -33,6 +41,14 @@ TORCH_LIBRARY(infinilm, m) {
   m.def(
       "reshape_and_cache(Tensor key, Tensor value, Tensor(a!) key_cache, Tensor(b!) value_cache, "
       "Tensor slot_mapping) -> ()");
+
+  // rotary_embedding then reshape_and_cache in one kernel: optionally q/k = rms_norm per head with
+  // q_norm_weight/k_norm_weight [D] (Qwen3), query and key rotated in place, the rotated key and value written
+  // to the cache at slot_mapping (slot -1 skipped). Both caches (static = fixed block tables) use it.
+  m.def(
+      "rotary_embedding_and_cache(Tensor positions, Tensor(a!) query, Tensor(b!) key, Tensor value, "
+      "Tensor(c!) key_cache, Tensor(d!) value_cache, Tensor slot_mapping, Tensor cos_sin_cache, bool is_neox, "
+      "Tensor? q_norm_weight=None, Tensor? k_norm_weight=None, float norm_eps=1e-6) -> ()");
 
   // One query token per request: query [B, Hq, D] over the paged cache through block_tables
   // [B, max_blocks] and seq_lens [B] (tokens in the cache, the current one included) -> [B, Hq, D].

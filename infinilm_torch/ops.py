@@ -95,6 +95,50 @@ def reshape_and_cache(
     _ops.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
+def rotary_embedding_and_cache(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+    q_norm_weight: Optional[torch.Tensor] = None,
+    k_norm_weight: Optional[torch.Tensor] = None,
+    norm_eps: float = 1e-6,
+) -> None:
+    """:func:`rotary_embedding` then :func:`reshape_and_cache` in one kernel (on CUDA).
+
+    With ``q_norm_weight``/``k_norm_weight`` (``[D]``, Qwen3), each q and k head is first RMS-normalised
+    (``norm_eps``). query ``[T, Hq, D]`` and key ``[T, Hk, D]`` are rotated in place; the rotated key and value
+    ``[T, Hk, D]`` go to ``key_cache``/``value_cache`` ``[num_blocks, Hk, block_size, D]`` at ``slot_mapping``
+    (``-1`` skips a token).
+    """
+    _ops.rotary_embedding_and_cache(
+        positions, query, key, value, key_cache, value_cache, slot_mapping, cos_sin_cache, is_neox,
+        q_norm_weight, k_norm_weight, norm_eps,
+    )
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``input @ weight.T + bias``: input ``[..., K]``, weight ``[N, K]``, bias ``[N]`` -> ``[..., N]``.
+
+    On CUDA, up to 8 rows of float16/bfloat16 run on the skinny GEMM (decode) kernel, with fp32 accumulation;
+    more rows, or float32, go to cuBLAS (``INFINILM_CUDA_LINEAR=cublas`` sends everything there).
+    """
+    return _ops.linear(input, weight, bias)
+
+
+def silu_and_mul_linear(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``linear(silu_and_mul(input), weight, bias)``: input ``[..., 2K]`` (gate | up), weight ``[N, K]``.
+
+    On CUDA, up to 8 rows of float16/bfloat16 run in one kernel that computes the activation as it loads it.
+    """
+    return _ops.silu_and_mul_linear(input, weight, bias)
+
+
 def paged_attention_decode(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -201,6 +245,18 @@ def _silu_and_mul_fake(input):
     return input.new_empty((*input.shape[:-1], input.shape[-1] // 2))
 
 
+@torch.library.register_fake("infinilm::linear")
+def _linear_fake(input, weight, bias=None):
+    torch._check(input.shape[-1] == weight.shape[1], lambda: "linear: input and weight feature sizes differ")
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("infinilm::silu_and_mul_linear")
+def _silu_and_mul_linear_fake(input, weight, bias=None):
+    torch._check(input.shape[-1] == 2 * weight.shape[1], lambda: "silu_and_mul_linear: input must be [..., 2K]")
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
 @torch.library.register_fake("infinilm::paged_attention_decode")
 def _paged_attention_decode_fake(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len=None):
     return torch.empty_like(query, memory_format=torch.contiguous_format)
@@ -235,6 +291,9 @@ __all__ = [
     "hf_rope_params",
     "silu_and_mul",
     "reshape_and_cache",
+    "rotary_embedding_and_cache",
+    "linear",
+    "silu_and_mul_linear",
     "paged_attention_decode",
     "paged_attention_prefill",
     "sample",

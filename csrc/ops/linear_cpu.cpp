@@ -1,5 +1,6 @@
-// infinilm::linear: the engine's dense layer; decode-sized CPU products go to the skinny-linear kernel or to
-// at::linear (MKL / oneDNN), whichever a measurement on first use of the shape found faster.
+// infinilm::linear: the engine's dense layer (and the CPU impl of the linear op); decode-sized CPU products go to
+// the skinny-linear kernel or to at::linear (MKL / oneDNN), whichever a measurement on first use of the shape found
+// faster. CUDA tensors go to linear_cuda (csrc/ops/linear_cuda.cu).
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -10,7 +11,10 @@
 #include <tuple>
 #include <vector>
 
+#include <torch/library.h>
+
 #include "csrc/ops/dispatch_cpu.h"
+#include "csrc/ops/linear_checks.h"
 #include "csrc/ops/ops.h"
 #include "kernels/cpu/linear.h"
 
@@ -100,6 +104,9 @@ int measured_choice(at::Tensor& y, const at::Tensor& x, const at::Tensor& w, con
 }  // namespace
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+#ifdef INFINILM_WITH_CUDA
+  if (x.is_cuda()) return linear_cuda(x, w, b);
+#endif
   const int forced = forced_choice();
   if (forced == 0 || !skinny_ok(x, w, b)) return at::linear(x, w, b);
   at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
@@ -109,4 +116,31 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return y;
 }
 
+at::Tensor linear_op_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  check_linear_args(input, weight, bias);
+  INFINILM_CHECK_CPU(input);
+  auto [x, out_shape] = linear_rows(input, weight);
+  return linear(x, weight, bias.value_or(at::Tensor())).view(out_shape);
+}
+
+at::Tensor silu_and_mul_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+#ifdef INFINILM_WITH_CUDA
+  if (x.is_cuda()) return silu_and_mul_linear_cuda(x, w, b);
+#endif
+  return linear(silu_and_mul_cpu(x), w, b);
+}
+
+at::Tensor silu_and_mul_linear_op_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                      const std::optional<at::Tensor>& bias) {
+  check_silu_and_mul_linear_args(input, weight, bias);
+  INFINILM_CHECK_CPU(input);
+  auto [x, out_shape] = linear_rows(input, weight);
+  return silu_and_mul_linear(x, weight, bias.value_or(at::Tensor())).view(out_shape);
+}
+
 }  // namespace infinilm
+
+TORCH_LIBRARY_IMPL(infinilm, CPU, m) {
+  m.impl("linear", &infinilm::linear_op_cpu);
+  m.impl("silu_and_mul_linear", &infinilm::silu_and_mul_linear_op_cpu);
+}

@@ -17,6 +17,11 @@ void rotary_embedding_cpu(const at::Tensor& positions, at::Tensor& query, at::Te
 at::Tensor silu_and_mul_cpu(const at::Tensor& input);
 void reshape_and_cache_cpu(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
                            at::Tensor& value_cache, const at::Tensor& slot_mapping);
+void rotary_embedding_and_cache_cpu(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                                    const at::Tensor& value, at::Tensor& key_cache, at::Tensor& value_cache,
+                                    const at::Tensor& slot_mapping, const at::Tensor& cos_sin_cache, bool is_neox,
+                                    const std::optional<at::Tensor>& q_norm_weight,
+                                    const std::optional<at::Tensor>& k_norm_weight, double norm_eps);
 at::Tensor paged_attention_decode_cpu(const at::Tensor& query, const at::Tensor& key_cache,
                                       const at::Tensor& value_cache, const at::Tensor& block_tables,
                                       const at::Tensor& seq_lens, double scale,
@@ -36,6 +41,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logprobs_cpu(const at::Tensor& lo
 
 // ---- CUDA kernels (csrc/ops/*_cuda.cu), present when built with INFINILM_WITH_CUDA -----------------
 #ifdef INFINILM_WITH_CUDA
+// y = x w^T (+ b) for 2-D x: <= 8 fp16/bf16 rows on the skinny GEMM kernel, else at::linear (cuBLAS).
+at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+// linear(silu_and_mul(x), w, b) with the activation folded into the skinny GEMM's input loads (<= 8 rows).
+at::Tensor silu_and_mul_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 at::Tensor rms_norm_cuda(const at::Tensor& input, const at::Tensor& weight, double eps);
 void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
 void rotary_embedding_cuda(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
@@ -43,6 +52,11 @@ void rotary_embedding_cuda(const at::Tensor& positions, at::Tensor& query, at::T
 at::Tensor silu_and_mul_cuda(const at::Tensor& input);
 void reshape_and_cache_cuda(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
                             at::Tensor& value_cache, const at::Tensor& slot_mapping);
+void rotary_embedding_and_cache_cuda(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                                     const at::Tensor& value, at::Tensor& key_cache, at::Tensor& value_cache,
+                                     const at::Tensor& slot_mapping, const at::Tensor& cos_sin_cache, bool is_neox,
+                                     const std::optional<at::Tensor>& q_norm_weight,
+                                     const std::optional<at::Tensor>& k_norm_weight, double norm_eps);
 at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor& key_cache,
                                        const at::Tensor& value_cache, const at::Tensor& block_tables,
                                        const at::Tensor& seq_lens, double scale,
@@ -80,6 +94,10 @@ at::Tensor rope_cos_sin_cache(int64_t max_position, int64_t rotary_dim, double b
 // run on a bandwidth-bound kernel (kernels/cpu/linear.h), everything else on at::linear (csrc/ops/linear_cpu.cpp).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
+// linear(silu_and_mul(x), w, b) for x [T, 2K] (gate | up): the MLP's down projection; on CUDA, up to 8 rows in
+// one kernel (the activation computed as the product loads its input).
+at::Tensor silu_and_mul_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
 // ---- device-generic wrappers: the engine calls these, never the dispatcher ---------------------------
 inline at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
   return INFINILM_DISPATCH_DEVICE(input, rms_norm, input, weight, eps);
@@ -97,6 +115,16 @@ inline at::Tensor silu_and_mul(const at::Tensor& input) {
 inline void reshape_and_cache(const at::Tensor& key, const at::Tensor& value, at::Tensor& key_cache,
                               at::Tensor& value_cache, const at::Tensor& slot_mapping) {
   INFINILM_DISPATCH_DEVICE(key, reshape_and_cache, key, value, key_cache, value_cache, slot_mapping);
+}
+// Optional per-head q/k RMSNorm, rope of query and key in place, rotated key and value into the cache slots.
+inline void rotary_embedding_and_cache(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
+                                       const at::Tensor& value, at::Tensor& key_cache, at::Tensor& value_cache,
+                                       const at::Tensor& slot_mapping, const at::Tensor& cos_sin_cache, bool is_neox,
+                                       const at::Tensor& q_norm_weight = {}, const at::Tensor& k_norm_weight = {},
+                                       double norm_eps = 1e-6) {
+  const auto opt = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
+  INFINILM_DISPATCH_DEVICE(query, rotary_embedding_and_cache, positions, query, key, value, key_cache, value_cache,
+                           slot_mapping, cos_sin_cache, is_neox, opt(q_norm_weight), opt(k_norm_weight), norm_eps);
 }
 inline at::Tensor paged_attention_decode(const at::Tensor& query, const at::Tensor& key_cache,
                                          const at::Tensor& value_cache, const at::Tensor& block_tables,

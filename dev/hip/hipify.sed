@@ -8,6 +8,7 @@ s/\bcudaError_t\b/hipError_t/g
 s/\bcudaStream_t\b/hipStream_t/g
 s/\bcudaSuccess\b/hipSuccess/g
 s/\bcudaErrorInvalidValue\b/hipErrorInvalidValue/g
+s/\bcudaErrorNotSupported\b/hipErrorNotSupported/g
 s/\bcudaGetLastError\b/hipGetLastError/g
 s/\bcudaFuncSetAttribute\b/hipFuncSetAttribute/g
 s/\bcudaFuncAttributeMaxDynamicSharedMemorySize\b/hipFuncAttributeMaxDynamicSharedMemorySize/g

@@ -11,6 +11,39 @@
 
 namespace infinilm::cuda {
 
+// One thread's P rotation pairs. NEOX: pair k is (a[k], b[k]) (elements i+k and i+k+rot/2 of the head).
+// GPT-J: a | b is a 2P-wide run of interleaved pairs. c/s: cos/sin of the P pairs.
+template <int P, bool NEOX>
+__device__ __forceinline__ void rotate_packs(const float (&a)[P], const float (&b)[P], const float* c,
+                                             const float* s, float (&ya)[P], float (&yb)[P]) {
+  if constexpr (NEOX) {
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      ya[k] = a[k] * c[k] - b[k] * s[k];
+      yb[k] = b[k] * c[k] + a[k] * s[k];
+    }
+  } else {
+    // Element e of the 2P-wide run [a | b] is pair e/2; pair k uses cos/sin k.
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      const float x0 = k < P / 2 || P == 1 ? a[(2 * k) % P] : b[(2 * k) % P];
+      const float x1 = P == 1 ? b[0] : (k < P / 2 ? a[(2 * k + 1) % P] : b[(2 * k + 1) % P]);
+      const float r0 = x0 * c[k] - x1 * s[k];
+      const float r1 = x1 * c[k] + x0 * s[k];
+      if (P == 1) {
+        ya[0] = r0;
+        yb[0] = r1;
+      } else if (k < P / 2) {
+        ya[(2 * k) % P] = r0;
+        ya[(2 * k + 1) % P] = r1;
+      } else {
+        yb[(2 * k) % P] = r0;
+        yb[(2 * k + 1) % P] = r1;
+      }
+    }
+  }
+}
+
 template <typename T, typename I, int P, bool NEOX>
 __global__ void rotary_embedding_kernel(const I* __restrict__ positions,  // [tokens]
                                         T* __restrict__ query,            // [tokens, q_heads, head_dim]
@@ -37,32 +70,7 @@ __global__ void rotary_embedding_kernel(const I* __restrict__ positions,  // [to
     pack_to_float(load_pack<T, P>(pa), a);
     pack_to_float(load_pack<T, P>(pb), b);
     float ya[P], yb[P];
-    if constexpr (NEOX) {
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        ya[k] = a[k] * c.v[k] - b[k] * s.v[k];
-        yb[k] = b[k] * c.v[k] + a[k] * s.v[k];
-      }
-    } else {
-      // Element e of the 2P-wide run [a | b] is pair e/2; pair k uses cos/sin k.
-#pragma unroll
-      for (int k = 0; k < P; ++k) {
-        const float x0 = k < P / 2 || P == 1 ? a[(2 * k) % P] : b[(2 * k) % P];
-        const float x1 = P == 1 ? b[0] : (k < P / 2 ? a[(2 * k + 1) % P] : b[(2 * k + 1) % P]);
-        const float r0 = x0 * c.v[k] - x1 * s.v[k];
-        const float r1 = x1 * c.v[k] + x0 * s.v[k];
-        if (P == 1) {
-          ya[0] = r0;
-          yb[0] = r1;
-        } else if (k < P / 2) {
-          ya[(2 * k) % P] = r0;
-          ya[(2 * k + 1) % P] = r1;
-        } else {
-          yb[(2 * k) % P] = r0;
-          yb[(2 * k + 1) % P] = r1;
-        }
-      }
-    }
+    rotate_packs<P, NEOX>(a, b, c.v, s.v, ya, yb);
     store_pack(pa, pack_from_float<T, P>(ya));
     store_pack(pb, pack_from_float<T, P>(yb));
   }

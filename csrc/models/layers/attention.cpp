@@ -23,14 +23,12 @@ at::Tensor paged_self_attention(const AttentionWeights& w, const AttentionShape&
   hook("attention_q", qt);
   hook("attention_k", kt);
   hook("attention_v", vt);
-  if (w.q_norm.defined()) {  // Qwen3: RMSNorm over each head's head_dim features, before RoPE
-    qt = infinilm::rms_norm(qt, w.q_norm, s.norm_eps);
-    kt = infinilm::rms_norm(kt, w.k_norm, s.norm_eps);
-  }
-  infinilm::rotary_embedding(batch.positions, qt, kt, rope, /*is_neox=*/true);
+  // One kernel: Qwen3's per-head q/k RMSNorm (when q_norm is defined), RoPE of q and k in place, k and v into
+  // their cache slots.
+  infinilm::rotary_embedding_and_cache(batch.positions, qt, kt, vt, k_cache, v_cache, batch.slot_mapping, rope,
+                                       /*is_neox=*/true, w.q_norm, w.k_norm, s.norm_eps);
   hook("attention_q_rope", qt);
   hook("attention_k_rope", kt);
-  infinilm::reshape_and_cache(kt, vt, k_cache, v_cache, batch.slot_mapping);
   at::Tensor attn =
       batch.is_decode
           ? infinilm::paged_attention_decode(qt, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale, max_seq)

@@ -185,8 +185,9 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
     if (layer_hook.on()) layer_hook("output", residual + h);
   }
   // Only each request's last token needs the final norm and the lm_head.
-  at::Tensor last_h = h.index_select(0, batch.last_token_idx);
-  at::Tensor last_res = residual.index_select(0, batch.last_token_idx);
+  // In a decode step every token is a request's last: no gather (two launches) needed.
+  at::Tensor last_h = batch.is_decode ? h : h.index_select(0, batch.last_token_idx);
+  at::Tensor last_res = batch.is_decode ? residual : residual.index_select(0, batch.last_token_idx);
   infinilm::fused_add_rms_norm(last_h, last_res, norm_, c.rms_norm_eps);
   hook("final_norm", last_h);
   at::Tensor logits = infinilm::linear(last_h, lm_head()).to(at::kFloat);  // [n, V]

@@ -1,8 +1,10 @@
-// Compile check: instantiates the norm, rotary, activation and cache launchers for every dtype/index type.
+// Compile check: instantiates the norm, rotary (plain and fused with the cache write), activation and cache
+// launchers for every dtype/index type.
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cache.cuh"
 #include "kernels/cuda/norm.cuh"
 #include "kernels/cuda/rotary.cuh"
+#include "kernels/cuda/rotary_cache.cuh"
 
 namespace ic = infinilm::cuda;
 
@@ -26,3 +28,15 @@ namespace ic = infinilm::cuda;
 INSTANTIATE_T(float)
 INSTANTIATE_T(__half)
 INSTANTIATE_T(__nv_bfloat16)
+
+#define INSTANTIATE_ROPE_CACHE(T, I)                                                                           \
+  template cudaError_t ic::rotary_embedding_and_cache<T, I>(                                                  \
+      const I*, T*, T*, const T*, T*, T*, const I*, const float*, const T*, const T*, float, int64_t, int64_t, \
+      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, \
+      cudaStream_t);
+INSTANTIATE_ROPE_CACHE(float, int32_t)
+INSTANTIATE_ROPE_CACHE(float, int64_t)
+INSTANTIATE_ROPE_CACHE(__half, int32_t)
+INSTANTIATE_ROPE_CACHE(__half, int64_t)
+INSTANTIATE_ROPE_CACHE(__nv_bfloat16, int32_t)
+INSTANTIATE_ROPE_CACHE(__nv_bfloat16, int64_t)

@@ -1,0 +1,13 @@
+// Compile check: instantiates the skinny-GEMM (decode GEMV) launcher for both half-precision dtypes.
+#include "kernels/cuda/gemv.cuh"
+
+namespace ic = infinilm::cuda;
+
+#define INSTANTIATE_T(T)                                                                                   \
+  template cudaError_t ic::gemv<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, \
+                                   int64_t, int, cudaStream_t);                                          \
+  template cudaError_t ic::gemv_silu_and_mul<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,   \
+                                                int64_t, int64_t, int, cudaStream_t);
+
+INSTANTIATE_T(__half)
+INSTANTIATE_T(__nv_bfloat16)
