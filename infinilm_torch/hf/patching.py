@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import types
 import weakref
 
 import torch
 
 from infinilm_torch.hf import attention, layers
+from infinilm_torch.hf.hooks import MISSING as _MISSING, bind as _bind
+from infinilm_torch.hf.hooks import hook_generate_inputs, prepare_inputs_for_generation, round_static_cache
 
 FAMILIES = {
     "llama": ("transformers.models.llama.modeling_llama", "Llama"),
@@ -35,7 +36,6 @@ _FORWARDS = {
 _class_saved: dict = {}  # (cls, attr) -> the class's own attribute before patching (or a sentinel)
 _class_state: dict = {}  # family -> parts patched at class level
 _rope_users: dict = {}  # family -> users of the rope dispatcher: "class" and patched model objects (weakly)
-_MISSING = object()
 
 
 def _module(family: str):
@@ -46,6 +46,10 @@ def _module(family: str):
 def _classes(family: str) -> dict:
     mod, prefix = _module(family), FAMILIES[family][1]
     return {part: getattr(mod, prefix + suffix, None) for part, suffix in _CLASS_SUFFIX.items()}
+
+
+def _causal_lm_class(family: str):
+    return getattr(_module(family), FAMILIES[family][1] + "ForCausalLM", None)
 
 
 def _original(cls, attr: str):
@@ -122,6 +126,12 @@ def apply_infinilm_to(family: str, model=None, **parts) -> None:
             _rope_acquire(family, cls)
         _set_class_attr(cls, "forward", _FORWARDS[part])
         active.add(part)
+    lm = _causal_lm_class(family)
+    if on["attention"] and lm is not None and "attention" not in active:
+        # Same per-step all-ones mask drop as patch(): without it a compiled forward hands every step to sdpa.
+        _set_class_attr(lm, "_infinilm_orig_prepare", lm.prepare_inputs_for_generation)
+        _set_class_attr(lm, "prepare_inputs_for_generation", prepare_inputs_for_generation)
+        active.add("attention")
     if model is not None:
         patch(model, **parts)
 
@@ -134,6 +144,9 @@ def revert_infinilm_to(family: str) -> None:
             _restore_class(cls)
             if part == "rope":
                 _rope_release(family, cls)
+    lm = _causal_lm_class(family)
+    if "attention" in active and lm is not None:
+        _restore_class(lm)
 
 
 
@@ -187,13 +200,6 @@ def _family_of(model) -> str:
     )
 
 
-def _bind(module, name: str, fn) -> None:
-    saved = module.__dict__.setdefault("_infinilm_saved", {})
-    if name not in saved:
-        saved[name] = module.__dict__.get(name, _MISSING)
-    setattr(module, name, types.MethodType(fn, module) if isinstance(fn, types.FunctionType) else fn)
-
-
 def _set_attn_implementation(model, name: str) -> None:
     if hasattr(model, "set_attn_implementation"):
         try:
@@ -202,54 +208,6 @@ def _set_attn_implementation(model, name: str) -> None:
         except Exception:  # noqa: BLE001 - some versions validate more strictly; the config attribute suffices
             pass
     model.config._attn_implementation = name
-
-
-# The generate() hook that sizes static caches: ``_prepare_static_cache`` (transformers 5.x), ``_get_cache`` (4.x).
-_STATIC_CACHE_HOOKS = ("_prepare_static_cache", "_get_cache")
-
-
-def _round_static_cache(model) -> None:
-    """Round the static caches that ``generate`` builds for this model up to a multiple of
-    ``attention.STATIC_CACHE_MULTIPLE`` tokens on devices whose kernels take power-of-two blocks (CUDA), so
-    that every step runs on our kernels instead of falling back to sdpa. Extra slots are never attended to."""
-    for name in _STATIC_CACHE_HOOKS:
-        orig = getattr(type(model), name, None)
-        sig = inspect.signature(orig) if orig is not None else None
-        if sig is None or "max_cache_len" not in sig.parameters:
-            continue
-
-        def sized(self, *args, _orig=orig, _sig=sig, **kwargs):
-            bound = _sig.bind(self, *args, **kwargs)
-            n = bound.arguments.get("max_cache_len")
-            if isinstance(n, int) and attention.LAYOUT.get(self.device.type) == "head":
-                m = attention.STATIC_CACHE_MULTIPLE
-                bound.arguments["max_cache_len"] = -(-n // m) * m
-            return _orig(*bound.args, **bound.kwargs)
-
-        _bind(model, name, sized)
-        return
-
-
-def _prepare_inputs_for_generation(self, *args, **kwargs):
-    """generate()'s per-step inputs with an all-ones 2D attention mask dropped (checked here, outside any
-    compiled forward): no padding means the kernels' causal pattern, which a compiled forward cannot prove from
-    a mask tensor whose values it does not know, and then hands to sdpa."""
-    inputs = self._infinilm_orig_prepare(*args, **kwargs)
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    if (
-        isinstance(mask, torch.Tensor) and mask.dim() == 2
-        and not torch.compiler.is_compiling() and getattr(self.config, "_attn_implementation", None) == attention.NAME
-        and bool(mask.all())
-    ):
-        inputs["attention_mask"] = None
-    return inputs
-
-
-def _hook_generate_inputs(model) -> None:
-    orig = getattr(model, "prepare_inputs_for_generation", None)
-    if orig is not None:
-        _bind(model, "_infinilm_orig_prepare", orig)
-        _bind(model, "prepare_inputs_for_generation", _prepare_inputs_for_generation)
 
 
 def patch(model, **parts):
@@ -292,8 +250,8 @@ def patch(model, **parts):
     if on["attention"]:
         state["attn"] = getattr(model.config, "_attn_implementation", None)
         _set_attn_implementation(model, attention.NAME)
-        _round_static_cache(model)
-        _hook_generate_inputs(model)
+        round_static_cache(model)
+        hook_generate_inputs(model)
     model._infinilm_patched = state
     return model
 

@@ -1,0 +1,98 @@
+"""Instance binding helpers and the generate() hooks a patched model gets: static caches sized for the kernels,
+all-ones step masks dropped, and a dynamic cache's sizes marked dynamic for compiled forwards."""
+from __future__ import annotations
+
+import inspect
+import types
+
+import torch
+
+from infinilm_torch.hf import attention
+
+MISSING = object()  # "the module had no attribute of its own": restore by deleting
+
+
+def bind(module, name: str, fn) -> None:
+    saved = module.__dict__.setdefault("_infinilm_saved", {})
+    if name not in saved:
+        saved[name] = module.__dict__.get(name, MISSING)
+    setattr(module, name, types.MethodType(fn, module) if isinstance(fn, types.FunctionType) else fn)
+
+
+# The generate() hook that sizes static caches: ``_prepare_static_cache`` (transformers 5.x), ``_get_cache`` (4.x).
+_STATIC_CACHE_HOOKS = ("_prepare_static_cache", "_get_cache")
+
+
+def round_static_cache(model) -> None:
+    """Round the static caches that ``generate`` builds for this model up to a multiple of
+    ``attention.STATIC_CACHE_MULTIPLE`` tokens on devices whose kernels take power-of-two blocks (CUDA), so
+    that every step runs on our kernels instead of falling back to sdpa. Extra slots are never attended to."""
+    for name in _STATIC_CACHE_HOOKS:
+        orig = getattr(type(model), name, None)
+        sig = inspect.signature(orig) if orig is not None else None
+        if sig is None or "max_cache_len" not in sig.parameters:
+            continue
+
+        def sized(self, *args, _orig=orig, _sig=sig, **kwargs):
+            bound = _sig.bind(self, *args, **kwargs)
+            n = bound.arguments.get("max_cache_len")
+            if isinstance(n, int) and attention.LAYOUT.get(self.device.type) == "head":
+                m = attention.STATIC_CACHE_MULTIPLE
+                bound.arguments["max_cache_len"] = -(-n // m) * m
+            return _orig(*bound.args, **bound.kwargs)
+
+        bind(model, name, sized)
+        return
+
+
+def prepare_inputs_for_generation(self, *args, **kwargs):
+    """generate()'s per-step inputs with an all-ones 2D attention mask dropped (checked here, outside any
+    compiled forward): no padding means the kernels' causal pattern, which a compiled forward cannot prove from
+    a mask tensor whose values it does not know, and then hands to sdpa."""
+    inputs = self._infinilm_orig_prepare(*args, **kwargs)
+    if not isinstance(inputs, dict) or torch.compiler.is_compiling():
+        return inputs
+    if getattr(self.config, "_attn_implementation", None) != attention.NAME:
+        return inputs
+    mask = inputs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool(mask.all()):
+        inputs["attention_mask"] = None
+    _mark_dynamic_cache_inputs(inputs)
+    return inputs
+
+
+def _mark_dynamic_cache_inputs(inputs: dict) -> None:
+    """With a dynamic cache every step has new batch/length sizes: mark them dynamic up front so a compiled forward
+    (``torch.compile(model.forward)`` with ``dynamic=None``) builds one symbolic graph per kind of step instead of
+    a static graph first and a dynamic one on the next size (twice the graphs: over torch's default recompile
+    limit of 8 for a model reused across batch sizes with padded and unpadded batches)."""
+    cache = inputs.get("past_key_values", inputs.get("cache"))
+    layers_ = getattr(cache, "layers", None)
+    if not layers_ or type(layers_[0]).__name__ != "DynamicLayer":
+        return
+    mark = torch._dynamo.maybe_mark_dynamic
+    for name in ("input_ids", "attention_mask", "position_ids"):
+        t = inputs.get(name)
+        if isinstance(t, torch.Tensor):
+            for d in range(t.dim()):
+                mark(t, d)
+    for layer in layers_:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.dim() == 4:
+                if not t.is_contiguous():
+                    # A compiled prefill may leave the projection's transposed layout in the cache; later steps
+                    # hold cat's contiguous output. One layout: no extra graph for the first decode step.
+                    t = t.contiguous()
+                    setattr(layer, name, t)
+                mark(t, 0)
+                mark(t, 2)
+
+
+def hook_generate_inputs(model) -> None:
+    orig = getattr(model, "prepare_inputs_for_generation", None)
+    if getattr(type(model), "prepare_inputs_for_generation", None) is prepare_inputs_for_generation:
+        return  # the class is patched (apply_infinilm_to_*): its hook serves this model already
+    if orig is not None:
+        bind(model, "_infinilm_orig_prepare", orig)
+        bind(model, "prepare_inputs_for_generation", prepare_inputs_for_generation)
