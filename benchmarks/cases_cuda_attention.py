@@ -86,9 +86,34 @@ def _paged(B, L, sets, dtype=torch.bfloat16, sequential=False):
     return bt, caches
 
 
-def bench_paged_attention_decode(ceil, configs=((1, 512), (1, 4096), (1, 32768), (8, 4096), (32, 4096),
-                                                (64, 8192), (128, 2048), (256, 2048), (256, 512),
-                                                (1, 32768, "in-order blocks"), (32, 4096, "in-order blocks"))):
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    SDPA_BACKENDS = (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                     ("efficient", SDPBackend.EFFICIENT_ATTENTION))
+except ImportError:  # older torch: the default dispatch only
+    SDPA_BACKENDS, sdpa_kernel = (), None
+
+
+def time_sdpa_backends(make_fns, reps=25):
+    """{backend: median us} for SDPA forced onto each backend (nan where it refuses the shapes)."""
+    out = {}
+    for name, backend in SDPA_BACKENDS:
+        try:
+            with sdpa_kernel([backend]):
+                out[name] = time_graph(make_fns(), reps=reps)
+        except RuntimeError:
+            out[name] = float("nan")
+    if not SDPA_BACKENDS:
+        out["default"] = time_graph(make_fns(), reps=reps)
+    return out
+
+
+DECODE_GRID = tuple((B, L) for B in (1, 8, 32, 128) for L in (512, 4096, 32768))
+
+
+def bench_paged_attention_decode(ceil, configs=DECODE_GRID + ((1, 32768, "in-order blocks"),)):
+    """Decode over the paged cache vs SDPA (each backend) on contiguous K/V [B, Hk, L, D], same run."""
     rows = []
     for B, L, *note in configs:
         kv_bytes = 2 * B * L * HK * D * 2
@@ -103,82 +128,75 @@ def bench_paged_attention_decode(ceil, configs=((1, 512), (1, 4096), (1, 32768),
         qs = q.view(B, HQ, 1, D)
         kvs = [(torch.randn(B, HK, L, D, device="cuda", dtype=torch.bfloat16),
                 torch.randn(B, HK, L, D, device="cuda", dtype=torch.bfloat16)) for _ in range(sets)]
-        try:
-            base = time_graph([lambda k=k, v=v: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True)
-                               for k, v in kvs])
-        except RuntimeError:
-            base = float("nan")
+        sdpa = {} if note else time_sdpa_backends(lambda: [
+            lambda k=k, v=v: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True) for k, v in kvs])
         del kvs
         moved = kv_bytes + 2 * B * HQ * D * 2
-        gbps = moved / us / 1e3
-        rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L} " + "".join(note), us=us, rate=gbps,
-                         unit="GB/s", nbytes=moved,
-                         pct=100 * gbps / ceil["copy_gbps"], baseline_us=base, speedup=base / us))
-        if B == 1 and L == 4096 and not note:  # the anchor's SDPA figure (865 GB/s) was taken eagerly: compare that way too
-            kc, vc = _paged(B, L, 1)[1][0]
-            k, v = torch.randn(2, B, HK, L, D, device="cuda", dtype=torch.bfloat16).unbind(0)
-            e_us = time_eager(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, L))
-            e_base = time_eager(lambda: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True))
-            rows.append(dict(op="paged_attention_decode", config=f"B={B} ctx={L} eager", us=e_us, nbytes=moved,
-                             rate=moved / e_us / 1e3, unit="GB/s", pct=100 * moved / e_us / 1e3 / ceil["copy_gbps"],
-                             baseline_us=e_base, speedup=e_base / e_us))
+        best = min([t for t in sdpa.values() if not math.isnan(t)], default=float("nan"))
+        cfg = f"B={B} ctx={L} " + "".join(note)
+        rows.append(dict(op="paged_attention_decode", config=cfg, us=us, rate=moved / us / 1e3, unit="GB/s",
+                         nbytes=moved, pct=100 * moved / us / 1e3 / ceil["copy_gbps"], baseline_us=best,
+                         speedup=best / us))
+        for name, t in sdpa.items():
+            rows.append(dict(op=f"  sdpa[{name}]", config=cfg, us=t, rate=moved / t / 1e3, unit="GB/s", nbytes=moved,
+                             pct=100 * moved / t / 1e3 / ceil["copy_gbps"], baseline_us=float("nan"),
+                             speedup=float("nan")))
     return rows
 
 
-def _sdpa_prefill(S, scale):
-    q = torch.randn(1, HQ, S, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, HK, S, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, HK, S, D, device="cuda", dtype=torch.bfloat16)
-    best = float("inf")
-    ke, ve = k.repeat_interleave(HQ // HK, 1), v.repeat_interleave(HQ // HK, 1)  # MHA layout: every backend
-    for fn in (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True),
-               lambda: F.scaled_dot_product_attention(q, ke, ve, is_causal=True, scale=scale)):
-        try:
-            best = min(best, time_graph([fn], reps=10))
-        except RuntimeError:
-            pass
-    return best
-
-
-def bench_paged_attention_prefill(ceil, configs=((512, 0, 1), (1024, 0, 1), (2048, 0, 1), (4096, 0, 1),
-                                                 (8192, 0, 1), (1024, 3072, 4), (512, 0, 16))):
-    """configs: (new tokens per request, cached prefix per request, requests)."""
+def bench_paged_attention_prefill(ceil, configs=((2048, 0, 1, 64), (2048, 0, 1, 128), (8192, 0, 1, 64),
+                                                 (8192, 0, 1, 128), (1024, 3072, 4, 128), (512, 0, 16, 128))):
+    """configs: (new tokens per request, cached prefix per request, requests, head_dim); causal, GQA 32/8."""
     rows = []
-    scale = 1 / math.sqrt(D)
-    for S, P, n in configs:
+    for S, P, n, d in configs:
+        scale = 1 / math.sqrt(d)
         L = S + P
-        bt, caches = _paged(n, L, 1)
-        kc, vc = caches[0]
+        nb = (L + BS - 1) // BS
+        bt = torch.randperm(n * nb, device="cuda", dtype=torch.int32).view(n, nb)
+        kc = torch.randn(n * nb, HK, BS, d, device="cuda", dtype=torch.bfloat16)
+        vc = torch.randn_like(kc)
         T = S * n
-        q = torch.randn(T, HQ, D, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(T, HQ, d, device="cuda", dtype=torch.bfloat16)
         qsl = torch.arange(0, T + 1, S, dtype=torch.int32, device="cuda")
         sl = torch.full((n,), L, dtype=torch.int32, device="cuda")
         us = time_graph([lambda: ops.paged_attention_prefill(q, kc, vc, bt, qsl, sl, scale, S, L)], reps=10)
         pairs = n * (S * P + S * (S + 1) // 2)  # (query, key) pairs computed
-        tflops = 4 * pairs * D * HQ / us / 1e6
-        base = _sdpa_prefill(S, scale) * n if P == 0 else float("nan")
-        rows.append(dict(op="paged_attention_prefill", config=f"S={S} prefix={P} reqs={n}", us=us, rate=tflops,
-                         flops=4 * pairs * D * HQ,
-                         unit="TFLOP/s", pct=100 * tflops / ceil["matmul_tflops"], baseline_us=base,
-                         speedup=base / us))
-        del kc, vc, caches
+        flops = 4 * pairs * d * HQ
+        sdpa = {}
+        if P == 0 and n == 1:
+            qq = torch.randn(1, HQ, S, d, device="cuda", dtype=torch.bfloat16)
+            k = torch.randn(1, HK, S, d, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn_like(k)
+            ke, ve = k.repeat_interleave(HQ // HK, 1), v.repeat_interleave(HQ // HK, 1)  # efficient: no GQA
+            sdpa = time_sdpa_backends(lambda: [lambda: F.scaled_dot_product_attention(
+                qq, ke, ve, is_causal=True, scale=scale)], reps=10)
+        best = min([t for t in sdpa.values() if not math.isnan(t)], default=float("nan"))
+        cfg = f"S={S} prefix={P} reqs={n} d={d}"
+        rows.append(dict(op="paged_attention_prefill", config=cfg, us=us, rate=flops / us / 1e6, flops=flops,
+                         unit="TFLOP/s", pct=100 * flops / us / 1e6 / ceil["matmul_tflops"], baseline_us=best,
+                         speedup=best / us))
+        for name, t in sdpa.items():
+            rows.append(dict(op=f"  sdpa[{name}]", config=cfg, us=t, rate=flops / t / 1e6, flops=flops, unit="TFLOP/s",
+                             pct=100 * flops / t / 1e6 / ceil["matmul_tflops"], baseline_us=float("nan"),
+                             speedup=float("nan")))
+        del kc, vc
     return rows
 
 
 def rows(device, quick=False):
-    """Table.add keyword rows for benchmarks/bench_ops.py (CUDA only; graph-replay timing, SDPA baseline)."""
+    """Table.add keyword rows for benchmarks/bench_ops.py (CUDA only; graph-replay timing, SDPA baselines)."""
     if not str(device).startswith("cuda"):
         return
     ceil = {"copy_gbps": float("nan"), "matmul_tflops": float("nan")}  # Table computes its own % of ceiling
     dec = ((1, 4096), (1, 32768), (32, 4096)) if quick else None
-    pre = ((2048, 0, 1), (8192, 0, 1)) if quick else None
+    pre = ((2048, 0, 1, 128), (8192, 0, 1, 128)) if quick else None
     out = (bench_paged_attention_decode(ceil, dec) if dec else bench_paged_attention_decode(ceil)) + (
         bench_paged_attention_prefill(ceil, pre) if pre else bench_paged_attention_prefill(ceil))
     for r in out:
+        if math.isnan(r["us"]):
+            continue
         base = None if math.isnan(r["baseline_us"]) else r["baseline_us"]
-        how = "" if "eager" in r["config"] else " (graph)"
-        row = dict(op=r["op"], config=f"{r['config'].strip()} {HQ}/{HK}x{D} bs{BS}{how}", ours_us=r["us"],
-                   torch_us=base)
+        row = dict(op=r["op"], config=f"{r['config'].strip()} {HQ}/{HK} bs{BS} (graph)", ours_us=r["us"], torch_us=base)
         row.update({k: r[k] for k in ("nbytes", "flops") if k in r})
         yield row
 
@@ -187,7 +205,7 @@ def print_rows(rows, ceil):
     print(f"device: {ceil['device']}; copy {ceil['copy_gbps']:.0f} GB/s; bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s")
     print(f"{'op':<24} {'config':<32} {'us':>9} {'rate':>9} {'unit':<8} {'%ceil':>6} {'SDPA us':>9} {'x SDPA':>7}")
     for r in rows:
-        print(f"{r['op']:<24} {r['config']:<32} {r['us']:9.1f} {r['rate']:9.1f} {r['unit']:<8} {r['pct']:6.1f} "
+        print(f"{r['op']:<24} {r['config']:<36} {r['us']:9.1f} {r['rate']:9.1f} {r['unit']:<8} {r['pct']:6.1f} "
               f"{r['baseline_us']:9.1f} {r['speedup']:7.2f}")
 
 

@@ -49,6 +49,9 @@ def maybe_compile(fn, enabled):
         return None
 
 
+MATMUL_TFLOPS = 790.0
+
+
 class Table:
     """Fixed-width result table; one row per (op, config)."""
 
@@ -61,8 +64,8 @@ class Table:
     def add(self, op, config, ours_us, nbytes=None, torch_us=None, compile_us=None, flops=None):
         rate = ""
         pct = ""
-        if flops:
-            rate = f"{flops / ours_us / 1e6:.1f}TF"
+        if flops:  # % of the bf16 matmul rate of an H200 (ANCHORS.md: 790 TFLOP/s on random data)
+            rate, pct = f"{flops / ours_us / 1e6:.1f}TF", f"{100 * flops / ours_us / 1e6 / MATMUL_TFLOPS:.0f}%"
         elif nbytes:
             gbs = nbytes / ours_us / 1e3
             rate, pct = f"{gbs:.1f}", f"{100 * gbs / self.ceiling:.0f}%"

@@ -203,6 +203,7 @@ void bind_config(py::module_& m) {
   FIELD(rms_norm_eps); FIELD(hidden_act); FIELD(rope_theta); FIELD(attention_bias); FIELD(mlp_bias);
   FIELD(tie_word_embeddings); FIELD(use_cache); FIELD(model_type); FIELD(rope_type); FIELD(rope_factor);
   FIELD(rope_low_freq_factor); FIELD(rope_high_freq_factor); FIELD(rope_original_max_position_embeddings);
+  FIELD(sliding_window);
 #undef FIELD
   c.def_property("eos_token_id", [](const LlamaConfig& s) { return s.eos_token_id; },
                  [](LlamaConfig& s, py::handle v) { s.eos_token_id = as_id_list(v); });

@@ -52,9 +52,11 @@ TORCH_LIBRARY(infinilm, m) {
 
   // One query token per request: query [B, Hq, D] over the paged cache through block_tables
   // [B, max_blocks] and seq_lens [B] (tokens in the cache, the current one included) -> [B, Hq, D].
+  // Both attention ops: a query at position p sees keys [p - window_left, p] (-1: all; HF's sliding_window
+  // W is window_left = W - 1); softcap > 0 turns scores s = scale q.k into softcap * tanh(s / softcap).
   m.def(
       "paged_attention_decode(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_tables, "
-      "Tensor seq_lens, float scale, int? max_seq_len=None) -> Tensor");
+      "Tensor seq_lens, float scale, int? max_seq_len=None, int window_left=-1, float softcap=0.0) -> Tensor");
 
   // Variable-length causal prefill: query [T, Hq, D], request r owns rows
   // query_start_loc[r]:query_start_loc[r+1] and attends to its seq_lens[r] cached tokens (a cached
@@ -62,7 +64,7 @@ TORCH_LIBRARY(infinilm, m) {
   m.def(
       "paged_attention_prefill(Tensor query, Tensor key_cache, Tensor value_cache, Tensor block_tables, "
       "Tensor query_start_loc, Tensor seq_lens, float scale, int? max_query_len=None, "
-      "int? max_seq_len=None) -> Tensor");
+      "int? max_seq_len=None, int window_left=-1, float softcap=0.0) -> Tensor");
 
   // One token per row of logits [B, V]: temperature [B], top_k [B] (0 = off), top_p [B] (1 = off),
   // seeds [B], min_p [B] (0 = off; keeps p >= min_p * p_max after temperature); greedy where

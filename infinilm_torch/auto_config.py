@@ -118,14 +118,19 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
         max_pos = _DEFAULT_MAX_POSITIONS[model_type]
     else:
         max_pos = _int(d, "max_position_embeddings", src)
+    # Mistral's window covers every layer and goes to the attention ops (0 = none). Qwen2/Qwen3 window only
+    # some layers (max_window_layers): a window shorter than the context is refused there.
     window = d.get("sliding_window")
+    sliding_window = 0
     if window is not None and (model_type == "mistral" or d.get("use_sliding_window")):
         window = _int(d, "sliding_window", src)
-        if window < max_pos:
-            # The attention ops take no window: past it the engine would silently diverge from the model.
+        if window <= 0:
+            raise ConfigError(f"{src}: sliding_window must be positive, got {window}")
+        if window < max_pos and model_type != "mistral":
             raise ConfigError(f"{src}: sliding_window {window} is shorter than max_position_embeddings {max_pos}; "
-                              f"sliding-window attention is not implemented. Set max_position_embeddings to at "
-                              f"most {window} (outputs are exact within the window) or sliding_window to null")
+                              f"per-layer sliding windows ({model_type}, use_sliding_window) are not implemented. "
+                              f"Set max_position_embeddings to at most {window} or sliding_window to null")
+        sliding_window = window if window < max_pos else 0
     fields = {
         "model_type": model_type,
         "vocab_size": _int(d, "vocab_size", src),
@@ -139,6 +144,7 @@ def parse_config(d: Dict[str, Any], src: str = "config") -> Dict[str, Any]:
         "rms_norm_eps": _float(d, "rms_norm_eps", src, 1e-6),
         "hidden_act": act,
         "attention_bias": attention_bias,
+        "sliding_window": sliding_window,
         "mlp_bias": _bool(d, "mlp_bias", src, False) if model_type == "llama" else False,
         "tie_word_embeddings": _bool(d, "tie_word_embeddings", src, False),
         "use_cache": _bool(d, "use_cache", src, True),
@@ -220,6 +226,6 @@ def config_fields(config) -> Dict[str, Any]:
     names = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
              "attention_bias", "mlp_bias", "tie_word_embeddings", "eos_token_id", "bos_token_id", "dtype",
-             "rope_theta", "rope_type")
+             "rope_theta", "rope_type", "sliding_window")
     return {k: getattr(config, k) for k in names if hasattr(config, k)}
 

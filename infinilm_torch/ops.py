@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import math
+
 import torch
 
 from infinilm_torch.lib import _infinilm  # noqa: F401  (registers the operators)
@@ -147,6 +149,8 @@ def paged_attention_decode(
     seq_lens: torch.Tensor,
     scale: float,
     max_seq_len: Optional[int] = None,
+    window_left: int = -1,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """One query token per request over the paged KV cache (GQA).
 
@@ -155,8 +159,15 @@ def paged_attention_decode(
     ``softmax(scale * q K^T) V`` over the first ``seq_lens[b]`` tokens of request b.
     block_size: any on CPU; on CUDA a power of two, or any length when each request owns one block
     (``max_blocks == 1``: an HF cache ``[B, Hk, max_len, D]`` is B blocks of max_len tokens).
+    Head sizes on CUDA: 64, 80, 96, 128, 256.
+
+    window_left: a query at position p sees keys ``[p - window_left, p]`` (FlashAttention's
+    ``window_size[0]``; transformers' ``sliding_window`` W is ``window_left = W - 1``); -1 = no window.
+    softcap: > 0 caps the scores ``s = scale * q.k`` as ``softcap * tanh(s / softcap)`` (Gemma 2); 0 = off.
     """
-    return _ops.paged_attention_decode(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len)
+    return _ops.paged_attention_decode(
+        query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len, window_left, softcap
+    )
 
 
 def paged_attention_prefill(
@@ -169,15 +180,20 @@ def paged_attention_prefill(
     scale: float,
     max_query_len: Optional[int] = None,
     max_seq_len: Optional[int] = None,
+    window_left: int = -1,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Causal variable-length attention over the paged cache, with a cached prefix (chunked prefill).
 
     query ``[T, Hq, D]``: request r owns rows ``query_start_loc[r]:query_start_loc[r+1]`` (``[n+1]``);
     its new tokens sit at positions ``seq_lens[r] - q_len ... seq_lens[r] - 1`` and their K/V are already in
-    the cache. Query i of request r sees cached tokens ``0 .. seq_lens[r] - q_len + i``. Returns ``[T, Hq, D]``.
+    the cache. Query i of request r sees cached tokens ``0 .. p`` with ``p = seq_lens[r] - q_len + i`` (only
+    ``p - window_left .. p`` with a window). window_left and softcap as in :func:`paged_attention_decode`.
+    Returns ``[T, Hq, D]``.
     """
     return _ops.paged_attention_prefill(
-        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, max_query_len, max_seq_len
+        query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, max_query_len, max_seq_len,
+        window_left, softcap,
     )
 
 
@@ -257,15 +273,27 @@ def _silu_and_mul_linear_fake(input, weight, bias=None):
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
+def _check_attention_options(window_left, softcap):
+    """The same rule as csrc/ops/attention_checks.h, so that tracing fails where the kernel would."""
+    if window_left < -1:
+        raise ValueError(f"infinilm: 'window_left' must be -1 (no window) or >= 0, got {window_left}")
+    if not (math.isfinite(softcap) and softcap >= 0.0):
+        raise ValueError(f"infinilm: 'softcap' must be 0 (off) or a finite positive cap, got {softcap}")
+
+
 @torch.library.register_fake("infinilm::paged_attention_decode")
-def _paged_attention_decode_fake(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len=None):
+def _paged_attention_decode_fake(query, key_cache, value_cache, block_tables, seq_lens, scale, max_seq_len=None,
+                                 window_left=-1, softcap=0.0):
+    _check_attention_options(window_left, softcap)
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("infinilm::paged_attention_prefill")
 def _paged_attention_prefill_fake(
-    query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, max_query_len=None, max_seq_len=None
+    query, key_cache, value_cache, block_tables, query_start_loc, seq_lens, scale, max_query_len=None, max_seq_len=None,
+    window_left=-1, softcap=0.0,
 ):
+    _check_attention_options(window_left, softcap)
     return torch.empty_like(query, memory_format=torch.contiguous_format)
 
 

@@ -13,7 +13,7 @@ namespace infinilm::limits {
 inline constexpr int64_t kMaxPagedBlockSize = 1024;
 
 // Head sizes the CUDA attention kernels are instantiated for (the `switch (head_dim)` of each launcher).
-inline constexpr std::array<int64_t, 2> kCudaHeadSizes = {64, 128};
+inline constexpr std::array<int64_t, 5> kCudaHeadSizes = {64, 80, 96, 128, 256};
 
 // The largest top-k of logprobs: the CUDA kernel compacts its candidates into shared memory of this size.
 inline constexpr int64_t kMaxLogprobs = 1024;

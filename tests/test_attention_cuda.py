@@ -240,8 +240,8 @@ def test_prefill_cuda_graph():
 
 @needs_cuda
 def test_cuda_errors():
-    kc, vc, bt = make_cache([10], 2, 96, 16, torch.float16)
-    q = torch.randn(1, 4, 96, device="cuda", dtype=torch.float16)
+    kc, vc, bt = make_cache([10], 2, 72, 16, torch.float16)  # not one of the CUDA head sizes
+    q = torch.randn(1, 4, 72, device="cuda", dtype=torch.float16)
     sl = torch.tensor([10], device="cuda")
     with pytest.raises(ValueError, match="head_dim"):
         ops.paged_attention_decode(q, kc, vc, bt, sl, 0.1)

@@ -19,7 +19,21 @@ def sample_inputs(device, dtype):
         (OPS.silu_and_mul, (mk(T, 2 * H),)),
         (OPS.reshape_and_cache, (mk(T, hk, d), mk(T, hk, d), mk(nb, hk, bs, d), mk(nb, hk, bs, d),
                                  torch.randperm(nb * bs, device=device)[:T])),
-    ]
+    ] + _attention_inputs(device, mk, hq, hk, d, bs, nb)
+
+
+def _attention_inputs(device, mk, hq, hk, d, bs, nb):
+    """Paged attention with the defaults, with a sliding window, with a soft-cap, with both."""
+    kc, vc = mk(nb, hk, bs, d), mk(nb, hk, bs, d)
+    bt = torch.randperm(nb, device=device)[:4].view(2, 2).int()
+    sl = torch.tensor([29, 7], device=device, dtype=torch.int32)
+    qsl = torch.tensor([0, 5, 7], device=device, dtype=torch.int32)
+    out = []
+    for extra in ((), (None, 6), (None, -1, 20.0), (None, 3, 8.0)):
+        out.append((OPS.paged_attention_decode, (mk(2, hq, d), kc, vc, bt, sl, d**-0.5) + extra))
+        out.append((OPS.paged_attention_prefill, (mk(7, hq, d), kc, vc, bt, qsl, sl, d**-0.5) +
+                    ((None,) + extra if extra else ())))
+    return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -164,15 +164,17 @@ LlamaConfig config_from_json(const std::string& json_text, const std::string& sr
   const std::map<std::string, int64_t> default_max_pos = {{"llama", 2048}, {"mistral", 4096 * 32}, {"qwen2", 32768}, {"qwen3", 32768}};
   c.max_position_embeddings = has(d, "max_position_embeddings") ? get_int(d, "max_position_embeddings", src)
                                                                 : default_max_pos.at(model_type);
-  // The attention ops take no window: a window shorter than the context would silently diverge (as in Python).
+  // Mistral's window applies to every layer and goes to the attention ops. Qwen2/Qwen3 window only some
+  // layers (max_window_layers): a window shorter than the context is refused there (as in Python).
   const bool qwen_window = has(d, "use_sliding_window") && d["use_sliding_window"].is_boolean() &&
                            d["use_sliding_window"].get<bool>();
-  const bool windowed = model_type == "mistral" || qwen_window;
-  if (windowed && has(d, "sliding_window")) {
+  if ((model_type == "mistral" || qwen_window) && has(d, "sliding_window") && !d["sliding_window"].is_null()) {
     const int64_t window = get_int(d, "sliding_window", src);
-    TORCH_CHECK_VALUE(window >= c.max_position_embeddings, src, ": sliding_window ", window,
-                      " is shorter than max_position_embeddings ", c.max_position_embeddings,
-                      "; sliding-window attention is not implemented");
+    TORCH_CHECK_VALUE(window > 0, src, ": sliding_window must be positive, got ", window);
+    TORCH_CHECK_VALUE(model_type == "mistral" || window >= c.max_position_embeddings, src, ": sliding_window ",
+                      window, " is shorter than max_position_embeddings ", c.max_position_embeddings,
+                      "; per-layer sliding windows (", model_type, ", use_sliding_window) are not implemented");
+    if (window < c.max_position_embeddings) c.sliding_window = window;
   }
   c.rms_norm_eps = has(d, "rms_norm_eps") ? d["rms_norm_eps"].get<double>() : 1e-6;
   c.hidden_act = has(d, "hidden_act") ? d["hidden_act"].get<std::string>() : "silu";

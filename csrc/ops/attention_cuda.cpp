@@ -10,7 +10,13 @@
 
 #include <algorithm>
 #include <string>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <utility>
+#include <vector>
 
+#include "csrc/ops/attention_checks.h"
 #include "csrc/ops/ops.h"
 #include "csrc/ops/validate.h"
 #include "kernels/cuda/attention_params.h"
@@ -20,6 +26,8 @@ namespace infinilm {
 namespace {
 
 namespace ka = ::infinilm::cuda::attn;
+
+std::vector<int64_t> ka_head_dims() { return {limits::kCudaHeadSizes.begin(), limits::kCudaHeadSizes.end()}; }
 
 ka::DType kernel_dtype(at::ScalarType st) {
   switch (st) {
@@ -70,14 +78,36 @@ void check_cache_strides(const at::Tensor& key_cache, const at::Tensor& value_ca
 }
 
 void check_cuda_head_dim(const at::Tensor& query) {
-  std::string sizes;  // "64 or 128"
-  const size_t n = limits::kCudaHeadSizes.size();
-  for (size_t i = 0; i < n; ++i) {
-    sizes += (i == 0 ? "" : i + 1 == n ? " or " : ", ") + std::to_string(limits::kCudaHeadSizes[i]);
-  }
-  TORCH_CHECK_VALUE(limits::is_cuda_head_size(query.size(2)),
-                    "infinilm: CUDA paged attention supports head_dim ", sizes, ", got ", query.size(2),
-                    " ('query' shape ", query.sizes(), ")");
+  TORCH_CHECK_VALUE(ka::head_dim_supported(static_cast<int>(query.size(2))),
+                    "infinilm: CUDA paged attention supports head_dim ", c10::IntArrayRef(ka_head_dims()), ", got ",
+                    query.size(2), " ('query' shape ", query.sizes(), ")");
+}
+
+// Arrival counters of the fused split merge, one buffer per device: zeroed once, left zeroed by every
+// launch. Decodes on one device must not run concurrently on two streams (each launch's counters would
+// mix). A buffer is never freed (a captured CUDA graph may still point at it); growing one needs a zero
+// fill, which cannot happen inside a stream capture: then null, and the separate merge kernel runs.
+int* decode_counters(int64_t need, const at::Device& device, cudaStream_t stream) {
+  static std::mutex mu;
+  static auto* bufs = new std::map<int, std::pair<int*, int64_t>>();
+  static auto* keep = new std::vector<at::Tensor>();
+  const std::lock_guard<std::mutex> lock(mu);
+  auto& e = (*bufs)[device.index()];
+  if (e.first != nullptr && e.second >= need) return e.first;
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  if (status != cudaStreamCaptureStatusNone) return nullptr;
+  int64_t n = 1 << 16;
+  while (n < need) n *= 2;
+  keep->push_back(at::zeros({n}, at::TensorOptions().dtype(at::kInt).device(device)));
+  e = {keep->back().data_ptr<int>(), n};
+  return e.first;
+}
+
+// INFINILM_DECODE_SPLITS=N forces N splits (tests and sweeps); -N forces N splits merged by the separate kernel.
+int forced_decode_splits() {
+  const char* v = std::getenv("INFINILM_DECODE_SPLITS");
+  return v == nullptr ? 0 : std::atoi(v);
 }
 
 int multiprocessors(int device) {
@@ -91,7 +121,10 @@ void check_launch(cudaError_t err, const char* op) {
 }
 
 void fill_common(ka::DecodeParams& p, const at::Tensor& q, const at::Tensor& key_cache, const at::Tensor& value_cache,
-                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, int log_bs) {
+                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, int log_bs,
+                 int64_t window_left, double softcap) {
+  p.window_left = clamp_window(window_left);
+  p.softcap_log2 = static_cast<float>(softcap) * ka::kLog2e;
   p.q = q.data_ptr();
   p.q_stride_row = q.stride(0);
   p.q_stride_head = q.stride(1);
@@ -117,8 +150,10 @@ void fill_common(ka::DecodeParams& p, const at::Tensor& q, const at::Tensor& key
 
 at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor& key_cache,
                                        const at::Tensor& value_cache, const at::Tensor& block_tables,
-                                       const at::Tensor& seq_lens, double scale, std::optional<int64_t> max_seq_len) {
+                                       const at::Tensor& seq_lens, double scale, std::optional<int64_t> max_seq_len,
+                                       int64_t window_left, double softcap) {
   check_paged_attention_args(query, key_cache, value_cache, block_tables, seq_lens, scale);
+  check_attention_options("paged_attention_decode", window_left, softcap);
   INFINILM_CHECK_CUDA(query);
   check_cuda_head_dim(query);
   const int log_bs = checked_log2_block_size(key_cache, block_tables);
@@ -135,24 +170,32 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   if (rows == 0 || hq == 0) return out;
 
   // Without the hint the grid is sized for a full block-table row; CTAs past a row's length exit at once.
+  // A window bounds the keys any row reads: window_left + 1.
   const int64_t capacity = block_tables.size(1) * key_cache.size(2);
-  const int64_t bound = max_seq_len.has_value() ? std::min(*max_seq_len, capacity) : capacity;
+  int64_t bound = max_seq_len.has_value() ? std::min(*max_seq_len, capacity) : capacity;
+  if (window_left >= 0) bound = std::min(bound, window_left + 1);
   const ka::DType dt = kernel_dtype(q.scalar_type());
   const int ctas_per_row = static_cast<int>(hk) * ka::decode_ctas_per_kv_head(static_cast<int>(hq / hk), dt);
   const int num_sms = multiprocessors(query.device().index());
   ka::DecodeParams p{};
-  fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs);
+  fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs, window_left, softcap);
   p.rows = static_cast<int>(rows);
-  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, &p.splits, &p.part_size);
+  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, &p.splits, &p.part_size, dt, static_cast<int>(d));
+  const int forced = forced_decode_splits();
+  if (forced != 0) {
+    p.splits = std::abs(forced);
+    p.part_size = static_cast<int>(std::max<int64_t>(1, (std::max<int64_t>(bound, 1) + p.splits - 1) / p.splits));
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor part_o, part_ml;
   if (p.splits > 1) {  // workspace from the caching allocator: graph-safe, no cudaMalloc in capture
     part_o = at::empty({rows, hq, p.splits, d}, q.options().dtype(at::kFloat));
     part_ml = at::empty({rows, hq, p.splits, 2}, q.options().dtype(at::kFloat));
     p.part_o = part_o.data_ptr<float>();
     p.part_ml = part_ml.data_ptr<float>();
+    if (forced >= 0) p.counters = decode_counters(rows * ctas_per_row, query.device(), stream);
   }
   p.out = out.data_ptr();
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   check_launch(ka::launch_paged_decode(p, dt, static_cast<int>(d), stream), "paged_attention_decode");
   return out;
 }
@@ -160,8 +203,10 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
 at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tensor& key_cache,
                                         const at::Tensor& value_cache, const at::Tensor& block_tables,
                                         const at::Tensor& query_start_loc, const at::Tensor& seq_lens, double scale,
-                                        std::optional<int64_t> max_query_len, std::optional<int64_t> max_seq_len) {
+                                        std::optional<int64_t> max_query_len, std::optional<int64_t> max_seq_len,
+                                        int64_t window_left, double softcap) {
   check_paged_attention_args(query, key_cache, value_cache, block_tables, seq_lens, scale);
+  check_attention_options("paged_attention_prefill", window_left, softcap);
   check_paged_attention_prefill_args(query, query_start_loc, seq_lens);
   check_paged_attention_values(key_cache, block_tables, seq_lens, max_seq_len);  // host data only
   check_paged_attention_prefill_values(query, query_start_loc, seq_lens, max_query_len);
@@ -183,7 +228,7 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
 
   if (q.scalar_type() == at::kFloat) {  // simple exact path: one decode row per query token, no splits
     ka::DecodeParams p{};
-    fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs);
+    fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs, window_left, softcap);
     p.query_start_loc = qsl.data_ptr();
     p.qsl64 = qsl.scalar_type() == at::kLong;
     p.rows = static_cast<int>(T);
@@ -218,7 +263,9 @@ at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tenso
   p.sl64 = sl.scalar_type() == at::kLong;
   p.qsl64 = qsl.scalar_type() == at::kLong;
   p.scale_log2 = static_cast<float>(scale) * ka::kLog2e;
-  const int64_t bm = ka::kPrefillBlockM;
+  p.window_left = clamp_window(window_left);
+  p.softcap_log2 = static_cast<float>(softcap) * ka::kLog2e;
+  const int64_t bm = ka::prefill_block_m(static_cast<int>(d));
   int64_t tiles = (T + bm - 1) / bm + n;  // sum over requests of ceil(q_len / BM) never exceeds this
   if (max_query_len.has_value()) tiles = std::min(tiles, (*max_query_len + bm - 1) / bm * n);
   TORCH_CHECK_VALUE(tiles <= 65535, "infinilm: paged_attention_prefill: too many query tiles (", tiles,

@@ -25,12 +25,12 @@ void rotary_embedding_and_cache_cpu(const at::Tensor& positions, at::Tensor& que
 at::Tensor paged_attention_decode_cpu(const at::Tensor& query, const at::Tensor& key_cache,
                                       const at::Tensor& value_cache, const at::Tensor& block_tables,
                                       const at::Tensor& seq_lens, double scale,
-                                      std::optional<int64_t> max_seq_len);
+                                      std::optional<int64_t> max_seq_len, int64_t window_left, double softcap);
 at::Tensor paged_attention_prefill_cpu(const at::Tensor& query, const at::Tensor& key_cache,
                                        const at::Tensor& value_cache, const at::Tensor& block_tables,
                                        const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                                        double scale, std::optional<int64_t> max_query_len,
-                                       std::optional<int64_t> max_seq_len);
+                                       std::optional<int64_t> max_seq_len, int64_t window_left, double softcap);
 at::Tensor sample_cpu(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                       const at::Tensor& top_p, const at::Tensor& seeds, const std::optional<at::Tensor>& min_p);
 void apply_penalties_cpu(at::Tensor& logits, const at::Tensor& prompt_token_ids, const at::Tensor& output_token_ids,
@@ -60,12 +60,12 @@ void rotary_embedding_and_cache_cuda(const at::Tensor& positions, at::Tensor& qu
 at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor& key_cache,
                                        const at::Tensor& value_cache, const at::Tensor& block_tables,
                                        const at::Tensor& seq_lens, double scale,
-                                       std::optional<int64_t> max_seq_len);
+                                       std::optional<int64_t> max_seq_len, int64_t window_left, double softcap);
 at::Tensor paged_attention_prefill_cuda(const at::Tensor& query, const at::Tensor& key_cache,
                                         const at::Tensor& value_cache, const at::Tensor& block_tables,
                                         const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                                         double scale, std::optional<int64_t> max_query_len,
-                                        std::optional<int64_t> max_seq_len);
+                                        std::optional<int64_t> max_seq_len, int64_t window_left, double softcap);
 at::Tensor sample_cuda(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                        const at::Tensor& top_p, const at::Tensor& seeds, const std::optional<at::Tensor>& min_p);
 void apply_penalties_cuda(at::Tensor& logits, const at::Tensor& prompt_token_ids, const at::Tensor& output_token_ids,
@@ -129,17 +129,19 @@ inline void rotary_embedding_and_cache(const at::Tensor& positions, at::Tensor& 
 inline at::Tensor paged_attention_decode(const at::Tensor& query, const at::Tensor& key_cache,
                                          const at::Tensor& value_cache, const at::Tensor& block_tables,
                                          const at::Tensor& seq_lens, double scale,
-                                         std::optional<int64_t> max_seq_len = std::nullopt) {
+                                         std::optional<int64_t> max_seq_len = std::nullopt, int64_t window_left = -1,
+                                         double softcap = 0.0) {
   return INFINILM_DISPATCH_DEVICE(query, paged_attention_decode, query, key_cache, value_cache, block_tables,
-                                  seq_lens, scale, max_seq_len);
+                                  seq_lens, scale, max_seq_len, window_left, softcap);
 }
 inline at::Tensor paged_attention_prefill(const at::Tensor& query, const at::Tensor& key_cache,
                                           const at::Tensor& value_cache, const at::Tensor& block_tables,
                                           const at::Tensor& query_start_loc, const at::Tensor& seq_lens,
                                           double scale, std::optional<int64_t> max_query_len = std::nullopt,
-                                          std::optional<int64_t> max_seq_len = std::nullopt) {
+                                          std::optional<int64_t> max_seq_len = std::nullopt,
+                                          int64_t window_left = -1, double softcap = 0.0) {
   return INFINILM_DISPATCH_DEVICE(query, paged_attention_prefill, query, key_cache, value_cache, block_tables,
-                                  query_start_loc, seq_lens, scale, max_query_len, max_seq_len);
+                                  query_start_loc, seq_lens, scale, max_query_len, max_seq_len, window_left, softcap);
 }
 inline at::Tensor sample(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& top_k,
                          const at::Tensor& top_p, const at::Tensor& seeds,

@@ -35,6 +35,10 @@ struct PagedAttentionShape {
   int64_t head_stride;   // elements between KV heads inside a block (block_size * head_dim)
   int64_t max_blocks;    // row length of block_tables
   float scale;
+  // A query at position p sees keys [p - window_left, p] (FlashAttention's window_size[0]; HF's
+  // sliding_window W is window_left = W - 1); -1: no window.
+  int64_t window_left = -1;
+  float softcap = 0.f;  // > 0: scores s = scale q.k become softcap * tanh(s / softcap) before the softmax
 };
 
 // Rows per tile: 4 (narrow, vectorised along head_dim) or a power of two from 8 to 64.
@@ -90,7 +94,8 @@ inline int64_t decode_splits(int64_t items, int64_t max_len) {
 namespace infinilm::cpu {
 
 
-// out [batch, Hq, D] (dense) = softmax(scale * q K^T) V over the first seq_lens[b] cached tokens (0 -> zeros).
+// out [batch, Hq, D] (dense) = softmax(scale * q K^T) V over the first seq_lens[b] cached tokens (0 -> zeros),
+// the last window_left + 1 of them with a window.
 template <typename T>
 void paged_attention_decode(T* out,                    // [batch, Hq, D]
                             const T* query,            // [batch, Hq, D], strides (q_tok, q_head, 1)
@@ -108,7 +113,8 @@ void paged_attention_decode(T* out,                    // [batch, Hq, D]
 }
 
 // out [T, Hq, D] (dense): query i of request r (rows query_start_loc[r] + i) attends causally to cached
-// tokens 0 .. seq_lens[r] - q_len + i, where q_len = query_start_loc[r + 1] - query_start_loc[r].
+// tokens 0 .. p = seq_lens[r] - q_len + i, where q_len = query_start_loc[r + 1] - query_start_loc[r]
+// (p - window_left .. p with a window).
 template <typename T>
 void paged_attention_prefill(T* out,                     // [T, Hq, D]
                              const T* query,             // [T, Hq, D], strides (q_tok, q_head, 1)

@@ -11,7 +11,8 @@
 namespace infinilm::cpu::INFINILM_ATTN_ISA {
 
 // Attends `rows` (<= M) query rows q [rows][D] (already scaled by scale*log2 e) to keys [k_begin, k_end)
-// of one request and KV head; row m sees key t only if t < limit[m]. Writes the unnormalised accumulator
+// of one request and KV head; row m sees key t only if lower[m] <= t < limit[m]. cap_log2 > 0 soft-caps
+// the (base-2) scores: x -> cap_log2 tanh(x / cap_log2). Writes the unnormalised accumulator
 // acc [rows][D], the running max m_out [rows] (base 2) and the softmax denominator l_out [rows].
 template <typename T, int M>
 void attend_tile(const T* kc,              // key cache offset to this KV head; block b at kc + b*block_stride
@@ -20,7 +21,8 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
                  int64_t block_stride, int64_t block_size, int64_t D,
                  const float* q,           // [rows][D]
                  const int64_t* limit,     // [rows] keys visible to each row (causal bound)
-                 int rows, int64_t k_begin, int64_t k_end,
+                 const int64_t* lower,     // [rows] first key visible to each row (sliding window)
+                 float cap_log2, int rows, int64_t k_begin, int64_t k_end,
                  float* acc, float* m_out, float* l_out) {
   constexpr bool kWide = M >= 8;
   std::vector<float> scratch(2 * D * M + kKeyChunk * M + (std::is_same_v<T, float> ? 0 : 2 * kKeyChunk * D), 0.f);
@@ -29,14 +31,17 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
   float* st = accs + D * M;       // [kKeyChunk][M] scores, then probabilities
   float* kbuf = st + kKeyChunk * M;
   float* vbuf = kbuf + kKeyChunk * D;
-  float mrow[M], lrow[M], lim[M], alpha[M], msafe[M];
-  int64_t lim_min = k_end;
+  float mrow[M], lrow[M], lim[M], low[M], alpha[M], msafe[M];
+  int64_t lim_min = k_end, low_max = k_begin;
   for (int m = 0; m < M; ++m) {
     mrow[m] = -INFINITY;
     lrow[m] = 0.f;
     const int64_t lm = m < rows ? limit[m] : k_end;  // padding rows (q = 0) see every key, harmlessly
+    const int64_t lw = m < rows ? lower[m] : k_begin;
     lim[m] = static_cast<float>(lm);
+    low[m] = static_cast<float>(lw);
     lim_min = lm < lim_min ? lm : lim_min;
+    low_max = lw > low_max ? lw : low_max;
     for (int64_t d = 0; d < D; ++d) {
       const float v = m < rows ? q[m * D + d] : 0.f;
       (kWide ? qs[d * M + m] : qs[m * D + d]) = v;
@@ -89,11 +94,14 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
         st[t * M + 3] = s3;
       }
     }
-    if (k0 + n > lim_min) {  // the causal edge crosses this chunk
+    if (cap_log2 > 0.f) {
+      for (int64_t i = 0; i < n * M; ++i) st[i] = cap_log2 * std::tanh(st[i] / cap_log2);
+    }
+    if (k0 + n > lim_min || k0 < low_max) {  // the causal edge or the window's left edge crosses this chunk
       for (int64_t t = 0; t < n; ++t) {
         const float key = static_cast<float>(k0 + t);
 #pragma omp simd
-        for (int m = 0; m < M; ++m) st[t * M + m] = key < lim[m] ? st[t * M + m] : -INFINITY;
+        for (int m = 0; m < M; ++m) st[t * M + m] = key < lim[m] && key >= low[m] ? st[t * M + m] : -INFINITY;
       }
     }
     // Online softmax: one rescale per row per chunk.
@@ -169,10 +177,11 @@ void attend_tile(const T* kc,              // key cache offset to this KV head; 
 // Runs attend_tile with the smallest tile width that holds `rows` (see tile_width()).
 template <typename T>
 void attend(int width, const T* kc, const T* vc, const int64_t* blocks, int64_t block_stride, int64_t block_size,
-            int64_t D, const float* q, const int64_t* limit, int rows, int64_t k_begin, int64_t k_end, float* acc,
-            float* m_out, float* l_out) {
-#define INFINILM_ATTN_TILE(W) \
-  attend_tile<T, W>(kc, vc, blocks, block_stride, block_size, D, q, limit, rows, k_begin, k_end, acc, m_out, l_out)
+            int64_t D, const float* q, const int64_t* limit, const int64_t* lower, float cap_log2, int rows,
+            int64_t k_begin, int64_t k_end, float* acc, float* m_out, float* l_out) {
+#define INFINILM_ATTN_TILE(W)                                                                                   \
+  attend_tile<T, W>(kc, vc, blocks, block_stride, block_size, D, q, limit, lower, cap_log2, rows, k_begin, k_end, \
+                    acc, m_out, l_out)
   switch (width) {
     case 4: INFINILM_ATTN_TILE(4); break;
     case 8: INFINILM_ATTN_TILE(8); break;
@@ -210,11 +219,16 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
   const int width = tile_width(G);
   const int64_t row_tiles = (G + width - 1) / width;
   const int64_t items = batch * s.kv_heads * row_tiles;
+  // The query sits at position len - 1: with a window it sees keys [len - 1 - window_left, len - 1].
+  auto first_key = [&](int64_t len) {
+    return s.window_left >= 0 ? std::max<int64_t>(0, len - 1 - s.window_left) : int64_t{0};
+  };
   int64_t max_len = 0;
-  for (int64_t b = 0; b < batch; ++b) max_len = std::max(max_len, seq_lens[b]);
+  for (int64_t b = 0; b < batch; ++b) max_len = std::max(max_len, seq_lens[b] - first_key(seq_lens[b]));
   const int64_t splits = decode_splits(items, max_len);
   const int64_t split_len = (max_len + splits - 1) / std::max<int64_t>(splits, 1);
   const float qscale = s.scale * 1.4426950408889634f;
+  const float cap_log2 = s.softcap * 1.4426950408889634f;
   // Split partials: [items * splits][width][D + 2] (acc, max, denominator), combined below.
   std::vector<float> part(splits > 1 ? items * splits * width * (D + 2) : 0);
   parallel_for_each(items * splits, [&](int64_t it) {
@@ -223,17 +237,18 @@ void paged_attention_decode(T* out, const T* query, const T* key_cache, const T*
     const int64_t g0 = rt * width;
     const int rows = static_cast<int>(std::min<int64_t>(width, G - g0));
     const int64_t len = seq_lens[b];
-    const int64_t k_begin = std::min(len, sp * split_len), k_end = std::min(len, k_begin + split_len);
+    const int64_t k_begin = std::min(len, first_key(len) + sp * split_len), k_end = std::min(len, k_begin + split_len);
     std::vector<float> buf(rows * (2 * D + 2));
     float *q = buf.data(), *acc = q + rows * D, *mx = acc + rows * D, *l = mx + rows;
-    int64_t row_off[64], limit[64];
+    int64_t row_off[64], limit[64], lower[64];
     for (int j = 0; j < rows; ++j) {
       row_off[j] = b * q_tok + (h * G + g0 + j) * q_head;
       limit[j] = len;
+      lower[j] = 0;  // the key range already starts at the window's edge
     }
     load_queries(query, row_off, rows, D, qscale, q);
     attend(width, key_cache + h * s.head_stride, value_cache + h * s.head_stride, block_tables + b * s.max_blocks,
-           s.block_stride, s.block_size, D, q, limit, rows, k_begin, k_end, acc, mx, l);
+           s.block_stride, s.block_size, D, q, limit, lower, cap_log2, rows, k_begin, k_end, acc, mx, l);
     if (splits == 1) {
       for (int j = 0; j < rows; ++j) row_off[j] = (b * s.q_heads + h * G + g0 + j) * D;
       store_rows(out, row_off, acc, l, rows, D);
@@ -273,6 +288,10 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
                              int64_t q_head) {
   const int64_t G = s.q_heads / s.kv_heads, D = s.head_dim;
   const float qscale = s.scale * 1.4426950408889634f;
+  const float cap_log2 = s.softcap * 1.4426950408889634f;
+  auto first_key = [&](int64_t pos) {
+    return s.window_left >= 0 ? std::max<int64_t>(0, pos - s.window_left) : int64_t{0};
+  };
   // Tiles of `width` consecutive (query, head-in-group) rows, the width fitted to each request (a q_len 1
   // request in a mixed batch gets a decode-sized tile); the costliest tiles (most keys) go first.
   struct Tile { int64_t req, row0, keys; int width; };
@@ -293,16 +312,17 @@ void paged_attention_prefill(T* out, const T* query, const T* key_cache, const T
     const int rows = static_cast<int>(std::min<int64_t>(tl.width, q_len * G - tl.row0));
     std::vector<float> buf(rows * (2 * D + 2));
     float *q = buf.data(), *acc = q + rows * D, *mx = acc + rows * D, *l = mx + rows;
-    int64_t row_off[64], limit[64], out_off[64];
+    int64_t row_off[64], limit[64], lower[64], out_off[64];
     for (int j = 0; j < rows; ++j) {
       const int64_t qi = (tl.row0 + j) / G, hq = h * G + (tl.row0 + j) % G;
       row_off[j] = (q0 + qi) * q_tok + hq * q_head;
       out_off[j] = ((q0 + qi) * s.q_heads + hq) * D;
       limit[j] = prefix + qi + 1;
+      lower[j] = first_key(prefix + qi);
     }
     load_queries(query, row_off, rows, D, qscale, q);
     attend(tl.width, key_cache + h * s.head_stride, value_cache + h * s.head_stride, block_tables + r * s.max_blocks,
-           s.block_stride, s.block_size, D, q, limit, rows, 0, tl.keys, acc, mx, l);
+           s.block_stride, s.block_size, D, q, limit, lower, cap_log2, rows, lower[0], tl.keys, acc, mx, l);
     store_rows(out, out_off, acc, l, rows, D);
   });
 }

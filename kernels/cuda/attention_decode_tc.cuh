@@ -1,7 +1,8 @@
-// Paged decode attention on tensor cores (fp16/bf16): one warp per CTA and (row, KV head, 16-head chunk,
+// Paged decode attention on tensor cores (fp16/bf16): one CTA of W warps per (row, KV head, 16-head chunk,
 // split); the query heads that share a KV head are the 16 MMA rows (padding rows are zero), so every K/V
-// byte is loaded once for the whole GQA group. K/V tiles of 16 tokens stream through a 4-deep cp.async
-// ring that only this warp touches (no block barriers).
+// byte is loaded once for the whole GQA group. Each warp streams its own 16-token tiles through a 3-4 deep
+// cp.async ring that only it touches (no block barriers in the loop); the warps' results are combined in
+// shared memory, and with splits > 1 the last CTA of a (row, KV head) merges the splits in the same launch.
 //
 // Why tensor cores for a memory-bound op: with FMAs a token costs ~2*G*D FMAs plus shuffles, and at
 // Llama-3-8B shapes the SIMT kernel was issue-bound at ~80% of copy bandwidth; one m16n8k16 does 2048
@@ -18,27 +19,36 @@ namespace attn {
 
 template <int D>
 struct DecodeTcShape {
-  static constexpr int kTile = 16;      // tokens per MMA step
-  static constexpr int kStages = 4;     // tiles in flight: 3 ahead of the one computed
-  static constexpr int kStride = D + 8; // padded smem row: ldmatrix rows hit distinct banks
+  static constexpr int kTile = 16;                           // tokens per MMA step
+  static constexpr int kWarps = decode_tc_warps(D);          // independent workers per CTA
+  static constexpr int kStages = D <= 96 ? 4 : 3;            // tiles in flight per warp (2-3 ahead)
+  static constexpr int kStride = D + 8;                      // padded smem row: ldmatrix rows hit distinct banks
+  template <typename T>
+  static constexpr int ring_bytes() { return kWarps * 2 * kStages * kTile * kStride * static_cast<int>(sizeof(T)); }
+  static constexpr int kCombineBytes = kWarps * 16 * (D + 2) * 4;  // per-warp (m, l, o) of 16 heads
+  template <typename T>
+  static constexpr int smem_bytes() { return ring_bytes<T>() > kCombineBytes ? ring_bytes<T>() : kCombineBytes; }
 };
 
+// Warp w of the CTA takes tiles w, w + W, w + 2W, ... of the split [t_begin, t_end) (16 tokens each).
 template <typename T, int D>
-__global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc_kernel(const DecodeParams p) {
   using S = DecodeTcShape<D>;
-  constexpr int TILE = S::kTile, STAGES = S::kStages, STR = S::kStride, CH = D / 8;
-  __shared__ __align__(16) T ring_k[STAGES][TILE * STR];
-  __shared__ __align__(16) T ring_v[STAGES][TILE * STR];
+  constexpr int TILE = S::kTile, STAGES = S::kStages, STR = S::kStride, CH = D / 8, W = S::kWarps;
+  static_assert(D % 16 == 0 && CH % 2 == 0, "head_dim must be a multiple of 16");
+  extern __shared__ __align__(16) unsigned char tc_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  T* ring_k = reinterpret_cast<T*>(tc_smem) + warp * 2 * STAGES * TILE * STR;  // [STAGES][TILE * STR]
+  T* ring_v = ring_k + STAGES * TILE * STR;                                      // [STAGES][TILE * STR]
 
-  const int lane = threadIdx.x, g = lane / 4, t4 = lane % 4;
   const int row = blockIdx.x, split = blockIdx.z;
   const int group = p.hq / p.hk, chunks = (group + 15) / 16;
   const int kvh = blockIdx.y / chunks, chunk = blockIdx.y % chunks;
   const int h0 = kvh * group + chunk * 16, nh = min(16, group - chunk * 16);
   const RowInfo ri = decode_row_info(p, row);
-  const int64_t t_begin = static_cast<int64_t>(split) * p.part_size;
+  const int64_t t_begin = ri.start + static_cast<int64_t>(split) * p.part_size;
   const int64_t t_end = min(ri.len, t_begin + p.part_size);
-  if (p.splits > 1 && t_begin >= ri.len) return;  // the merge reads only the splits a row uses
+  if (split > 0 && t_begin >= ri.len) return;  // the merge reads only the splits a row uses (split 0 always runs)
 
   // Q as A fragments for all D/16 k-steps: rows g and g+8 are heads h0+g, h0+g+8 (zero past nh).
   uint32_t qa[D / 16][4];
@@ -61,13 +71,14 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
   const int64_t bt_row = static_cast<int64_t>(ri.req) * p.max_blocks;
   const int64_t bs_mask = (int64_t{1} << p.log_bs) - 1;
   const int64_t span = t_end - t_begin;
-  const int n_tiles = span > 0 ? static_cast<int>((span + TILE - 1) / TILE) : 0;
+  const int all_tiles = span > 0 ? static_cast<int>((span + TILE - 1) / TILE) : 0;
+  const int n_tiles = all_tiles > warp ? (all_tiles - warp + W - 1) / W : 0;  // this warp's tiles
 
   // Lane k < 16 owns the cache row offset of token k of the next tile to issue (-1: masked).
   int64_t my_off = -1;
   auto fetch_offset = [&](int tile) {
     my_off = -1;
-    const int64_t tok = t_begin + static_cast<int64_t>(tile) * TILE + (lane & 15);
+    const int64_t tok = t_begin + static_cast<int64_t>(tile * W + warp) * TILE + (lane & 15);
     if (tok < t_end) {
       const int64_t b = load_index(p.block_tables, p.bt64, bt_row + (tok >> p.log_bs));
       if (b >= 0 && b < p.num_blocks) my_off = b * p.block_stride + kvh * p.head_stride + (tok & bs_mask) * D;
@@ -82,8 +93,8 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
     for (int i = 0; i < TILE * CH / 32; ++i) {
       const int c = lane + 32 * i, key = c / CH, piece = c % CH;
       const int64_t off = __shfl_sync(0xffffffffu, my_off, key);
-      T* dk = &ring_k[st][key * STR + piece * 8];
-      T* dv = &ring_v[st][key * STR + piece * 8];
+      T* dk = ring_k + st * TILE * STR + key * STR + piece * 8;
+      T* dv = ring_v + st * TILE * STR + key * STR + piece * 8;
       if (off >= 0) {
         cp_async16(dk, kc + off + piece * 8);
         cp_async16(dv, vc + off + piece * 8);
@@ -120,8 +131,8 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
     cp_async_wait<STAGES - 1>();
     __syncwarp();  // other lanes' copies of this tile are visible after their waits
     const int st = it % STAGES;
-    const T* ks = ring_k[st];
-    const T* vs = ring_v[st];
+    const T* ks = ring_k + st * TILE * STR;
+    const T* vs = ring_v + st * TILE * STR;
     const unsigned vbits = static_cast<unsigned>(valid_ring >> (16 * st)) & 0xffffu;
 
     // Two accumulators per key half (even/odd k-steps): four short MMA chains instead of two long ones.
@@ -149,7 +160,7 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
         for (int e = 0; e < 2; ++e) {
           float& x = s[nj][hr * 2 + e];
           const int key = nj * 8 + 2 * t4 + e;
-          x = ((vbits >> key) & 1u) ? x * p.scale_log2 : -INFINITY;
+          x = ((vbits >> key) & 1u) ? soft_cap_log2(x * p.scale_log2, p.softcap_log2) : -INFINITY;
           mx = fmaxf(mx, x);
         }
       }
@@ -191,53 +202,79 @@ __global__ void __launch_bounds__(32) paged_decode_tc_kernel(const DecodeParams 
     __syncwarp();  // every lane is done reading this stage before it is refilled
   }
   cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its ring: the memory now holds the per-warp results
 
+  // Combine the W warps: sm_ml [W][16][2] (max, sum), sm_o [W][16][D].
+  float* sm_ml = reinterpret_cast<float*>(tc_smem);
+  float* sm_o = sm_ml + W * 16 * 2;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int hl = g + hr * 8;
     float l = lrow[hr];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    if (hl >= nh) continue;
-    const int64_t rh = static_cast<int64_t>(row) * p.hq + h0 + hl;
-    if (p.splits == 1) {
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      T* dst = static_cast<T*>(p.out) + rh * D + 2 * t4;
+    if (t4 == 0) {
+      sm_ml[(warp * 16 + hl) * 2] = mrow[hr];
+      sm_ml[(warp * 16 + hl) * 2 + 1] = l;
+    }
+    float* dst = sm_o + (warp * 16 + hl) * D + 2 * t4;
 #pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd) {
-        *reinterpret_cast<uint32_t*>(dst + nd * 8) = pack2<T>(o[nd][hr * 2] * inv, o[nd][hr * 2 + 1] * inv);
+    for (int nd = 0; nd < D / 8; ++nd) *reinterpret_cast<float2*>(dst + nd * 8) = make_float2(o[nd][hr * 2], o[nd][hr * 2 + 1]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nh * D; idx += 32 * W) {
+    const int j = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < W; ++w) mx = fmaxf(mx, sm_ml[(w * 16 + j) * 2]);
+    float lsum = 0.f, acc = 0.f;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < W; ++w) {
+        const float wt = exp2f(sm_ml[(w * 16 + j) * 2] - mx);
+        lsum = fmaf(sm_ml[(w * 16 + j) * 2 + 1], wt, lsum);
+        acc = fmaf(sm_o[(w * 16 + j) * D + d], wt, acc);
       }
+    }
+    const int64_t rh = static_cast<int64_t>(row) * p.hq + h0 + j;
+    if (p.splits == 1) {
+      static_cast<T*>(p.out)[rh * D + d] = from_float<T>(lsum > 0.f ? acc / lsum : 0.f);
     } else {
       const int64_t ps = rh * p.splits + split;
-      float* dst = p.part_o + ps * D + 2 * t4;
-#pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd) {
-        *reinterpret_cast<float2*>(dst + nd * 8) = make_float2(o[nd][hr * 2], o[nd][hr * 2 + 1]);
-      }
-      if (t4 == 0) {
-        p.part_ml[ps * 2] = mrow[hr];
-        p.part_ml[ps * 2 + 1] = l;
+      p.part_o[ps * D + d] = acc;
+      if (d == 0) {
+        p.part_ml[ps * 2] = mx;
+        p.part_ml[ps * 2 + 1] = lsum;
       }
     }
   }
+  if (p.splits > 1 && p.counters != nullptr) fused_split_merge<T, D, 32 * W>(p, row, h0, nh, ri);
 }
 
 template <typename T, int D>
 inline cudaError_t launch_decode_tc_d(const DecodeParams& p, cudaStream_t stream) {
+  using S = DecodeTcShape<D>;
   const int chunks = (p.hq / p.hk + 15) / 16;
   const dim3 grid(p.rows, p.hk * chunks, p.splits);
-  paged_decode_tc_kernel<T, D><<<grid, 32, 0, stream>>>(p);
-  if (p.splits > 1) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), 128, 0, stream>>>(p);
+  constexpr int smem = S::template smem_bytes<T>();
+  const cudaError_t err =
+      cudaFuncSetAttribute(paged_decode_tc_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  paged_decode_tc_kernel<T, D><<<grid, 32 * S::kWarps, smem, stream>>>(p);
+  if (p.splits > 1 && p.counters == nullptr) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), 64, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
-// T is __half or __nv_bfloat16; head_dim 64 or 128 (checked by the caller).
+// T is __half or __nv_bfloat16; head_dim one of limits::kCudaHeadSizes (checked by the caller).
 template <typename T>
 inline cudaError_t launch_paged_decode_tc_t(const DecodeParams& p, int head_dim, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
   switch (head_dim) {
     case 64: return launch_decode_tc_d<T, 64>(p, stream);
+    case 80: return launch_decode_tc_d<T, 80>(p, stream);
+    case 96: return launch_decode_tc_d<T, 96>(p, stream);
     case 128: return launch_decode_tc_d<T, 128>(p, stream);
+    case 256: return launch_decode_tc_d<T, 256>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }

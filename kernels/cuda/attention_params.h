@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels/kernel_limits.h"
+
 namespace infinilm {
 namespace cuda {
 namespace attn {
@@ -13,6 +15,12 @@ namespace attn {
 enum class DType { kFloat32, kFloat16, kBFloat16 };
 
 constexpr float kLog2e = 1.4426950408889634f;
+
+// The head sizes the CUDA kernels are instantiated for (decode and prefill): limits::kCudaHeadSizes, the one
+// list the glue checks and _infinilm.kernel_limits() reports.
+constexpr bool head_dim_supported(int d) { return limits::is_cuda_head_size(d); }
+// Power-of-two block sizes up to this are addressed by shifts (8..128 are tested).
+constexpr int kMaxPow2BlockSize = static_cast<int>(limits::kMaxPagedBlockSize);
 
 struct DecodeParams {
   const void* q;                // [rows, Hq, D], last dim dense, 16-byte aligned rows
@@ -26,6 +34,9 @@ struct DecodeParams {
   void* out;                    // [rows, Hq, D] contiguous
   float* part_o;                // [rows, Hq, splits, D], used when splits > 1
   float* part_ml;               // [rows, Hq, splits, 2] (running max in log2 units, sum of exponentials)
+  // [rows * Hk * chunks] arrival counters, all zero between launches (the last CTA of a row's splits merges
+  // them and resets its counter); null: a separate merge kernel runs instead (splits > 1 only).
+  int* counters = nullptr;
   int64_t num_blocks;
   // Element strides of a block id and of a kv head inside a block (tokens are D apart); 0 = the dense
   // [num_blocks, Hk, block_size, D] layout. capacity: tokens a block-table row holds (0 = max_blocks << log_bs).
@@ -33,6 +44,11 @@ struct DecodeParams {
   int rows, num_reqs, hq, hk, log_bs, max_blocks, splits, part_size;
   bool bt64, sl64, qsl64;
   float scale_log2;  // scale * log2(e): scores live in base-2 units so exp2f does the exponentials
+  // A query at position p sees keys [p - window_left, p] (FlashAttention's window_size[0]; HF's
+  // sliding_window W is window_left = W - 1); -1: no window.
+  int window_left = -1;
+  // Logit soft-cap in base-2 units, softcap * log2(e) (0: off): s = cap * tanh(s / cap) before the softmax.
+  float softcap_log2 = 0.f;
 };
 
 struct PrefillParams {
@@ -50,10 +66,19 @@ struct PrefillParams {
   int num_reqs, hq, hk, log_bs, max_blocks, tiles_upper;
   bool bt64, sl64, qsl64;
   float scale_log2;
+  int window_left = -1;       // as in DecodeParams
+  float softcap_log2 = 0.f;  // as in DecodeParams
 };
 
-// Query rows per prefill CTA tile: a launch needs at most T / kPrefillBlockM + num_reqs tiles (tiles_upper).
-constexpr int kPrefillBlockM = 128;
+// Query rows per prefill CTA tile: a launch needs at most T / prefill_block_m + num_reqs tiles (tiles_upper).
+// Head size 256 keeps one 16-row MMA tile per warp (its O accumulator alone is 128 registers a thread).
+constexpr int prefill_block_m(int head_dim) { return head_dim > 128 ? 64 : 128; }
+constexpr int kPrefillBlockM = 128;  // the largest of prefill_block_m()
+
+// Warps of a tensor-core decode CTA: independent workers on interleaved 16-token tiles of the CTA's split,
+// combined in shared memory at the end (each warp has its own cp.async ring; head size 256 takes 2 so
+// that two CTAs fit an SM).
+constexpr int decode_tc_warps(int head_dim) { return head_dim > 128 ? 2 : 4; }
 
 // Query heads per CTA: the GQA group rounded up to a power of two, at most 8 (larger groups are chunked).
 inline int decode_heads_per_cta(int group) { return group >= 8 ? 8 : group > 2 ? 4 : group; }
@@ -67,19 +92,24 @@ inline int decode_ctas_per_kv_head(int group, DType dt) {
   return (group + hpc - 1) / hpc;
 }
 
-// Splits per row so that the grid has about 4 CTAs per SM, no split shorter than 64 tokens and at most
-// 256. Measured on an H100 (benchmarks/decode_sweep.cu, bf16, Llama-3-8B shapes): around 4 CTAs per SM
-// was within 1-2% of the best split count at B=1/ctx 4k and 32k, B=8 and B=32 at ctx 4k, while
-// wave-filling plans with ~1.9 waves of 6 CTAs per SM were 2-7% slower.
+// Splits per row. Tensor cores: about 2 CTAs (8 warps) per SM, no warp walking fewer than 64 tokens; FMAs
+// (float32): about 4 one-split CTAs per SM, no split shorter than 64 tokens. At most 256 splits; part_size
+// is a multiple of 64 tokens per warp. History: on an H100 (benchmarks/decode_sweep.cu, bf16, Llama-3-8B
+// shapes, one-warp CTAs) about 4 warps per SM was within 1-2% of the best split count at B=1/ctx 4k and
+// 32k, B=8 and B=32 at ctx 4k; the multi-warp CTAs keep that per-warp work.
 inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
-                              int* part_size) {
+                              int* part_size, DType dt = DType::kBFloat16, int head_dim = 128) {
+  const bool tc = decode_uses_tensor_cores(dt);
+  const int64_t warps = tc ? decode_tc_warps(head_dim) : 1;
+  const int64_t target = tc ? (8 * static_cast<int64_t>(num_sms)) / warps : 4 * static_cast<int64_t>(num_sms);
+  const int64_t unit = 64 * warps;
   const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
-  int64_t s = (4 * static_cast<int64_t>(num_sms) + base - 1) / base;
-  const int64_t cap = (max_len + 63) / 64;
+  int64_t s = (target + base - 1) / base;
+  const int64_t cap = (max_len + unit - 1) / unit;
   s = s > cap ? cap : s;
   s = s > 256 ? 256 : (s < 1 ? 1 : s);
   int64_t part = (max_len + s - 1) / s;
-  part = part < 64 ? 64 : ((part + 63) / 64) * 64;
+  part = part < unit ? unit : ((part + unit - 1) / unit) * unit;
   s = max_len > 0 ? (max_len + part - 1) / part : 1;
   *splits = static_cast<int>(s < 1 ? 1 : s);
   *part_size = static_cast<int>(part);
@@ -89,7 +119,8 @@ inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, i
 // block index of every token is 0 and its offset the token itself.
 constexpr int kWholeRowLogBs = 40;
 
-// Launch on `stream`; head_dim 64 or 128. Decode: any dtype; with splits > 1 it also runs the merge kernel.
+// Launch on `stream`; head_dim one of limits::kCudaHeadSizes. Decode: any dtype; with splits > 1 the last CTA of each
+// (row, KV head) merges the splits (counters set), or a merge kernel follows (counters null).
 // Prefill: float16/bfloat16 only (float32 goes through the decode kernel in query_start_loc mode).
 cudaError_t launch_paged_decode(const DecodeParams& p, DType dtype, int head_dim, cudaStream_t stream);
 cudaError_t launch_paged_prefill(const PrefillParams& p, DType dtype, int head_dim, cudaStream_t stream);

@@ -1,6 +1,7 @@
 // Paged prefill attention on tensor cores (FlashAttention-2 scheme with m16n8k16 MMAs): one CTA per
-// (query head, 128-query tile of one request); K/V tiles of 64 cache tokens are gathered from the paged
-// cache into double-buffered shared memory while the previous tile is computed.
+// (query head, 128-query tile of one request; 64 at head size 256); K/V tiles of 64 cache tokens (32 at
+// head size 256) are gathered from the paged cache into double-buffered shared memory while the previous
+// tile is computed. A sliding window starts the walk at the tile holding the first visible key.
 //
 // Napkin math: causal prefill of S new tokens costs 4 * Hq * D * S^2 / 2 FLOPs (S = 8192, Llama-3-8B
 // shapes: 1.1 TFLOP, ~1.4 ms at 780 TFLOP/s), while K/V bytes are a few MiB: compute-bound.
@@ -16,10 +17,10 @@ namespace attn {
 template <int D>
 struct PrefillShape {
   static constexpr int kWarps = 4;
-  static constexpr int kWM = 2;                    // 16-row MMA tiles per warp: B fragments serve both
-  static constexpr int kBM = kWarps * 16 * kWM;    // 128 queries per CTA
-  static_assert(kBM == kPrefillBlockM, "attention_params.h promises this tile height");
-  static constexpr int kBN = 64;                   // cache tokens per K/V tile
+  static constexpr int kWM = D > 128 ? 1 : 2;      // 16-row MMA tiles per warp: B fragments serve both
+  static constexpr int kBM = kWarps * 16 * kWM;    // 128 queries per CTA (64 at head size 256)
+  static_assert(kBM == prefill_block_m(D), "attention_params.h promises this tile height");
+  static constexpr int kBN = D > 128 ? 32 : 64;    // cache tokens per K/V tile
   static constexpr int kStride = D + 8;            // padded smem row: ldmatrix rows hit distinct banks
   template <typename T>
   static constexpr int smem_bytes() { return (kBM + 4 * kBN) * kStride * static_cast<int>(sizeof(T)); }
@@ -29,6 +30,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillParams p) {
   using S = PrefillShape<D>;
   constexpr int BM = S::kBM, BN = S::kBN, WM = S::kWM, STR = S::kStride, CH = D / 8;
+  static_assert(D % 16 == 0 && BN % 16 == 0, "MMA k-steps");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sq = reinterpret_cast<T*>(smem_raw);  // [BM][STR]
   T* sk = sq + BM * STR;                   // [2][BN][STR]
@@ -85,6 +87,10 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
   int64_t kv_hi = prefix + m0 + rows_here;
   kv_hi = kv_hi < seq ? kv_hi : seq;
   const int n_tiles = kv_hi > 0 ? static_cast<int>((kv_hi + BN - 1) / BN) : 0;
+  // Sliding window: the tile's first query (position prefix + m0) sees nothing before prefix + m0 - wl.
+  const int wl = p.window_left;
+  const int64_t kv_lo = wl >= 0 && prefix + m0 - wl > 0 ? prefix + m0 - wl : 0;
+  const int it0 = n_tiles > 0 ? static_cast<int>(kv_lo / BN) : 0;
 
   const T* qg = static_cast<const T*>(p.q) + h * p.q_stride_head;
   const T* kc = static_cast<const T*>(p.k_cache);
@@ -103,8 +109,8 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
   // Keys past kv_hi and keys whose block id is out of range are zero-filled (and masked or harmless).
   auto load_kv = [&](int it) {
     const int64_t kb = static_cast<int64_t>(it) * BN;
-    T* dk = sk + (it & 1) * BN * STR;
-    T* dv = sv + (it & 1) * BN * STR;
+    T* dk = sk + ((it - it0) & 1) * BN * STR;
+    T* dv = sv + ((it - it0) & 1) * BN * STR;
     for (int c = tid; c < BN * CH; c += 128) {
       const int row = c / CH, ch = c % CH;
       const int64_t key = kb + row;
@@ -120,7 +126,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
       }
     }
   };
-  if (n_tiles > 0) load_kv(0);
+  if (it0 < n_tiles) load_kv(it0);
   cp_async_commit();
 
   float o[WM][D / 8][4];
@@ -141,13 +147,13 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
   const int wrow = warp * 16 * WM;  // this warp's first row in the tile
   const int64_t pos0 = prefix + m0 + wrow + lane / 4;  // position of this thread's row (mi = 0, hr = 0)
 
-  for (int it = 0; it < n_tiles; ++it) {
+  for (int it = it0; it < n_tiles; ++it) {
     cp_async_wait_all();
     __syncthreads();  // tile it landed; every warp is done with the buffer the next load overwrites
     if (it + 1 < n_tiles) load_kv(it + 1);
     cp_async_commit();
-    const T* ks = sk + (it & 1) * BN * STR;
-    const T* vs = sv + (it & 1) * BN * STR;
+    const T* ks = sk + ((it - it0) & 1) * BN * STR;
+    const T* vs = sv + ((it - it0) & 1) * BN * STR;
 
     // S = Q K^T for this warp's 16*WM rows and BN keys.
     float s[WM][BN / 8][4];
@@ -182,8 +188,19 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
     // Mask (causal, end of sequence) only on tiles that reach past the tile's first position. Scores stay
     // unscaled until the exponential: p = 2^(s * scale_log2 - m * scale_log2) is one FFMA per element.
     const int64_t kb = static_cast<int64_t>(it) * BN;
-    const bool need_mask = (kb + BN > prefix + m0 + 1) || (kb + BN > seq);
+    const bool need_mask = (kb + BN > prefix + m0 + 1) || (kb + BN > seq) || (wl >= 0 && kb < prefix + m0 + BM - 1 - wl);
     const float sl2 = p.scale_log2;
+    if (p.softcap_log2 > 0.f) {  // s -> (cap / scale) tanh(s scale / cap): after the scale below, cap tanh(.)
+      const float c = p.softcap_log2 / sl2;
+#pragma unroll
+      for (int mi = 0; mi < WM; ++mi) {
+#pragma unroll
+        for (int nj = 0; nj < BN / 8; ++nj) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mi][nj][e] = c * tanhf(s[mi][nj][e] / c);
+        }
+      }
+    }
 #pragma unroll
     for (int mi = 0; mi < WM; ++mi) {
 #pragma unroll
@@ -197,7 +214,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
             float& x = s[mi][nj][hr * 2 + e];
             if (need_mask) {
               const int64_t key = kb + nj * 8 + 2 * (lane % 4) + e;
-              if (key > pos || key >= seq) x = -INFINITY;
+              if (key > pos || key >= seq || (wl >= 0 && key < pos - wl)) x = -INFINITY;
             }
             mx = fmaxf(mx, x);
           }
@@ -280,13 +297,16 @@ inline cudaError_t launch_prefill_d(const PrefillParams& p, cudaStream_t stream)
   return cudaGetLastError();
 }
 
-// T is __half or __nv_bfloat16; head_dim 64 or 128 (checked by the caller).
+// T is __half or __nv_bfloat16; head_dim one of limits::kCudaHeadSizes (checked by the caller).
 template <typename T>
 inline cudaError_t launch_paged_prefill_t(const PrefillParams& p, int head_dim, cudaStream_t stream) {
   if (p.tiles_upper == 0 || p.num_reqs == 0) return cudaSuccess;
   switch (head_dim) {
     case 64: return launch_prefill_d<T, 64>(p, stream);
+    case 80: return launch_prefill_d<T, 80>(p, stream);
+    case 96: return launch_prefill_d<T, 96>(p, stream);
     case 128: return launch_prefill_d<T, 128>(p, stream);
+    case 256: return launch_prefill_d<T, 256>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }

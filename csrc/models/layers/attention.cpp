@@ -31,9 +31,10 @@ at::Tensor paged_self_attention(const AttentionWeights& w, const AttentionShape&
   hook("attention_k_rope", kt);
   at::Tensor attn =
       batch.is_decode
-          ? infinilm::paged_attention_decode(qt, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale, max_seq)
+          ? infinilm::paged_attention_decode(qt, k_cache, v_cache, batch.block_tables, batch.seq_lens, scale, max_seq,
+                                             s.window_left)
           : infinilm::paged_attention_prefill(qt, k_cache, v_cache, batch.block_tables, batch.query_start_loc,
-                                              batch.seq_lens, scale, max_q, max_seq);
+                                              batch.seq_lens, scale, max_q, max_seq, s.window_left);
   attn = attn.reshape({T, q});
   hook("attention_output", attn);
   at::Tensor o = tp.row_linear(attn, w.o_w, w.o_b);  // [T, H]

@@ -22,6 +22,7 @@ struct AttentionWeights {
 struct AttentionShape {
   int64_t q_heads, kv_heads, head_dim;
   double norm_eps;  // of q_norm/k_norm
+  int64_t window_left = -1;  // sliding window: a token sees keys [p - window_left, p]; -1 = all
 };
 
 // x: the normalised hidden states [T, H]; returns o_proj's output [T, H], summed over ranks.

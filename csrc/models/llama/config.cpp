@@ -143,6 +143,8 @@ void LlamaConfig::validate() const {
   positive("num_key_value_heads", num_key_value_heads);
   positive("head_dim", head_dim);
   positive("max_position_embeddings", max_position_embeddings);
+  TORCH_CHECK_VALUE(sliding_window >= 0, "LlamaConfig: 'sliding_window' must be >= 0 (0 = no window), got ",
+                    sliding_window);
   TORCH_CHECK_VALUE(num_attention_heads % num_key_value_heads == 0, "LlamaConfig: 'num_attention_heads' (",
                     num_attention_heads, ") must be a multiple of 'num_key_value_heads' (", num_key_value_heads,
                     ")");

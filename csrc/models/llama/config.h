@@ -20,6 +20,8 @@ struct LlamaConfig {
   int64_t num_key_value_heads = 32;
   int64_t head_dim = 128;
   int64_t max_position_embeddings = 2048;
+  // Mistral's sliding window: a token sees itself and the sliding_window - 1 tokens before it; 0 = no window.
+  int64_t sliding_window = 0;
   double rms_norm_eps = 1e-6;
   std::string hidden_act = "silu";
   double rope_theta = 10000.0;

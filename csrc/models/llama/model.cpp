@@ -162,7 +162,8 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
   const auto& c = config_;
   const layers::Hooks hook(hooks);
   const layers::TensorParallel tp{tp_rank_, tp_size_, comm_};
-  const layers::AttentionShape shape{q_heads_, kv_heads_, c.head_dim, c.rms_norm_eps};
+  const layers::AttentionShape shape{q_heads_, kv_heads_, c.head_dim, c.rms_norm_eps,
+                                     c.sliding_window > 0 ? c.sliding_window - 1 : -1};
 
   at::Tensor h = at::embedding(embed_, batch.input_ids);  // [T, H]
   hook("embed_tokens", h);
