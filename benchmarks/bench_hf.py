@@ -7,9 +7,11 @@ Random weights with the model's shapes. "prefill ms" is one generate() of a sing
 batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Modes: eager with transformers'
 dynamic cache and with a static cache; "compiled" with a static cache is generate's own compile hook (fullgraph,
 mode="reduce-overhead": CUDA graphs, on CUDA; inductor "default" on CPU), with a dynamic cache
-``torch.compile(model.forward, fullgraph=True, dynamic=True)``. Liger rows (``apply_liger_kernel_to_llama`` with
+``torch.compile(model.forward, fullgraph=True, mode="reduce-overhead", dynamic=True)`` (dynamic=True: one graph
+for both batch sizes, so compiling stays within the time budget). Liger rows (``apply_liger_kernel_to_llama`` with
 rope, rms_norm and swiglu, as Liger patches inference) run only where ``liger_kernel`` imports (Triton, CUDA),
 after the other rows: its rope patch replaces transformers' module function for every model in the process.
+``--budget-s``: compiled cells not started by then are skipped with a note (compiling a 1B model takes a while).
 """
 import argparse
 import copy
@@ -39,7 +41,7 @@ SHAPES = {
 
 
 MODES = {"eager-dynamic": ("eager", "dynamic"), "eager-static": ("eager", "static"),
-         "compiled": ("compiled", "static"), "compiled-dynamic": ("compiled", "dynamic")}
+         "compiled-dynamic": ("compiled", "dynamic"), "compiled": ("compiled", "static")}
 
 
 def build(shapes, device, dtype):
@@ -81,18 +83,20 @@ def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, cloc
     return best
 
 
-def compiled_forward(model, on: bool):
+def compiled_forward(model, on: bool, cuda: bool):
     """Install (or remove) torch.compile(model.forward) for the compiled dynamic-cache rows."""
     model.__dict__.pop("forward", None)
     if on:
-        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=True)
+        mode = "reduce-overhead" if cuda else "default"
+        model.forward = torch.compile(model.forward, fullgraph=True, mode=mode, dynamic=True)
 
 
 def liger_model(base):
     """A copy of base patched by Liger-Kernel 0.8.5 the way it patches inference, or None where it is missing."""
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
-    except Exception:  # noqa: BLE001 - not installed, or no Triton/CUDA
+    except Exception as e:  # noqa: BLE001 - not installed, or no Triton/CUDA
+        print(f"# liger rows skipped: liger_kernel does not import ({type(e).__name__}: {str(e)[:120]})", flush=True)
         return None
     model = copy.deepcopy(base)
     apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
@@ -112,6 +116,8 @@ def main():
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
                     help="rows to run (compiling takes minutes on a 1B model: split runs over calls if needed)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--budget-s", type=float, default=270.0,
+                    help="skip compiled cells not started within this many seconds of the start (0: no limit)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: this process's CPU time, steadier than wall time on a shared CPU machine")
@@ -141,13 +147,17 @@ def main():
     prompts = {bsz: torch.randint(3, base.config.vocab_size, (bsz, plen), device=args.device) for bsz in batches}
     cache_len = plen + new
     results = {}
+    start = time.perf_counter()
 
-    def run(name, model):
+    def run(name, model, cells):
         torch._dynamo.reset()  # compiled graphs are kept across one model's cells (recompiles per batch size)
-        for bsz in batches:
-            for mode, cache in modes:
+        for mode, cache in cells:
+            for bsz in batches:
                 ids = prompts[bsz]
-                compiled_forward(model, mode == "compiled" and cache == "dynamic")
+                if mode == "compiled" and args.budget_s and time.perf_counter() - start > args.budget_s:
+                    print(f"{name} {mode} {cache} batch {bsz}: skipped (--budget-s {args.budget_s:.0f} spent)", flush=True)
+                    continue
+                compiled_forward(model, mode == "compiled" and cache == "dynamic", cuda)
                 try:
                     timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
                     t1 = timed_generate(model, ids, 1, mode, cache, cache_len, args.repeats, clock)
@@ -156,7 +166,7 @@ def main():
                     print(f"{name} {mode} {cache} batch {bsz}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
                     continue
                 finally:
-                    compiled_forward(model, False)
+                    compiled_forward(model, False, cuda)
                 decode = bsz * (new - 1) / max(tn - t1, 1e-9)
                 results[(name, mode, cache, bsz)] = decode
                 ref = results.get(("hf", mode, cache, bsz), decode)
@@ -164,18 +174,29 @@ def main():
                 print(fmt.format(name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}",
                                  f"{decode / ref:.2f}x", f"{decode / eager:.2f}x" if eager else "-"), flush=True)
 
-    run("hf", base)
-    run("infinilm", patched)
+    # Eager cells of both models first, then compiled ones, so that a spent --budget-s leaves same-cell pairs.
+    eager_cells = [mc for mc in modes if mc[0] == "eager"]
+    compiled_cells = [mc for mc in modes if mc[0] == "compiled"]
+    for cells in (eager_cells, compiled_cells):
+        run("hf", base, cells)
+        run("infinilm", patched, cells)
     del patched
-    liger = liger_model(base) if cuda else None
-    if liger is not None:
-        run("liger", liger)
+    liger = liger_model(base) if cuda else print("# liger rows skipped: Liger-Kernel needs CUDA (Triton)")
+    if liger is not None:  # last: its rope patch is module-wide
+        run("liger", liger, eager_cells + compiled_cells)
     # One line per model, one column per (mode, cache, batch): the table of the closing note.
     cols = [(m, c, b) for m, c in modes for b in batches]
-    print("\ndecode tok/s" + "".join(f"  {m[:4]}-{c[:3]}-b{b:<3}" for m, c, b in cols))
+    dev = torch.cuda.get_device_name() if cuda else args.device
+    print(f"\ndecode tok/s on {dev}, {args.shapes} {str(dtype).replace('torch.', '')}, {new} new tokens"
+          f" (ratio to unpatched in the same cell in brackets)")
+    print(f"{'':<12}" + "".join(f"  {m[:4]}-{c[:3]}-b{b:<3}   " for m, c, b in cols))
     for name in ("hf", "infinilm", "liger"):
-        if (name, *cols[0]) in results:
-            print(f"{name:<12}" + "".join(f"  {results.get((name, *k), float('nan')):>12.1f}" for k in cols))
+        if any((name, *k) in results for k in cols):
+            cells = []
+            for k in cols:
+                v, hf = results.get((name, *k)), results.get(("hf", *k))
+                cells.append("-" if v is None else f"{v:.1f}" + (f" ({v / hf:.2f}x)" if hf else ""))
+            print(f"{name:<12}" + "".join(f"  {c:>17}" for c in cells))
 
 
 if __name__ == "__main__":

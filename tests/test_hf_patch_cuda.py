@@ -236,18 +236,23 @@ def test_cuda_matrix(family, cache, mode, recompile_guard):
     graphs = recompile_guard["stats"].get("unique_graphs", 0)
     assert graphs <= (0 if mode == "eager" else RECOMPILE_LIMIT), graphs
     model.__dict__.pop("forward", None)
-    # bf16: the run in this mode completes with finite logits, and the RMS error over every valid position of the
-    # padded prompt (the last position of a few rows alone is too small a sample of a random net's chaotic error)
-    # is within twice transformers' own bf16 error against fp32.
+    # bf16: the RMS error over every valid position of the padded prompt (the last position of a few rows alone is
+    # too small a sample of a random net's chaotic error) is within twice transformers' own bf16 error against
+    # fp32. In the compiled modes (llama only: compiling dominates the file's time) the first generated step's
+    # logits also equal the eager patched model's to bf16 rounding.
     torch._dynamo.reset()
     ours16 = infinilm_torch.patch(copy.deepcopy(ref).to(torch.bfloat16))
-    kw = _compiled(ours16, mode, cache)
     ids, mask = (t.to(DEV) for t in padded_prompt(3, 16))
-    one = dict(GREEDY, max_new_tokens=2, min_new_tokens=2, return_dict_in_generate=True, output_logits=True)
-    with torch.no_grad():
-        out = ours16.generate(ids, attention_mask=mask, **one, **kw)
-    assert all(torch.isfinite(x).all() for x in out.logits)
-    ours16.__dict__.pop("forward", None)
+    if mode != "eager" and family == "llama":
+        one = dict(GREEDY, max_new_tokens=2, min_new_tokens=2, return_dict_in_generate=True, output_logits=True)
+        extra = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 48}
+        with torch.no_grad():
+            eager16 = ours16.generate(ids, attention_mask=mask, **one, **extra, disable_compile=True).logits[0].float()
+            kw = _compiled(ours16, mode, cache)
+            out = ours16.generate(ids, attention_mask=mask, **one, **kw)
+        ours16.__dict__.pop("forward", None)
+        assert all(torch.isfinite(x).all() for x in out.logits)
+        torch.testing.assert_close(out.logits[0].float(), eager16, **rel_tol(eager16, 0.05))
     ref16 = copy.deepcopy(ref).to(torch.bfloat16)
     valid = mask.bool()
     with torch.no_grad():

@@ -78,6 +78,29 @@ def test_generate_matrix(family, cache, mode):
             assert torch.equal(got, want), (family, cache, mode, batch)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("mode,dynamic", [("default", None), ("reduce-overhead", True),
+                                          ("max-autotune-no-cudagraphs", None)])
+def test_compiled_forward_modes_across_batches(mode, dynamic, cache):
+    """torch.compile(model.forward, fullgraph=True) under inductor with the issue's modes (reduce-overhead has no
+    CUDA graphs on CPU: inductor alone), one model over batch 1, 3, 8 and 32 with padded rows: equal tokens, and
+    at most 8 graphs with torch's recompile limit of 8 made a hard failure (a dynamic cache used to take a static
+    graph then a dynamic one per kind of step, and one more per cache layout: over the limit)."""
+    torch._dynamo.reset()
+    ref = family_model("llama")
+    model = infinilm_torch.patch(copy.deepcopy(ref))
+    model.forward = torch.compile(model.forward, fullgraph=True, mode=mode, dynamic=dynamic)
+    kw = {**generate_kw(cache, "eager")}
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=8, fail_on_recompile_limit_hit=True):
+        for batch in BATCHES:
+            ids, mask = padded_prompt(batch)
+            want = ref.generate(ids, attention_mask=mask, **kw)
+            assert torch.equal(model.generate(ids, attention_mask=mask, **kw), want), (mode, dynamic, cache, batch)
+    assert 0 < counters["stats"]["unique_graphs"] <= 8
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_dynamic_cache_every_step_on_kernels(family, calls):
     """No cache length goes to sdpa: decode lengths 7, 8, 9, .. all run on the paged kernels."""
