@@ -50,7 +50,7 @@ at::Tensor aligned_rows(const at::Tensor& q) {
 // owns one block (block_tables [n, 1]), e.g. an HF cache [B, Hk, max_len, D] shown as B blocks of max_len.
 int checked_log2_block_size(const at::Tensor& key_cache, const at::Tensor& block_tables) {
   const int64_t bs = key_cache.size(2);
-  const bool pow2 = bs >= 1 && bs <= 1024 && (bs & (bs - 1)) == 0;
+  const bool pow2 = bs >= 1 && bs <= ka::kMaxPow2BlockSize && (bs & (bs - 1)) == 0;
   TORCH_CHECK_VALUE(pow2 || (bs >= 1 && block_tables.size(1) == 1),
                     "infinilm: CUDA paged attention needs a power-of-two block_size (8..256 tested), or one block "
                     "per request ('block_tables' with 1 column), got block_size ", bs, " ('key_cache' shape ",
