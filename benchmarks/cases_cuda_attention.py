@@ -112,22 +112,30 @@ def time_sdpa_backends(make_fns, reps=25):
 DECODE_GRID = tuple((B, L) for B in (1, 8, 32, 128) for L in (512, 4096, 32768))
 
 
-def bench_paged_attention_decode(ceil, configs=DECODE_GRID + ((1, 32768, "in-order blocks"),)):
-    """Decode over the paged cache vs SDPA (each backend) on contiguous K/V [B, Hk, L, D], same run."""
+def bench_paged_attention_decode(ceil, configs=DECODE_GRID + ((1, 32768, "in-order blocks"), (32, 4096, "softcap=50"),
+                                                              (32, 32768, "window=4096"))):
+    """Decode over the paged cache vs SDPA (each backend) on contiguous K/V [B, Hk, L, D], same run. Rows with
+    a note (in-order blocks, a soft-cap, a window) have no SDPA baseline; a window's bytes are the window's."""
     rows = []
     for B, L, *note in configs:
-        kv_bytes = 2 * B * L * HK * D * 2
+        opt = {}
+        for n in note:
+            if "=" in n:
+                key, val = n.split("=")
+                opt = {"softcap": float(val)} if key == "softcap" else {"window_left": int(val) - 1}
+        read = min(L, opt["window_left"] + 1) if "window_left" in opt else L
+        kv_bytes = 2 * B * read * HK * D * 2
         sets = max(1, min(8, math.ceil(2 * L2_BYTES / kv_bytes)))
-        bt, caches = _paged(B, L, sets, sequential=bool(note))
+        bt, caches = _paged(B, L, sets, sequential="in-order blocks" in note)
         q = torch.randn(B, HQ, D, device="cuda", dtype=torch.bfloat16)
         sl = torch.full((B,), L, dtype=torch.int32, device="cuda")
         scale = 1 / math.sqrt(D)
-        us = time_graph([lambda kc=kc, vc=vc: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, L)
+        us = time_graph([lambda kc=kc, vc=vc: ops.paged_attention_decode(q, kc, vc, bt, sl, scale, L, **opt)
                          for kc, vc in caches])
         del caches
         qs = q.view(B, HQ, 1, D)
-        kvs = [(torch.randn(B, HK, L, D, device="cuda", dtype=torch.bfloat16),
-                torch.randn(B, HK, L, D, device="cuda", dtype=torch.bfloat16)) for _ in range(sets)]
+        kvs = [] if note else [(torch.randn(B, HK, L, D, device="cuda", dtype=torch.bfloat16),
+                                torch.randn(B, HK, L, D, device="cuda", dtype=torch.bfloat16)) for _ in range(sets)]
         sdpa = {} if note else time_sdpa_backends(lambda: [
             lambda k=k, v=v: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True) for k, v in kvs])
         del kvs

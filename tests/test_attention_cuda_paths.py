@@ -47,8 +47,8 @@ def test_cuda_graph_replay(monkeypatch, splits, kw):
     queries and lengths; the output is poisoned before each replay, so a merge that did not run shows."""
     if splits is not None:
         monkeypatch.setenv("INFINILM_DECODE_SPLITS", splits)
-    lens = [4096, 300]
-    q, kc, vc, bt, sl = _decode_case(lens)
+    q, kc, vc, bt, sl = _decode_case([4096, 4096])  # both rows own blocks for every replay's length
+    sl.copy_(torch.tensor([4096, 300], device="cuda", dtype=torch.int32))
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

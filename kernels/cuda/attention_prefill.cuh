@@ -26,7 +26,9 @@ struct PrefillShape {
   static constexpr int smem_bytes() { return (kBM + 4 * kBN) * kStride * static_cast<int>(sizeof(T)); }
 };
 
-template <typename T, int D>
+// EXT: the sliding window / soft-cap code is compiled in (a separate instantiation, so that the plain
+// kernel keeps its registers: at D=128 the extra live values raised the spill from 84 to 172 bytes).
+template <typename T, int D, bool EXT>
 __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillParams p) {
   using S = PrefillShape<D>;
   constexpr int BM = S::kBM, BN = S::kBN, WM = S::kWM, STR = S::kStride, CH = D / 8;
@@ -88,7 +90,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
   kv_hi = kv_hi < seq ? kv_hi : seq;
   const int n_tiles = kv_hi > 0 ? static_cast<int>((kv_hi + BN - 1) / BN) : 0;
   // Sliding window: the tile's first query (position prefix + m0) sees nothing before prefix + m0 - wl.
-  const int wl = p.window_left;
+  const int wl = EXT ? p.window_left : -1;
   const int64_t kv_lo = wl >= 0 && prefix + m0 - wl > 0 ? prefix + m0 - wl : 0;
   const int it0 = n_tiles > 0 ? static_cast<int>(kv_lo / BN) : 0;
 
@@ -190,7 +192,7 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
     const int64_t kb = static_cast<int64_t>(it) * BN;
     const bool need_mask = (kb + BN > prefix + m0 + 1) || (kb + BN > seq) || (wl >= 0 && kb < prefix + m0 + BM - 1 - wl);
     const float sl2 = p.scale_log2;
-    if (p.softcap_log2 > 0.f) {  // s -> (cap / scale) tanh(s scale / cap): after the scale below, cap tanh(.)
+    if (EXT && p.softcap_log2 > 0.f) {  // s -> (cap / scale) tanh(s scale / cap): after the scale below, cap tanh(.)
       const float c = p.softcap_log2 / sl2;
 #pragma unroll
       for (int mi = 0; mi < WM; ++mi) {
@@ -288,13 +290,20 @@ __global__ void __launch_bounds__(128, 2) paged_prefill_kernel(const PrefillPara
   }
 }
 
+template <typename T, int D, bool EXT>
+inline cudaError_t launch_prefill_d_x(const PrefillParams& p, cudaStream_t stream) {
+  constexpr int smem = PrefillShape<D>::template smem_bytes<T>();
+  cudaError_t err =
+      cudaFuncSetAttribute(paged_prefill_kernel<T, D, EXT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  paged_prefill_kernel<T, D, EXT><<<dim3(p.hq, p.tiles_upper), 128, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
 template <typename T, int D>
 inline cudaError_t launch_prefill_d(const PrefillParams& p, cudaStream_t stream) {
-  constexpr int smem = PrefillShape<D>::template smem_bytes<T>();
-  cudaError_t err = cudaFuncSetAttribute(paged_prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return err;
-  paged_prefill_kernel<T, D><<<dim3(p.hq, p.tiles_upper), 128, smem, stream>>>(p);
-  return cudaGetLastError();
+  const bool ext = p.window_left >= 0 || p.softcap_log2 > 0.f;
+  return ext ? launch_prefill_d_x<T, D, true>(p, stream) : launch_prefill_d_x<T, D, false>(p, stream);
 }
 
 // T is __half or __nv_bfloat16; head_dim one of limits::kCudaHeadSizes (checked by the caller).
