@@ -33,6 +33,7 @@ def bench_gemv(table, model, m, dtype):
     for label, n, k in shapes + [("lm_head", *lm)]:
         w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5
         x = torch.randn(m, k, device="cuda", dtype=dtype)
+        os.environ["INFINILM_CUDA_LINEAR"] = "gemv"  # the kernel itself, not the per-shape choice
         ours = bench_us(lambda: ops.linear(x, w), "cuda")
         base = bench_us(lambda: F.linear(x, w), "cuda")
         table.add("gemv", f"{model} {label} M={m} {n}x{k}", ours, nbytes=w.numel() * w.element_size(),
@@ -70,10 +71,15 @@ def bench_step(table, model, m, dtype):
     weights.append(torch.randn(*lm, device="cuda", dtype=dtype))
     xs = {k: torch.randn(m, k, device="cuda", dtype=dtype) for k in {w.shape[1] for w in weights}}
     nbytes = sum(w.numel() * w.element_size() for w in weights)
+    os.environ["INFINILM_CUDA_LINEAR"] = "gemv"
     ours = graph_step_us([lambda w=w: ops.linear(xs[w.shape[1]], w) for w in weights])
+    os.environ.pop("INFINILM_CUDA_LINEAR")  # per-shape timed choice, as the engine runs by default
+    auto = graph_step_us([lambda w=w: ops.linear(xs[w.shape[1]], w) for w in weights])
     base = graph_step_us([lambda w=w: F.linear(xs[w.shape[1]], w) for w in weights])
     table.add("decode-step products", f"{model} M={m} ({len(weights)} products, graph)", ours, nbytes=nbytes,
               torch_us=base)
+    table.add("decode-step products, timed choice", f"{model} M={m} ({len(weights)} products, graph)", auto,
+              nbytes=nbytes, torch_us=base)
     del weights
 
 

@@ -411,3 +411,7 @@ OP_PROPS = {f.__name__[5:]: f for f in (prop_rms_norm, prop_fused_add_rms_norm, 
                                          prop_rope_cos_sin_cache, prop_silu_and_mul, prop_reshape_and_cache,
                                          prop_paged_attention_decode, prop_paged_attention_prefill, prop_sample,
                                          prop_apply_penalties, prop_logprobs)}
+
+from fuzz_ops_fused import FUSED_PROPS  # noqa: E402  (its properties reuse the helpers above)
+
+OP_PROPS.update(FUSED_PROPS)

@@ -82,3 +82,32 @@ def test_linear_bad_args(device):
         ops.silu_and_mul_linear(x, torch.randn(8, 64, device=device))
     with pytest.raises(ValueError, match="weight"):
         ops.linear(x, torch.randn(64, device=device))
+
+
+def _fused_slice(x, w_qkv, w_down, gate_up, pos, table, kc, vc, slots, qw, kw, hq, hk, d):
+    qkv = ops.linear(x, w_qkv)
+    T = qkv.shape[0]
+    q = qkv[:, : hq * d].view(T, hq, d)
+    k = qkv[:, hq * d : (hq + hk) * d].view(T, hk, d)
+    v = qkv[:, (hq + hk) * d :].view(T, hk, d)
+    ops.rotary_embedding_and_cache(pos, q, k, v, kc, vc, slots, table, True, qw, kw, 1e-6)
+    return q * 2, ops.silu_and_mul_linear(gate_up, w_down)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_fused_ops_compile_fullgraph(device, backend):
+    torch._dynamo.reset()
+    T, H, hq, hk, d, bs, nb = 3, 64, 4, 2, 32, 16, 4
+    table = ops.rope_cos_sin_cache(64, d, 10000.0).to(device)
+    args = [torch.randn(T, H, device=device), torch.randn((hq + 2 * hk) * d, H, device=device),
+            torch.randn(H, 48, device=device), torch.randn(T, 96, device=device),
+            torch.randint(0, 64, (T,), device=device), table,
+            torch.zeros(nb, hk, bs, d, device=device), torch.zeros(nb, hk, bs, d, device=device),
+            torch.randperm(nb * bs, device=device)[:T], torch.randn(d, device=device), torch.randn(d, device=device)]
+    eager_args = [a.clone() for a in args]
+    out_c = torch.compile(_fused_slice, fullgraph=True, backend=backend)(*args, hq, hk, d)
+    out_e = _fused_slice(*eager_args, hq, hk, d)
+    for a, b in zip(out_c, out_e):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for a, b in zip(args, eager_args):  # the caches were written identically
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -3,8 +3,13 @@
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "csrc/ops/dispatch_cuda.h"
 #include "csrc/ops/linear_checks.h"
@@ -15,13 +20,65 @@ namespace infinilm {
 
 namespace {
 
-// INFINILM_CUDA_LINEAR=cublas sends every product to at::linear (same-run baselines in the benchmarks).
-bool gemv_disabled() {
-  static const bool off = [] {
-    const char* v = std::getenv("INFINILM_CUDA_LINEAR");
-    return v != nullptr && std::strcmp(v, "cublas") == 0;
-  }();
-  return off;
+// INFINILM_CUDA_LINEAR: "cublas" (every product on at::linear), "gemv" (the skinny GEMM wherever its contract
+// holds: tests, benchmarks), else per-shape choice by timing (choose_gemv). Read per call: tests switch it.
+int linear_mode() {
+  const char* v = std::getenv("INFINILM_CUDA_LINEAR");
+  if (v == nullptr) return -1;
+  if (std::strcmp(v, "cublas") == 0) return 0;
+  if (std::strcmp(v, "gemv") == 0) return 1;
+  return -1;
+}
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &st));
+  return st != cudaStreamCaptureStatusNone;
+}
+
+// Whether the skinny GEMM beats cuBLAS on this product: timed at the first use of (device, dtype, M, N, K, bias,
+// op), both candidates alternating, best of 5 each, with L2 flushed before every run (a decode step streams its
+// weights from HBM), CUDA events on the current stream. Cached for the process. Never timed inside a CUDA-graph
+// capture (the engine's eager warm-up step comes first): an unknown shape there takes cuBLAS, uncached.
+// cuBLAS keeps ties (the skinny kernel must win by 2%). Running a candidate has no side effect (y is fresh).
+bool choose_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool silu,
+                 const std::function<void()>& gemv, const std::function<void()>& cublas) {
+  const int mode = linear_mode();
+  if (mode >= 0) return mode == 1;
+  using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool>;
+  static std::mutex mu;
+  static std::map<Key, bool> cache;
+  const Key key{x.get_device(), static_cast<int>(x.scalar_type()), x.size(0), w.size(0), w.size(1), b.defined(), silu};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (capturing(stream)) return false;
+  at::Tensor flush = at::empty({128 << 20}, x.options().dtype(at::kByte));  // > L2 (H100/H200: 50-60 MB)
+  cudaEvent_t e0, e1;
+  C10_CUDA_CHECK(cudaEventCreate(&e0));
+  C10_CUDA_CHECK(cudaEventCreate(&e1));
+  float best[2] = {1e30f, 1e30f};
+  for (int r = 0; r < 6; ++r) {
+    for (int c = 0; c < 2; ++c) {
+      flush.zero_();
+      C10_CUDA_CHECK(cudaEventRecord(e0, stream));
+      (c == 0 ? cublas : gemv)();
+      C10_CUDA_CHECK(cudaEventRecord(e1, stream));
+      C10_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0.f;
+      C10_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (r > 0) best[c] = std::min(best[c], ms);  // the first round warms both up (lazy loading, handles)
+    }
+  }
+  C10_CUDA_CHECK(cudaEventDestroy(e0));
+  C10_CUDA_CHECK(cudaEventDestroy(e1));
+  const bool win = best[1] < 0.98f * best[0];
+  std::lock_guard<std::mutex> lock(mu);
+  cache.emplace(key, win);
+  return win;
 }
 
 // The kernel's contract: half-precision, x rows with a dense last dim and a 16-byte aligned stride, W dense.
@@ -53,8 +110,7 @@ int sm_count() {
 
 }  // namespace
 
-at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (gemv_disabled() || !gemv_ok(x, w, b)) return at::linear(x, w, b);
+static at::Tensor run_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
   at::Tensor y = at::empty({M, N}, x.options());
@@ -71,14 +127,16 @@ at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return y;
 }
 
-at::Tensor silu_and_mul_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  // The kernel reads gate and up halves of each row with 16-byte loads: the same contract as gemv on [M, K] views.
-  const int64_t K = w.dim() == 2 ? w.size(1) : -1;
-  if (gemv_disabled() || x.dim() != 2 || x.size(1) != 2 * K || !gemv_ok(x.narrow(1, 0, K), w, b) ||
-      (x.size(0) > 1 && x.stride(0) < 2 * K))
-    return linear_cuda(silu_and_mul_cuda(x), w, b);
+at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (linear_mode() == 0 || !gemv_ok(x, w, b)) return at::linear(x, w, b);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t M = x.size(0), N = w.size(0);
+  const bool gemv = choose_gemv(x, w, b, false, [&] { run_gemv(x, w, b); }, [&] { at::linear(x, w, b); });
+  return gemv ? run_gemv(x, w, b) : at::linear(x, w, b);
+}
+
+static at::Tensor run_gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
   at::Tensor y = at::empty({M, N}, x.options());
   const int sms = sm_count();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -92,6 +150,19 @@ at::Tensor silu_and_mul_linear_cuda(const at::Tensor& x, const at::Tensor& w, co
     }
   });
   return y;
+}
+
+at::Tensor silu_and_mul_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  // The kernel reads gate and up halves of each row with 16-byte loads: the same contract as gemv on [M, K] views.
+  const int64_t K = w.dim() == 2 ? w.size(1) : -1;
+  if (linear_mode() == 0 || x.dim() != 2 || x.size(1) != 2 * K || !gemv_ok(x.narrow(1, 0, K), w, b) ||
+      (x.size(0) > 1 && x.stride(0) < 2 * K))
+    return linear_cuda(silu_and_mul_cuda(x), w, b);
+  const c10::cuda::CUDAGuard guard(x.device());
+  // The unfused baseline is what the engine would run otherwise: the activation kernel, then cuBLAS.
+  const bool gemv = choose_gemv(x, w, b, true, [&] { run_gemv_silu_and_mul(x, w, b); },
+                                [&] { at::linear(silu_and_mul_cuda(x), w, b); });
+  return gemv ? run_gemv_silu_and_mul(x, w, b) : linear_cuda(silu_and_mul_cuda(x), w, b);
 }
 
 at::Tensor silu_and_mul_linear_op_cuda(const at::Tensor& input, const at::Tensor& weight,

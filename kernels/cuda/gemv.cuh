@@ -15,6 +15,8 @@
 // Work split: a CTA owns 16 rows of W; its warps split K (spans of 128 elements, round-robin) and add their
 // 16 x 8 partial tiles in shared memory, so split-K stays inside one launch. The host picks the warps per CTA:
 // more where there are few row tiles (N = 2048: 128 CTAs x 16 warps), one where there are many (lm_head).
+// A warp with more spans to go asks L2 for its next span's lines before loading the current one: the loads in
+// registers are capped by the 64-register budget of 2 CTAs/SM, L2 prefetches are not.
 #pragma once
 
 #include "kernels/cuda/attention_common.cuh"
@@ -32,6 +34,14 @@ constexpr int kMaxWarps = 16;         // warps per CTA splitting K
 constexpr int kTileRows = 16;         // W rows per CTA: the MMA's m
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+// Asks L2 for a line the warp reads one span later: more bytes in flight without registers (results unchanged;
+// a no-op where the PTX is not available, e.g. a hipified build).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__) && !defined(__HIP_PLATFORM_AMD__)
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#endif
+}
 
 // One span: k0 is its first element. FULL spans lie wholly inside K; the last one may not (K % 128 != 0), and
 // its chunks past K read as zero on both operands.
@@ -100,7 +110,17 @@ __global__ void __launch_bounds__(kMaxWarps * 32, SILU ? 1 : 2)
   const T* xr = x + min(g, M - 1) * ldx;
   float c[4] = {0.f, 0.f, 0.f, 0.f};
   const int64_t full = K / kSpan;
-  for (int64_t s = warp; s < full; s += warps) span<T, true, SILU>(w0, w1, xr, s * kSpan, q, K, c);
+  for (int64_t s = warp; s < full; s += warps) {
+    if (s + warps < full) {  // this warp's next span of both rows: each lane its 16-byte chunks' lines
+      const int64_t kn = (s + warps) * kSpan;
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        prefetch_l2(w0 + kn + (u * 4 + q) * 8);
+        prefetch_l2(w1 + kn + (u * 4 + q) * 8);
+      }
+    }
+    span<T, true, SILU>(w0, w1, xr, s * kSpan, q, K, c);
+  }
   if (K % kSpan != 0 && full % warps == warp) span<T, false, SILU>(w0, w1, xr, full * kSpan, q, K, c);
   if (warps > 1) {
     float* mine = gemv_partial + (warp * 32 + lane) * 4;
