@@ -186,13 +186,19 @@ def profile_decode(engine, ids, steps=32, mode="async"):
     with profile(activities=acts) as prof:
         sync(dev)
         t = time.perf_counter()
+        queue_s = 0.0  # host time building and queueing steps (the rest: waiting for the device)
         for step in range(steps):
+            t0 = time.perf_counter()
             if mode == "async":
                 nxt = engine.forward(Input(prev_output=out, temperature=0.0, non_blocking=True, **f.decode(step)))
+                queue_s += time.perf_counter() - t0
                 out.output_ids
                 out = nxt
             else:
-                out = engine.forward(Input(input_ids=out.output_ids, temperature=0.0, **f.decode(step)))
+                ids_h = out.output_ids
+                t0 = time.perf_counter()
+                out = engine.forward(Input(input_ids=ids_h, temperature=0.0, **f.decode(step)))
+                queue_s += time.perf_counter() - t0  # includes the blocking read of this step's ids
         out.wait()
         wall = time.perf_counter() - t
     path = os.path.join(tempfile.mkdtemp(), "trace.json")
@@ -213,7 +219,7 @@ def profile_decode(engine, ids, steps=32, mode="async"):
     short = sum(g for g in gaps if 0 < g < 5.0)
     long_ = sum(g for g in gaps if g >= 5.0)
     return dict(families={k: v / steps for k, v in per.items()}, busy_us=busy / steps, span_us=span / steps,
-                wall_us=1e6 * wall / steps, kernels=len(gpu) / steps, short_gaps_us=short / steps,
+                wall_us=1e6 * wall / steps, queue_us=1e6 * queue_s / steps, kernels=len(gpu) / steps, short_gaps_us=short / steps,
                 long_gaps_us=long_ / steps, long_gaps=sum(g >= 5.0 for g in gaps) / steps,
                 top=[(n, v / steps) for n, v in names.most_common(10)])
 
@@ -230,4 +236,6 @@ def print_profile(name, p):
     print(f"idle gap = {p['short_gaps_us']:.1f} µs in gaps < 5 µs between back-to-back kernels (launch latency, "
           f"{p['kernels']:.0f} kernels) + {p['long_gaps_us']:.1f} µs in {p['long_gaps']:.1f} gaps >= 5 µs (waiting "
           f"for the host)")
+    print(f"host: {p['queue_us']:.1f} µs/step inside forward (building, checking, queueing; a synchronous step "
+          f"also waits there for its ids), the rest of the {p['wall_us']:.1f} µs waiting for the device or in Python")
     print("top kernels (µs/step, family): " + "; ".join(f"{n} {v:.1f} ({family(n, 'kernel')})" for n, v in p["top"]))
