@@ -152,6 +152,7 @@ class GptFast:
 
 # ---------------------------------------------------------------------------------------------- profile
 FAMILIES = [  # first match wins; kernel names lower-cased
+    ("rope+cache", ("rotary_embedding_and_cache", "rope_and_cache", "rope_cache")),  # fused rope + cache write
     ("cache write", ("reshape_and_cache", "index_copy", "indexcopy")),
     ("attention", ("paged_decode", "paged_prefill", "attention", "attn", "flash", "fmha", "sdpa")),
     ("norm", ("rms_norm", "layer_norm", "norm")),
@@ -185,13 +186,19 @@ def profile_decode(engine, ids, steps=32, mode="async"):
     with profile(activities=acts) as prof:
         sync(dev)
         t = time.perf_counter()
+        queue_s = 0.0  # host time building and queueing steps (the rest: waiting for the device)
         for step in range(steps):
+            t0 = time.perf_counter()
             if mode == "async":
                 nxt = engine.forward(Input(prev_output=out, temperature=0.0, non_blocking=True, **f.decode(step)))
+                queue_s += time.perf_counter() - t0
                 out.output_ids
                 out = nxt
             else:
-                out = engine.forward(Input(input_ids=out.output_ids, temperature=0.0, **f.decode(step)))
+                ids_h = out.output_ids
+                t0 = time.perf_counter()
+                out = engine.forward(Input(input_ids=ids_h, temperature=0.0, **f.decode(step)))
+                queue_s += time.perf_counter() - t0  # includes the blocking read of this step's ids
         out.wait()
         wall = time.perf_counter() - t
     path = os.path.join(tempfile.mkdtemp(), "trace.json")
@@ -199,17 +206,26 @@ def profile_decode(engine, ids, steps=32, mode="async"):
     with open(path) as fh:
         events = json.load(fh)["traceEvents"]
     gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
-    per = collections.Counter()
+    per, names = collections.Counter(), collections.Counter()
     for e in gpu:
         per[family(e["name"], e["cat"])] += e["dur"]
+        names[e["name"][:70]] += e["dur"]
     busy = sum(per.values())
     span = max(e["ts"] + e["dur"] for e in gpu) - min(e["ts"] for e in gpu) if gpu else 0.0
+    # Idle time between consecutive GPU events: short gaps are the launch latency between back-to-back kernels
+    # (inside a CUDA graph, about a microsecond each); long ones are the GPU waiting for the host.
+    gpu.sort(key=lambda e: e["ts"])
+    gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(gpu, gpu[1:])]
+    short = sum(g for g in gaps if 0 < g < 5.0)
+    long_ = sum(g for g in gaps if g >= 5.0)
     return dict(families={k: v / steps for k, v in per.items()}, busy_us=busy / steps, span_us=span / steps,
-                wall_us=1e6 * wall / steps, kernels=len(gpu) / steps)
+                wall_us=1e6 * wall / steps, queue_us=1e6 * queue_s / steps, kernels=len(gpu) / steps, short_gaps_us=short / steps,
+                long_gaps_us=long_ / steps, long_gaps=sum(g >= 5.0 for g in gaps) / steps,
+                top=[(n, v / steps) for n, v in names.most_common(10)])
 
 
 def print_profile(name, p):
-    fams = ["GEMM", "attention", "norm", "rope", "silu", "cache write", "sampling", "copy", "other"]
+    fams = ["GEMM", "attention", "norm", "rope", "silu", "cache write", "rope+cache", "sampling", "copy", "other"]
     print(f"\nprofile ({name}): per decode step, µs of GPU time per kernel family ({p['kernels']:.0f} kernels/step)")
     print(" | ".join(f"{k:>11}" for k in fams))
     print(" | ".join(f"{p['families'].get(k, 0.0):>11.1f}" for k in fams))
@@ -217,3 +233,9 @@ def print_profile(name, p):
     print(f"kernels {p['busy_us']:.1f} µs, GPU span {p['span_us']:.1f} µs, idle gap {idle:.1f} µs "
           f"(GPU busy {100 * p['busy_us'] / max(p['span_us'], 1e-9):.1f}%), host wall {p['wall_us']:.1f} µs/step "
           f"(under the profiler)")
+    print(f"idle gap = {p['short_gaps_us']:.1f} µs in gaps < 5 µs between back-to-back kernels (launch latency, "
+          f"{p['kernels']:.0f} kernels) + {p['long_gaps_us']:.1f} µs in {p['long_gaps']:.1f} gaps >= 5 µs (waiting "
+          f"for the host)")
+    print(f"host: {p['queue_us']:.1f} µs/step inside forward (building, checking, queueing; a synchronous step "
+          f"also waits there for its ids), the rest of the {p['wall_us']:.1f} µs waiting for the device or in Python")
+    print("top kernels (µs/step, family): " + "; ".join(f"{n} {v:.1f} ({family(n, 'kernel')})" for n, v in p["top"]))

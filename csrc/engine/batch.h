@@ -34,8 +34,10 @@ using CacheWrites = std::vector<CacheWrite>;
 models::ForwardBatch build_batch(const Input& input, const models::BatchLimits& config, const cache::KVCache& cache,
                                  CacheWrites* writes = nullptr, int64_t prev_rows = -1, at::Tensor* source = nullptr);
 
-// ids [T] with the tokens whose source >= 0 replaced by prev[source] (all on one device; no host sync).
-at::Tensor take_tokens(const at::Tensor& ids, const at::Tensor& source, const at::Tensor& prev);
+// ids [T] with the tokens whose source >= 0 replaced by prev[source] (ids, source, prev on one device; no host
+// sync); host_source: source on the CPU (when it maps token t to row t of all of prev, the result is prev).
+at::Tensor take_tokens(const at::Tensor& ids, const at::Tensor& host_source, const at::Tensor& source,
+                       const at::Tensor& prev);
 
 // A host tensor on `device` through pinned memory, queued on the current stream (itself on the CPU).
 at::Tensor upload(const at::Tensor& t, at::Device device);

@@ -129,7 +129,7 @@ struct DecodeGraphs::Graph {
     std::memcpy(top_p_h, sp.top_p.data_ptr<float>(), n * sizeof(float));
     std::memcpy(reinterpret_cast<float*>(p + l.min_p), sp.min_p.data_ptr<float>(), n * sizeof(float));
     dev.copy_(host, /*non_blocking=*/true);
-    if (source.defined()) batch.input_ids.copy_(take_tokens(batch.input_ids, src, prev));
+    if (source.defined()) batch.input_ids.copy_(take_tokens(batch.input_ids, source, src, prev));
   }
 
   // The step the graph records: the model's forward and the sampler on the static inputs (min_p always

@@ -224,7 +224,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   if (source.defined() && world_ > 1) {
     // Every rank embeds the ids but only rank 0 holds the sampled ones: they come through the host.
     input.prev_output->wait();
-    host.input_ids = take_tokens(host.input_ids, source, input.prev_output->output_ids.view({-1}));
+    host.input_ids = take_tokens(host.input_ids, source, source, input.prev_output->output_ids.view({-1}));
     source = at::Tensor();
   } else if (source.defined()) {
     prev = input.prev_output->device_ids;
@@ -249,7 +249,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
         graphed && rank.graphs && rank.graphs->run(*rank.model, *rank.cache, host, sp, source, prev, &ids, &logits);
     if (!replayed) {
       models::ForwardBatch batch = to_device(host, dev);
-      if (source.defined()) batch.input_ids = take_tokens(batch.input_ids, upload(source, dev), prev);
+      if (source.defined()) batch.input_ids = take_tokens(batch.input_ids, source, upload(source, dev), prev);
       logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);
       if (!first) return;  // only rank 0 samples
       // Penalties work in place: on a copy when the raw logits are still needed (returned, or logprobs).
