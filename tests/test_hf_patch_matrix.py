@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import CompileConfig, DynamicCache  # noqa: E402
 
 import infinilm_torch  # noqa: E402
-from infinilm_torch.hf import attention  # noqa: E402
+from infinilm_torch.hf import attention, patching as hfpatch  # noqa: E402
 from test_hf_patch import COMMON, ROPE, calls, make_model  # noqa: E402,F401
 
 FAMILIES = ["llama", "qwen2", "mistral", "qwen3"]
@@ -203,6 +203,44 @@ def test_apply_infinilm_to_qwen3_and_revert():
         infinilm_torch.unpatch(model)
         infinilm_torch.hf.revert_infinilm_to_qwen3()
     assert mod.Qwen3RMSNorm.forward is before
+
+
+def test_class_level_apply_drops_all_ones_masks(monkeypatch):
+    """apply_infinilm_to_llama hooks generate's per-step inputs like patch(): an all-ones 2D mask is dropped before
+    a compiled forward (dynamic cache), whose attention then traces our kernels, never the sdpa fallback."""
+    from transformers.models.llama import modeling_llama as ml
+
+    ref = family_model("llama")
+    ids = torch.randint(3, COMMON["vocab_size"], (2, 5))
+    mask = torch.ones_like(ids)
+    kw = dict(GREEDY, disable_compile=True)
+    want = ref.generate(ids, attention_mask=mask, **kw)
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("the compiled class-patched model traced the sdpa fallback")
+
+    hfpatch.apply_infinilm_to_llama()
+    try:
+        model = copy.deepcopy(ref)
+        model.set_attn_implementation("infinilm")
+        # generate() itself drops an all-ones prompt mask on recent transformers releases, not on older ones
+        # and not for a mask handed to each step: the hook's own effect, then the end to end run.
+        for m, dropped in ((mask, True), (mask.index_fill(1, torch.tensor([0]), 0), False)):
+            inputs = model.prepare_inputs_for_generation(ids, cache=DynamicCache(config=model.config), attention_mask=m)
+            assert (inputs["attention_mask"] is None) == dropped
+        monkeypatch.setattr(attention, "_sdpa", no_sdpa)
+        torch._dynamo.reset()
+        model.forward = torch.compile(model.forward, fullgraph=True, backend="aot_eager")
+        with torch.no_grad():
+            assert torch.equal(model.generate(ids, attention_mask=mask, **kw), want)
+        infinilm_torch.patch(model)  # on top of the class patch: one hook, no recursion
+        with torch.no_grad():
+            assert torch.equal(model.generate(ids, attention_mask=mask, **kw), want)
+        infinilm_torch.unpatch(model)
+    finally:
+        hfpatch.revert_infinilm_to_llama()
+    assert "prepare_inputs_for_generation" not in ml.LlamaForCausalLM.__dict__
+    assert "_infinilm_orig_prepare" not in ml.LlamaForCausalLM.__dict__
 
 
 def test_cuda_file_dry_run_on_cpu():

@@ -48,7 +48,8 @@ def round_static_cache(model) -> None:
 def prepare_inputs_for_generation(self, *args, **kwargs):
     """generate()'s per-step inputs with an all-ones 2D attention mask dropped (checked here, outside any
     compiled forward): no padding means the kernels' causal pattern, which a compiled forward cannot prove from
-    a mask tensor whose values it does not know, and then hands to sdpa."""
+    a mask tensor whose values it does not know, and then hands to sdpa. A dynamic cache's sizes are marked
+    dynamic when the forward is compiled (see _mark_dynamic_cache_inputs)."""
     inputs = self._infinilm_orig_prepare(*args, **kwargs)
     if not isinstance(inputs, dict) or torch.compiler.is_compiling():
         return inputs
@@ -69,7 +70,7 @@ def _mark_dynamic_cache_inputs(inputs: dict) -> None:
     limit of 8 for a model reused across batch sizes with padded and unpadded batches)."""
     cache = inputs.get("past_key_values", inputs.get("cache"))
     layers_ = getattr(cache, "layers", None)
-    if not layers_ or type(layers_[0]).__name__ != "DynamicLayer":
+    if not layers_ or not any(c.__name__ == "DynamicLayer" for c in type(layers_[0]).__mro__):  # sliding ones too
         return
     mark = torch._dynamo.maybe_mark_dynamic
     for name in ("input_ids", "attention_mask", "position_ids"):
