@@ -27,7 +27,8 @@ int main(int argc, char** argv) {
               << "\ndtype=" << c.dtype << "\nrope_theta=" << c.rope_theta << "\nrope_type=" << c.rope_type
               << "\nrope_factor=" << c.rope_factor << "\nrope_low_freq_factor=" << c.rope_low_freq_factor
               << "\nrope_high_freq_factor=" << c.rope_high_freq_factor
-              << "\nrope_original_max_position_embeddings=" << c.rope_original_max_position_embeddings << "\n";
+              << "\nrope_original_max_position_embeddings=" << c.rope_original_max_position_embeddings
+              << "\nsliding_window=" << c.sliding_window << "\n";
   } catch (const c10::Error& e) {
     std::cerr << "error: " << e.what_without_backtrace() << "\n";
     return 1;
