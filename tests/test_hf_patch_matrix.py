@@ -249,7 +249,8 @@ def test_cuda_file_dry_run_on_cpu():
     # A fixed seed: this run checks the file's logic; the bf16 rule's ratio (ours vs transformers' own error on one
     # random net) varies by seed on the CPU kernels (2.8x at seed 2055426075, < 2x at the others tried). The GPU
     # runs of the file keep fresh seeds.
-    env = {**os.environ, "INFINILM_HF_TEST_DEVICE": "cpu", "INFINILM_TEST_SEED": os.environ.get("INFINILM_TEST_SEED", "1")}
+    env = {**os.environ, "INFINILM_HF_TEST_DEVICE": "cpu",
+           "INFINILM_TEST_SEED": os.environ.get("INFINILM_TEST_SEED", "1")}
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-rs", "-p", "no:cacheprovider",
            os.path.join(here, "test_hf_patch_cuda.py")]
     res = subprocess.run(cmd, env=env, cwd=os.path.dirname(here), capture_output=True, text=True, timeout=1500)
