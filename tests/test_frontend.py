@@ -50,7 +50,9 @@ def make_hf(tmp_path, family="llama", **overrides):
 
 def hf_greedy(model, prompt, n):
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, pad_token_id=0)
+        ids = torch.tensor([prompt])  # an explicit mask: generate would take a prompt token equal to pad for padding
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             pad_token_id=0)
     return out[0, len(prompt):].tolist()
 
 
