@@ -12,10 +12,12 @@ WINDOW = 8
 STEPS = 14
 
 
-def make_mistral(window=WINDOW):
-    cfg = transformers.MistralConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                     rms_norm_eps=1e-5, rope_theta=10000.0, sliding_window=window)
+def make_mistral(window=WINDOW, **shape):
+    """A tiny Mistral (head_dim 16 unless `shape` overrides hidden_size / heads)."""
+    dims = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2) | shape
+    cfg = transformers.MistralConfig(vocab_size=256, intermediate_size=128, num_hidden_layers=2,
+                                     max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+                                     sliding_window=window, **dims)
     cfg._attn_implementation = "eager"
     cfg.attention_bias = False  # engine_utils.engine_config reads it (Mistral has no attention biases)
     return spread_weights(transformers.MistralForCausalLM(cfg).eval())
@@ -81,7 +83,7 @@ def test_config_carries_the_window():
 @pytest.mark.parametrize("cache", ["static", "paged"])
 def test_cuda_graph_decode_with_window(cache):
     """The engine on CUDA with CUDA graphs on: decode steps replayed from graphs past the window match HF."""
-    model = make_mistral()
+    model = make_mistral(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)  # head_dim 64: a CUDA size
     c = engine_config(model.config, torch.float32)
     c.sliding_window = WINDOW
     cc = _infinilm.StaticKVCacheConfig(2, 64) if cache == "static" else paged_config(model, 40, 4)

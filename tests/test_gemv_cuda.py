@@ -1,4 +1,5 @@
-"""The linear op on CUDA: the skinny GEMM (decode) kernel for <= 8 rows vs an fp32 matmul, and its cuBLAS fallbacks."""
+"""The linear op on CUDA: both skinny GEMM (decode) kernels (tensor cores <= 8 rows, CUDA cores <= 4 rows) vs an fp32
+matmul, and their cuBLAS fallbacks."""
 import pytest
 import torch
 
@@ -13,10 +14,12 @@ ROWS = [1, 2, 3, 4, 5, 6, 7, 8]
 EPS = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}
 
 
-@pytest.fixture(autouse=True)
-def _force_gemv(monkeypatch):
-    """Every product the kernel's contract admits runs on it (the default picks per shape by timing)."""
-    monkeypatch.setenv("INFINILM_CUDA_LINEAR", "gemv")
+@pytest.fixture(autouse=True, params=["gemv", "rows"])
+def kernel(request, monkeypatch):
+    """Every product a kernel's contract admits runs on it (the default picks per shape by timing): "gemv" the
+    tensor-core kernel, "rows" the CUDA-core one (rows > 4 fall to "gemv")."""
+    monkeypatch.setenv("INFINILM_CUDA_LINEAR", request.param)
+    return request.param
 
 
 def ref_linear(x, w, b=None):
@@ -39,7 +42,9 @@ def assert_gemv_close(y, x, w, b=None):
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("m", ROWS)
-def test_gemv(dtype, shape, m):
+def test_gemv(dtype, shape, m, kernel):
+    if kernel == "rows" and m > 4:
+        pytest.skip("rows > 4 run the tensor-core kernel, tested under 'gemv'")
     n, k = shape
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     w = torch.randn(n, k, device="cuda", dtype=dtype) / k ** 0.5

@@ -1,5 +1,6 @@
-// CUDA side of infinilm::linear and silu_and_mul_linear: decode-sized products (<= 8 rows, fp16/bf16) on the
-// skinny GEMM kernel (kernels/cuda/gemv.cuh), everything else on at::linear (cuBLAS); and their op impls.
+// CUDA side of infinilm::linear and silu_and_mul_linear: decode-sized products (<= 8 rows, fp16/bf16) on one of
+// two skinny kernels (kernels/cuda/gemv.cuh: tensor cores, <= 8 rows; kernels/cuda/gemv_rows.cuh: CUDA cores,
+// <= 4 rows) or cuBLAS, chosen per shape by timing; everything else on at::linear (cuBLAS); and their op impls.
 #include <c10/cuda/CUDAException.h>
 #include <torch/library.h>
 
@@ -15,18 +16,24 @@
 #include "csrc/ops/linear_checks.h"
 #include "csrc/ops/ops.h"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/gemv_rows.cuh"
 
 namespace infinilm {
 
 namespace {
 
-// INFINILM_CUDA_LINEAR: "cublas" (every product on at::linear), "gemv" (the skinny GEMM wherever its contract
-// holds: tests, benchmarks), else per-shape choice by timing (choose_gemv). Read per call: tests switch it.
+// Which kernel runs a product.
+enum Kernel { kCublas = 0, kMma = 1, kRows = 2 };
+
+// INFINILM_CUDA_LINEAR: "cublas" (every product on at::linear), "gemv" (the tensor-core skinny kernel wherever
+// its contract holds), "rows" (the CUDA-core one where it holds, else "gemv"; tests, benchmarks), else per-shape
+// choice by timing (choose_kernel). Read per call: tests switch it.
 int linear_mode() {
   const char* v = std::getenv("INFINILM_CUDA_LINEAR");
   if (v == nullptr) return -1;
-  if (std::strcmp(v, "cublas") == 0) return 0;
-  if (std::strcmp(v, "gemv") == 0) return 1;
+  if (std::strcmp(v, "cublas") == 0) return kCublas;
+  if (std::strcmp(v, "gemv") == 0) return kMma;
+  if (std::strcmp(v, "rows") == 0) return kRows;
   return -1;
 }
 
@@ -36,18 +43,19 @@ bool capturing(cudaStream_t stream) {
   return st != cudaStreamCaptureStatusNone;
 }
 
-// Whether the skinny GEMM beats cuBLAS on this product: timed at the first use of (device, dtype, M, N, K, bias,
-// op), both candidates alternating, best of 5 each, with L2 flushed before every run (a decode step streams its
-// weights from HBM), CUDA events on the current stream. Cached for the process. Never timed inside a CUDA-graph
-// capture (the engine's eager warm-up step comes first): an unknown shape there takes cuBLAS, uncached.
-// cuBLAS keeps ties (the skinny kernel must win by 2%). Running a candidate has no side effect (y is fresh).
-bool choose_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool silu,
-                 const std::function<void()>& gemv, const std::function<void()>& cublas) {
+// Which of cuBLAS and the skinny kernels runs this product fastest: timed at the first use of (device, dtype,
+// M, N, K, bias, op), the candidates alternating, best of 5 each, with L2 flushed before every run (a decode step
+// streams its weights from HBM), CUDA events on the current stream. Cached for the process. Never timed inside
+// a CUDA-graph capture (the engine's eager warm-up step comes first): an unknown shape there takes cuBLAS,
+// uncached. cuBLAS keeps ties (a skinny kernel must win by 2%). Running a candidate has no side effect (y is
+// fresh). rows_ok: the CUDA-core kernel takes this shape.
+int choose_kernel(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, bool silu, bool rows_ok,
+                  const std::function<void(int)>& run) {
   const int mode = linear_mode();
-  if (mode >= 0) return mode == 1;
+  if (mode >= 0) return mode == kRows && !rows_ok ? kMma : mode;
   using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool>;
   static std::mutex mu;
-  static std::map<Key, bool> cache;
+  static std::map<Key, int> cache;
   const Key key{x.get_device(), static_cast<int>(x.scalar_type()), x.size(0), w.size(0), w.size(1), b.defined(), silu};
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -55,30 +63,33 @@ bool choose_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, 
     if (it != cache.end()) return it->second;
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (capturing(stream)) return false;
+  if (capturing(stream)) return kCublas;
   at::Tensor flush = at::empty({128 << 20}, x.options().dtype(at::kByte));  // > L2 (H100/H200: 50-60 MB)
   cudaEvent_t e0, e1;
   C10_CUDA_CHECK(cudaEventCreate(&e0));
   C10_CUDA_CHECK(cudaEventCreate(&e1));
-  float best[2] = {1e30f, 1e30f};
+  const int candidates = rows_ok ? 3 : 2;
+  float best[3] = {1e30f, 1e30f, 1e30f};
   for (int r = 0; r < 6; ++r) {
-    for (int c = 0; c < 2; ++c) {
+    for (int c = 0; c < candidates; ++c) {
       flush.zero_();
       C10_CUDA_CHECK(cudaEventRecord(e0, stream));
-      (c == 0 ? cublas : gemv)();
+      run(c);
       C10_CUDA_CHECK(cudaEventRecord(e1, stream));
       C10_CUDA_CHECK(cudaEventSynchronize(e1));
       float ms = 0.f;
       C10_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      if (r > 0) best[c] = std::min(best[c], ms);  // the first round warms both up (lazy loading, handles)
+      if (r > 0) best[c] = std::min(best[c], ms);  // the first round warms them up (lazy loading, handles)
     }
   }
   C10_CUDA_CHECK(cudaEventDestroy(e0));
   C10_CUDA_CHECK(cudaEventDestroy(e1));
-  const bool win = best[1] < 0.98f * best[0];
+  int pick = kCublas;
+  for (int c = 1; c < candidates; ++c)
+    if (best[c] < 0.98f * best[kCublas] && best[c] < best[pick]) pick = c;
   std::lock_guard<std::mutex> lock(mu);
-  cache.emplace(key, win);
-  return win;
+  cache.emplace(key, pick);
+  return pick;
 }
 
 // The kernel's contract: half-precision, x rows with a dense last dim and a 16-byte aligned stride, W dense.
@@ -110,7 +121,7 @@ int sm_count() {
 
 }  // namespace
 
-static at::Tensor run_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+static at::Tensor run_gemv(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int kernel) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), N = w.size(0), K = x.size(1);
   at::Tensor y = at::empty({M, N}, x.options());
@@ -119,22 +130,27 @@ static at::Tensor run_gemv(const at::Tensor& x, const at::Tensor& w, const at::T
   const int64_t ldx = M == 1 ? K : x.stride(0);
   INFINILM_DISPATCH_FLOAT_CUDA(x.scalar_type(), "linear", [&] {
     if constexpr (!std::is_same_v<scalar_t, float>) {
-      cuda_check(cuda::gemv<scalar_t>(cuda_ptr<scalar_t>(y), cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(w),
-                                      b.defined() ? cuda_ptr<scalar_t>(b) : nullptr, M, N, K, ldx, N, sms, stream),
+      auto* fn = kernel == kRows ? &cuda::gemv_rows<scalar_t> : &cuda::gemv<scalar_t>;
+      cuda_check(fn(cuda_ptr<scalar_t>(y), cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(w),
+                    b.defined() ? cuda_ptr<scalar_t>(b) : nullptr, M, N, K, ldx, N, sms, stream),
                  "linear (gemv)");
     }
   });
   return y;
 }
 
+static bool rows_fit(const at::Tensor& x, int64_t K) { return cuda::gemv_rows_fits(x.size(0), K, x.element_size()); }
+
 at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (linear_mode() == 0 || !gemv_ok(x, w, b)) return at::linear(x, w, b);
+  if (linear_mode() == kCublas || !gemv_ok(x, w, b)) return at::linear(x, w, b);
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool gemv = choose_gemv(x, w, b, false, [&] { run_gemv(x, w, b); }, [&] { at::linear(x, w, b); });
-  return gemv ? run_gemv(x, w, b) : at::linear(x, w, b);
+  const int kernel = choose_kernel(x, w, b, false, rows_fit(x, x.size(1)), [&](int c) {
+    if (c == kCublas) at::linear(x, w, b); else run_gemv(x, w, b, c);
+  });
+  return kernel == kCublas ? at::linear(x, w, b) : run_gemv(x, w, b, kernel);
 }
 
-static at::Tensor run_gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+static at::Tensor run_gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, int kernel) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
   at::Tensor y = at::empty({M, N}, x.options());
@@ -143,9 +159,9 @@ static at::Tensor run_gemv_silu_and_mul(const at::Tensor& x, const at::Tensor& w
   const int64_t ldx = M == 1 ? 2 * K : x.stride(0);
   INFINILM_DISPATCH_FLOAT_CUDA(x.scalar_type(), "silu_and_mul_linear", [&] {
     if constexpr (!std::is_same_v<scalar_t, float>) {
-      cuda_check(cuda::gemv_silu_and_mul<scalar_t>(cuda_ptr<scalar_t>(y), cuda_ptr<scalar_t>(x),
-                                                   cuda_ptr<scalar_t>(w), b.defined() ? cuda_ptr<scalar_t>(b) : nullptr,
-                                                   M, N, K, ldx, N, sms, stream),
+      auto* fn = kernel == kRows ? &cuda::gemv_rows_silu_and_mul<scalar_t> : &cuda::gemv_silu_and_mul<scalar_t>;
+      cuda_check(fn(cuda_ptr<scalar_t>(y), cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(w),
+                    b.defined() ? cuda_ptr<scalar_t>(b) : nullptr, M, N, K, ldx, N, sms, stream),
                  "silu_and_mul_linear (gemv)");
     }
   });
@@ -160,9 +176,10 @@ at::Tensor silu_and_mul_linear_cuda(const at::Tensor& x, const at::Tensor& w, co
     return linear_cuda(silu_and_mul_cuda(x), w, b);
   const c10::cuda::CUDAGuard guard(x.device());
   // The unfused baseline is what the engine would run otherwise: the activation kernel, then cuBLAS.
-  const bool gemv = choose_gemv(x, w, b, true, [&] { run_gemv_silu_and_mul(x, w, b); },
-                                [&] { at::linear(silu_and_mul_cuda(x), w, b); });
-  return gemv ? run_gemv_silu_and_mul(x, w, b) : linear_cuda(silu_and_mul_cuda(x), w, b);
+  const int kernel = choose_kernel(x, w, b, true, rows_fit(x, K), [&](int c) {
+    if (c == kCublas) at::linear(silu_and_mul_cuda(x), w, b); else run_gemv_silu_and_mul(x, w, b, c);
+  });
+  return kernel == kCublas ? linear_cuda(silu_and_mul_cuda(x), w, b) : run_gemv_silu_and_mul(x, w, b, kernel);
 }
 
 at::Tensor silu_and_mul_linear_op_cuda(const at::Tensor& input, const at::Tensor& weight,

@@ -58,6 +58,10 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
   const int64_t t_begin = ri.start + static_cast<int64_t>(split) * p.part_size;
   const int64_t t_end = min(ri.len, t_begin + p.part_size);
   if (split > 0 && t_begin >= ri.len) return;  // the merge reads only the splits a row uses (split 0 always runs)
+  // A row whose tokens all fall in split 0 (a short context in a grid sized for a longer bound, e.g. a CUDA
+  // graph's length bucket) is finished by this CTA alone: no partials, no counter, no merge. Only with the fused
+  // merge: the separate merge kernel would overwrite the row from partials.
+  const bool direct = p.splits == 1 || (p.counters != nullptr && used_splits(p, ri) == 1);
 
   const int tid = threadIdx.x, g = tid / TPT, li = tid % TPT;
   bool live[P];  // piece li + k * TPT exists
@@ -264,7 +268,7 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
       }
     }
     const int64_t rh = static_cast<int64_t>(row) * p.hq + h;
-    if (p.splits == 1) {
+    if (direct) {
       static_cast<T*>(p.out)[rh * D + d] = from_float<T>(lsum > 0.f ? o / lsum : 0.f);
     } else {
       const int64_t ps = rh * p.splits + split;
@@ -275,7 +279,7 @@ __global__ void __launch_bounds__(THREADS) paged_decode_kernel(const DecodeParam
       }
     }
   }
-  if (p.splits > 1 && p.counters != nullptr) fused_split_merge<T, D, THREADS>(p, row, h0, nh, ri);
+  if (!direct && p.counters != nullptr) fused_split_merge<T, D, THREADS>(p, row, h0, nh, ri);
 }
 
 template <typename T, int D, int HPC>

@@ -49,6 +49,10 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
   const int64_t t_begin = ri.start + static_cast<int64_t>(split) * p.part_size;
   const int64_t t_end = min(ri.len, t_begin + p.part_size);
   if (split > 0 && t_begin >= ri.len) return;  // the merge reads only the splits a row uses (split 0 always runs)
+  // A row whose tokens all fall in split 0 (a short context in a grid sized for a longer bound, e.g. a CUDA
+  // graph's length bucket) is finished by this CTA alone: no partials, no counter, no merge. Only with the fused
+  // merge: the separate merge kernel would overwrite the row from partials.
+  const bool direct = p.splits == 1 || (p.counters != nullptr && used_splits(p, ri) == 1);
 
   // Q as A fragments for all D/16 k-steps: rows g and g+8 are heads h0+g, h0+g+8 (zero past nh).
   uint32_t qa[D / 16][4];
@@ -75,15 +79,13 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
   const int n_tiles = all_tiles > warp ? (all_tiles - warp + W - 1) / W : 0;  // this warp's tiles
 
   // Lane k < 16 owns the cache row offset of token k of the next tile to issue (-1: masked).
-  int64_t my_off = -1;
-  auto fetch_offset = [&](int tile) {
-    my_off = -1;
+  auto offset_of = [&](int tile) -> int64_t {
     const int64_t tok = t_begin + static_cast<int64_t>(tile * W + warp) * TILE + (lane & 15);
-    if (tok < t_end) {
-      const int64_t b = load_index(p.block_tables, p.bt64, bt_row + (tok >> p.log_bs));
-      if (b >= 0 && b < p.num_blocks) my_off = b * p.block_stride + kvh * p.head_stride + (tok & bs_mask) * D;
-    }
+    if (tok >= t_end) return -1;
+    const int64_t b = load_index(p.block_tables, p.bt64, bt_row + (tok >> p.log_bs));
+    return b >= 0 && b < p.num_blocks ? b * p.block_stride + kvh * p.head_stride + (tok & bs_mask) * D : -1;
   };
+  int64_t my_off = -1, next_off = -1;  // the next tile to issue, and the one after it
   uint64_t valid_ring = 0;  // 16 bits per stage: token k of the tile in that stage is real
   auto issue = [&](int tile) {
     const int st = tile % STAGES;
@@ -104,14 +106,22 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
       }
     }
   };
-  fetch_offset(0);
+  // The ring's first tiles: their block-table entries are loaded together (independent loads), not one
+  // round trip per tile: a short context is then one block-table latency plus one K/V latency.
+  {
+    int64_t first[STAGES + 1];
 #pragma unroll
-  for (int j = 0; j < STAGES - 1; ++j) {
-    if (j < n_tiles) {
-      issue(j);
-      fetch_offset(j + 1);
+    for (int j = 0; j <= STAGES; ++j) first[j] = j < n_tiles ? offset_of(j) : -1;
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+      if (j < n_tiles) {
+        my_off = first[j];
+        issue(j);
+      }
+      cp_async_commit();
     }
-    cp_async_commit();
+    my_off = first[STAGES - 1];
+    next_off = first[STAGES];
   }
 
   float o[D / 8][4];
@@ -125,7 +135,8 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
   for (int it = 0; it < n_tiles; ++it) {
     if (it + STAGES - 1 < n_tiles) {
       issue(it + STAGES - 1);
-      fetch_offset(it + STAGES);  // block ids load while the ring drains
+      my_off = next_off;  // block ids load two tiles ahead of their issue: the load has two tiles' math to land
+      next_off = it + STAGES + 1 < n_tiles ? offset_of(it + STAGES + 1) : -1;
     }
     cp_async_commit();
     cp_async_wait<STAGES - 1>();
@@ -237,7 +248,7 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
       }
     }
     const int64_t rh = static_cast<int64_t>(row) * p.hq + h0 + j;
-    if (p.splits == 1) {
+    if (direct) {
       static_cast<T*>(p.out)[rh * D + d] = from_float<T>(lsum > 0.f ? acc / lsum : 0.f);
     } else {
       const int64_t ps = rh * p.splits + split;
@@ -248,7 +259,7 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
       }
     }
   }
-  if (p.splits > 1 && p.counters != nullptr) fused_split_merge<T, D, 32 * W>(p, row, h0, nh, ri);
+  if (!direct && p.counters != nullptr) fused_split_merge<T, D, 32 * W>(p, row, h0, nh, ri);
 }
 
 template <typename T, int D>

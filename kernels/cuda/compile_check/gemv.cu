@@ -1,5 +1,6 @@
-// Compile check: instantiates the skinny-GEMM (decode GEMV) launcher for both half-precision dtypes.
+// Compile check: instantiates both skinny-GEMM (decode GEMV) launchers for both half-precision dtypes.
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/gemv_rows.cuh"
 
 namespace ic = infinilm::cuda;
 
@@ -7,7 +8,11 @@ namespace ic = infinilm::cuda;
   template cudaError_t ic::gemv<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, \
                                    int64_t, int, cudaStream_t);                                          \
   template cudaError_t ic::gemv_silu_and_mul<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t,   \
-                                                int64_t, int64_t, int, cudaStream_t);
+                                                int64_t, int64_t, int, cudaStream_t);                \
+  template cudaError_t ic::gemv_rows<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, \
+                                        int64_t, int, cudaStream_t);                                          \
+  template cudaError_t ic::gemv_rows_silu_and_mul<T>(T*, const T*, const T*, const T*, int64_t, int64_t,     \
+                                                     int64_t, int64_t, int64_t, int, cudaStream_t);
 
 INSTANTIATE_T(__half)
 INSTANTIATE_T(__nv_bfloat16)
