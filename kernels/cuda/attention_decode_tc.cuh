@@ -17,11 +17,15 @@ namespace infinilm {
 namespace cuda {
 namespace attn {
 
-template <int D>
+// W: warps per CTA, decode_tc_warps(D) by default; a small grid (short batch) takes twice as many with a
+// 2-deep ring: a warp's tiles are walked one after another (~1 us each on an H200 at batch 1), so more warps
+// per CTA make a short context cheaper without the global split merge.
+template <int D, int W = decode_tc_warps(D)>
 struct DecodeTcShape {
   static constexpr int kTile = 16;                           // tokens per MMA step
-  static constexpr int kWarps = decode_tc_warps(D);          // independent workers per CTA
-  static constexpr int kStages = D <= 96 ? 4 : 3;            // tiles in flight per warp (2-3 ahead)
+  static constexpr int kWarps = W;                           // independent workers per CTA
+  static constexpr bool kWide = W > decode_tc_warps(D);
+  static constexpr int kStages = kWide ? 2 : (D <= 96 ? 4 : 3);  // tiles in flight per warp (1-3 ahead)
   static constexpr int kStride = D + 8;                      // padded smem row: ldmatrix rows hit distinct banks
   template <typename T>
   static constexpr int ring_bytes() { return kWarps * 2 * kStages * kTile * kStride * static_cast<int>(sizeof(T)); }
@@ -31,9 +35,9 @@ struct DecodeTcShape {
 };
 
 // Warp w of the CTA takes tiles w, w + W, w + 2W, ... of the split [t_begin, t_end) (16 tokens each).
-template <typename T, int D>
-__global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc_kernel(const DecodeParams p) {
-  using S = DecodeTcShape<D>;
+template <typename T, int D, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) paged_decode_tc_kernel(const DecodeParams p) {
+  using S = DecodeTcShape<D, WARPS>;
   constexpr int TILE = S::kTile, STAGES = S::kStages, STR = S::kStride, CH = D / 8, W = S::kWarps;
   static_assert(D % 16 == 0 && CH % 2 == 0, "head_dim must be a multiple of 16");
   extern __shared__ __align__(16) unsigned char tc_smem[];
@@ -262,16 +266,28 @@ __global__ void __launch_bounds__(32 * DecodeTcShape<D>::kWarps) paged_decode_tc
   if (!direct && p.counters != nullptr) fused_split_merge<T, D, 32 * W>(p, row, h0, nh, ri);
 }
 
+template <typename T, int D, int W>
+inline cudaError_t launch_decode_tc_dw(const DecodeParams& p, const dim3 grid, cudaStream_t stream) {
+  constexpr int smem = DecodeTcShape<D, W>::template smem_bytes<T>();
+  const cudaError_t err =
+      cudaFuncSetAttribute(paged_decode_tc_kernel<T, D, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  paged_decode_tc_kernel<T, D, W><<<grid, 32 * W, smem, stream>>>(p);
+  return cudaSuccess;
+}
+
+// CTAs at or below which a launch takes the wide CTAs (most SMs would idle anyway).
+constexpr int64_t kDecodeWideMaxCtas = 64;
+
 template <typename T, int D>
 inline cudaError_t launch_decode_tc_d(const DecodeParams& p, cudaStream_t stream) {
-  using S = DecodeTcShape<D>;
   const int chunks = (p.hq / p.hk + 15) / 16;
   const dim3 grid(p.rows, p.hk * chunks, p.splits);
-  constexpr int smem = S::template smem_bytes<T>();
-  const cudaError_t err =
-      cudaFuncSetAttribute(paged_decode_tc_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  constexpr int W = decode_tc_warps(D);
+  const bool wide = static_cast<int64_t>(grid.x) * grid.y * grid.z <= kDecodeWideMaxCtas;
+  const cudaError_t err = wide ? launch_decode_tc_dw<T, D, 2 * W>(p, grid, stream)
+                               : launch_decode_tc_dw<T, D, W>(p, grid, stream);
   if (err != cudaSuccess) return err;
-  paged_decode_tc_kernel<T, D><<<grid, 32 * S::kWarps, smem, stream>>>(p);
   if (p.splits > 1 && p.counters == nullptr) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), 64, 0, stream>>>(p);
   return cudaGetLastError();
 }
