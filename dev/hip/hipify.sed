@@ -16,3 +16,4 @@ s/\bcudaGetDevice\b/hipGetDevice/g
 s/\bcudaDeviceGetAttribute\b/hipDeviceGetAttribute/g
 s/\bcudaDevAttrMultiProcessorCount\b/hipDeviceAttributeMultiprocessorCount/g
 s/\b__nv_bfloat16\b/hip_bfloat16/g
+s/\bcudaOccupancyMaxActiveBlocksPerMultiprocessor\b/hipOccupancyMaxActiveBlocksPerMultiprocessor/g
