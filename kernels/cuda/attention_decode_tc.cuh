@@ -284,7 +284,8 @@ inline cudaError_t launch_decode_tc_d(const DecodeParams& p, cudaStream_t stream
   const int chunks = (p.hq / p.hk + 15) / 16;
   const dim3 grid(p.rows, p.hk * chunks, p.splits);
   constexpr int W = decode_tc_warps(D);
-  const bool wide = static_cast<int64_t>(grid.x) * grid.y * grid.z <= kDecodeWideMaxCtas;
+  // Wide only where a split has more tiles than the default CTA has warps (a bound of 64 tokens gains nothing).
+  const bool wide = static_cast<int64_t>(grid.x) * grid.y * grid.z <= kDecodeWideMaxCtas && p.part_size > 16 * W;
   const cudaError_t err = wide ? launch_decode_tc_dw<T, D, 2 * W>(p, grid, stream)
                                : launch_decode_tc_dw<T, D, W>(p, grid, stream);
   if (err != cudaSuccess) return err;
