@@ -12,6 +12,7 @@
 #include "attention_common.cuh"
 #include "attention_decode_merge.cuh"
 #include "attention_params.h"
+#include "pdl.cuh"
 
 namespace infinilm {
 namespace cuda {
@@ -38,6 +39,7 @@ struct DecodeTcShape {
 template <typename T, int D, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS) paged_decode_tc_kernel(const DecodeParams p) {
   using S = DecodeTcShape<D, WARPS>;
+  pdl_trigger();  // the output projection launched after this may stream its weights meanwhile
   constexpr int TILE = S::kTile, STAGES = S::kStages, STR = S::kStride, CH = D / 8, W = S::kWarps;
   static_assert(D % 16 == 0 && CH % 2 == 0, "head_dim must be a multiple of 16");
   extern __shared__ __align__(16) unsigned char tc_smem[];

@@ -21,6 +21,7 @@
 
 #include "kernels/cuda/attention_common.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace infinilm::cuda {
 
@@ -110,6 +111,14 @@ __global__ void __launch_bounds__(kMaxWarps * 32, SILU ? 1 : 2)
   const T* xr = x + min(g, M - 1) * ldx;
   float c[4] = {0.f, 0.f, 0.f, 0.f};
   const int64_t full = K / kSpan;
+  if (warp < full) {  // this warp's first span of W into L2 while the previous kernel finishes
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      prefetch_l2(w0 + warp * kSpan + (u * 4 + q) * 8);
+      prefetch_l2(w1 + warp * kSpan + (u * 4 + q) * 8);
+    }
+  }
+  pdl_wait();  // x is the previous kernel's output (weights are not)
   for (int64_t s = warp; s < full; s += warps) {
     if (s + warps < full) {  // this warp's next span of both rows: each lane its 16-byte chunks' lines
       const int64_t kn = (s + warps) * kSpan;
@@ -173,9 +182,8 @@ cudaError_t launch(T* y, const T* x, const T* w, const T* bias, int64_t M, int64
   if (tiles > 0x7fffffff) return cudaErrorInvalidValue;
   const int warps = gemv_warps(N, K, num_sms);
   const size_t smem = warps > 1 ? static_cast<size_t>(warps) * 32 * 4 * sizeof(float) : 0;
-  gemv_kernel<T, SILU><<<static_cast<unsigned>(tiles), warps * 32, smem, stream>>>(y, x, w, bias, static_cast<int>(M),
-                                                                                   N, K, ldx, ldy);
-  return cudaGetLastError();
+  return pdl_launch(gemv_kernel<T, SILU>, dim3(static_cast<unsigned>(tiles)), dim3(warps * 32), smem, stream, y, x, w,
+                    bias, static_cast<int>(M), N, K, ldx, ldy);
 }
 }  // namespace gemv_detail
 

@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/gemv.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace infinilm::cuda {
 
@@ -49,6 +50,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_rows_kernel(T* __restrict__ 
   int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp, bi = 0;
   uint4 cur[kU];
   if (row < N) load_batch(cur, w + row * K, 0, chunks, lane);
+  pdl_wait();  // x is the previous kernel's output (weights are not)
   for (int64_t i = threadIdx.x; i < M * chunks; i += blockDim.x) {
     const int m = static_cast<int>(i / chunks);
     const int64_t c = i - m * chunks;
@@ -123,8 +125,7 @@ cudaError_t launch_m(T* y, const T* x, const T* w, const T* bias, int64_t N, int
   const int64_t want = (N + kWarps - 1) / kWarps;
   const int64_t cap = static_cast<int64_t>(std::max(num_sms, 1)) * std::max(per_sm, 1);
   const unsigned grid = static_cast<unsigned>(std::min(want, cap));
-  kernel<<<grid, kWarps * 32, smem, stream>>>(y, x, w, bias, N, K, ldx, ldy);
-  return cudaGetLastError();
+  return pdl_launch(kernel, dim3(grid), dim3(kWarps * 32), smem, stream, y, x, w, bias, N, K, ldx, ldy);
 }
 
 template <typename T, bool SILU>

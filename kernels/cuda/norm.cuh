@@ -7,6 +7,7 @@
 #pragma once
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace infinilm::cuda {
 
@@ -18,6 +19,7 @@ __global__ void rms_norm_kernel(T* out,                        // [rows, H], row
                                 T* __restrict__ residual,       // [rows, H], row stride res_stride (FUSED only)
                                 const T* __restrict__ weight,   // [H]
                                 int H, int64_t in_stride, int64_t out_stride, int64_t res_stride, float eps) {
+  pdl_trigger();  // a product launched after this norm may start streaming its weights now
   __shared__ float scratch[kWarpSize];
   const int64_t row = blockIdx.x;
   const int npack = H / VEC;
@@ -74,6 +76,7 @@ template <typename T, bool FUSED>
 __global__ void rms_norm_loop_kernel(T* out, const T* in, T* __restrict__ residual,
                                      const T* __restrict__ weight, int H, int64_t in_stride, int64_t out_stride,
                                      int64_t res_stride, float eps) {
+  pdl_trigger();
   __shared__ float scratch[kWarpSize];
   const int64_t row = blockIdx.x;
   const T* x = in + row * in_stride;
