@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from infinilm_torch import SamplingParams
-from infinilm_torch.serving import sampler
+from infinilm_torch.serving import sampler, steps
 from infinilm_torch.serving.block_manager import BlockManager
-from infinilm_torch.serving.engine_core import EngineCore
 from infinilm_torch.serving.outputs import check_stop_strings
 from infinilm_torch.serving.scheduler import PagedScheduler
 from infinilm_torch.serving.sequence import Sequence
@@ -29,10 +28,9 @@ def test_paged_inputs_equal_per_token_reference():
     sched = PagedScheduler(bm, max_num_seqs=64, max_step_tokens=300)
     for n in [rng.randint(1, 60) for _ in range(24)]:
         sched.add(_seq([rng.randrange(100) for _ in range(n)]))
-    core = types.SimpleNamespace(scheduler=sched)
     for step in range(12):  # chunked prefills mixed with decodes, then decodes only
         batch = sched.schedule()
-        got = EngineCore._inputs(core, batch)
+        got = steps.step_inputs(sched, batch)
         ids, pos, slots = [], [], []
         for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
             ids += s.tokens[st:st + n]
