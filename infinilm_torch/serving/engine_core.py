@@ -217,6 +217,8 @@ class EngineCore:
         try:
             if self._inflight is not None and not self._overlappable(self._inflight):
                 self._complete()
+                if not self.scheduler.has_work():  # it held the last requests' discarded tokens
+                    return
             prev = self._inflight
             batch = self.scheduler.schedule()
             if not batch.seqs:  # every running sequence waits for the step in flight (its last token)

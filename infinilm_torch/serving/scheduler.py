@@ -188,12 +188,12 @@ class StaticScheduler:
             seq.num_computed = 0
             self.running.append(seq)
             seq.in_running = True
-        batch = Batch(rows=[None] * (max(used) + 1 if used else 0))
-        for seq in sorted(self.running, key=lambda s: s.slot):
-            n = seq.num_tokens - seq.num_computed
-            if n > 0:  # else its last token is in flight: the row idles (its cache is no longer read)
-                batch.rows[seq.slot] = seq
-                batch.add(seq, n)
+        # A sequence whose last token is in flight has nothing left to compute: its row idles (or is left out).
+        todo = [s for s in sorted(self.running, key=lambda s: s.slot) if s.num_tokens > s.num_computed]
+        batch = Batch(rows=[None] * (todo[-1].slot + 1 if todo else 0))
+        for seq in todo:
+            batch.rows[seq.slot] = seq
+            batch.add(seq, seq.num_tokens - seq.num_computed)
         return batch
 
     def update(self, batch: Batch) -> List[bool]:
