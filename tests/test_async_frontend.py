@@ -198,7 +198,7 @@ def test_chunked_prefill_and_prefix_cache_equal_sync(model_dir):
 def test_n_samples_logprobs_equal_sync(model_dir):
     llm = make(model_dir, cache="paged", max_num_seqs=5)
     prompts = rand_prompts([6, 11])
-    sp = [SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=99, logprobs=2, stop=["x"]),
+    sp = [SamplingParams(n=4, temperature=1.0, max_tokens=10, seed=99, logprobs=2, stop=["Xy"]),
           SamplingParams(n=3, temperature=0.7, top_k=0, max_tokens=7, ignore_eos=True, seed=7)]
     sync, _ = both(llm, prompts, sp, exact=False)
     assert len({tuple(c.token_ids) for c in sync[0].outputs}) > 1

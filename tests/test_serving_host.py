@@ -146,3 +146,22 @@ def test_bench_throughput_with_transformers_baselines(tmp_path, capsys):
     counts = {int(line.split(" req ")[1].split(" tok ")[0]) for line in rows.values()}
     assert len(counts) == 1 and counts.pop() >= 12 * 4, out
     assert "errors" not in rows[[k for k in rows if "generate_batch" in k][0]], out
+
+
+def test_bench_throughput_times_both_schedulings(tmp_path, capsys):
+    """--scheduling both: interleaved sync and async rounds of the same workload, each producing every token,
+    and a line with their medians."""
+    pytest.importorskip("transformers")
+    from infinilm_torch.__main__ import main
+    from test_serving import tiny_model
+
+    path = tiny_model(str(tmp_path / "tiny"))
+    rc = main(["bench-throughput", "--model", path, "--num-seqs", "6", "--min-len", "3", "--max-input-len", "20",
+               "--max-output-len", "8", "--block-size", "4", "--scheduling", "both", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [line for line in out.splitlines() if " req " in line]
+    assert [r.split("  ")[0] for r in rows] == ["infinilm_torch LLM (sync)", "infinilm_torch LLM (async)",
+                                                "infinilm_torch LLM (async)", "infinilm_torch LLM (sync)"], out
+    assert len({r.split(" req ")[1].split(" tok ")[0] for r in rows}) == 1, out
+    assert "median tok/s" in out and "async/sync" in out, out

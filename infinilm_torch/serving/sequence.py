@@ -44,7 +44,7 @@ class Sequence:
         self.inc_text, self.prefix_offset, self.read_offset = "", 0, 0  # incremental detokenization state
         self.num_cached_prompt = 0
         self.num_pending = 0                   # sampled by steps in flight, not read yet
-        self.feed = (None, 0)                  # (step, output row) whose id the PLACEHOLDER ending tokens takes
+        self.feed = (-1, 0)                    # (step, output row) whose id the PLACEHOLDER ending tokens takes
         # None: up to the longest sequence that can run (explicit values are checked against it on admission).
         self.max_tokens = params.max_tokens if params.max_tokens is not None else max(1, max_len - len(prompt) + 1)
         self.stop_ids = set(stop_ids)
@@ -67,7 +67,7 @@ class Sequence:
         """Leading tokens whose ids the host knows (the rest are placeholders)."""
         return len(self.prompt) + len(self.out)
 
-    def expect(self, step, row: int) -> None:
+    def expect(self, step: int, row: int) -> None:
         """Step ``step`` samples this sequence's next token in output row ``row``. Unless that token is the last
         one (max_tokens), a placeholder makes it schedulable before its id reaches the host."""
         self.num_pending += 1

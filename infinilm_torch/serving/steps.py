@@ -31,6 +31,7 @@ class Launched:
     sampled: List[bool]        # per batch entry: the step samples its next token
     on_host: List[bool]        # per batch entry: the host draws that token (from the returned logits)
     k: Optional[int]           # logprobs asked for (the largest k of the batch)
+    step: int = 0              # its number (EngineCore.steps after it)
 
 
 def _i64(x) -> torch.Tensor:
@@ -42,7 +43,7 @@ def _feed_row(s, end: int, prev: Optional[Launched]) -> int:
     if end != len(s.tokens) or s.tokens[-1] != PLACEHOLDER:
         return -1
     step, row = s.feed
-    if step is not prev or prev is None:
+    if prev is None or step != prev.step:
         raise RuntimeError(f"sequence {s.seq_id}: its newest token is a placeholder of a step that is not the one "
                            f"in flight (the serving loop lost an id)")
     return row
@@ -117,10 +118,10 @@ def launch(core, batch: Batch, prev: Optional[Launched], non_blocking: bool) -> 
     core.forward_s += time.perf_counter() - t0
     core.steps += 1
     where = [s.slot for s in seqs] if batch.rows is not None else list(range(len(seqs)))  # output row of each
-    rec = Launched(batch, out, where, core.scheduler.update(batch), on_host, k)
+    rec = Launched(batch, out, where, core.scheduler.update(batch), on_host, k, core.steps)
     for s, ok, row in zip(seqs, rec.sampled, where):
         if ok:
-            s.expect(rec, row)
+            s.expect(rec.step, row)
     return rec
 
 
