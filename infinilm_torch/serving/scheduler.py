@@ -144,8 +144,9 @@ class PagedScheduler:
 
     def commit(self, seq: Sequence) -> None:
         """Enter ``seq``'s full computed blocks of known tokens into the prefix cache."""
-        upto = min(seq.num_computed, seq.num_known)
-        seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, upto, seq.hashed_blocks)
+        upto = min(seq.num_computed, len(seq.prompt) + len(seq.out))
+        if upto >= (seq.hashed_blocks + 1) * self.bm.block_size:  # a block was filled (most steps fill none)
+            seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, upto, seq.hashed_blocks)
 
     def finish(self, seq: Sequence) -> None:
         if seq.in_running:
