@@ -41,6 +41,9 @@ el "throughput rc=${PIPESTATUS[0]}"
 # synchronous and overlapped (async scheduling) loops in interleaved rounds, with their medians.
 timeout "$(left 90)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 64 --min-len 100 \
   --max-input-len 1024 --max-output-len 256 --scheduling both --rounds 3 2>&1 | tail -n 7 | tee -a "$OUT/throughput.log"
+# Batch-1 decode through the front end (one request, 314 new tokens at seed 0), both loops: the idle gap between steps.
+timeout "$(left 60)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 1 --min-len 16 \
+  --max-input-len 16 --max-output-len 512 --scheduling both --rounds 3 2>&1 | tail -n 7 | tee -a "$OUT/throughput.log"
 
 python -m infinilm_torch serve --model /tmp/llama1b $ENG --port 8011 > "$OUT/serve.log" 2>&1 &
 SRV=$!
