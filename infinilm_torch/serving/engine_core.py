@@ -207,10 +207,11 @@ class EngineCore:
                 and bool(self.scheduler.running))
 
     def _complete(self) -> None:
-        """Read the step in flight, if any."""
+        """Read the step in flight, if any, and wait until it has run (its ids may all be discarded)."""
         prev, self._inflight = self._inflight, None
         if prev is not None:
             steps.finish(self, prev)
+            prev.out.wait()
 
     def _step(self) -> None:
         t0 = time.perf_counter()
