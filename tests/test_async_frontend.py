@@ -10,9 +10,9 @@ comparison really ran overlapped steps.
 import dataclasses
 import os
 import threading
+import types
 
 import pytest
-import torch
 
 from infinilm_torch import LLM, SamplingParams
 from infinilm_torch.serving import sampler
@@ -268,6 +268,12 @@ def test_switch_and_environment(model_dir, monkeypatch):
     llm = make(model_dir)
     with pytest.raises(TypeError, match="async_scheduling must be a bool or None, got 'yes'"):
         llm.async_scheduling = "yes"
+    from infinilm_torch.serving.frontend import async_scheduling_arg
+
+    old = types.SimpleNamespace(InferEngine=types.SimpleNamespace(Input=lambda: types.SimpleNamespace()))
+    assert async_scheduling_arg(None, old) is False  # an engine without prev_output: synchronous steps
+    with pytest.raises(ValueError, match="async_scheduling=True needs an engine whose Input takes prev_output"):
+        async_scheduling_arg(True, old)
 
 
 def test_smollm2_text_equal_sync():
