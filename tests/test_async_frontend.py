@@ -151,9 +151,10 @@ def test_mixed_finishes_equal_sync(model_dir, cache):
 
 @pytest.mark.parametrize("cache", ["static", "paged"])
 def test_same_steps_give_bit_equal_logprobs(model_dir, cache):
-    """Every request admitted at once, each ending at its own max_tokens: both loops run the same rows in
-    every step (a sequence whose last token is in flight is not scheduled), so logprobs are bit-equal."""
-    llm = make(model_dir, cache=cache, max_batch_size=8, max_num_seqs=8, max_cache_len=64)
+    """Each request ends at its own max_tokens, three run at a time: both loops run the same rows in every
+    step (a sequence whose last token is in flight leaves at once, its row or blocks taken by the next
+    waiting request in the next step), so logprobs are bit-equal."""
+    llm = make(model_dir, cache=cache, max_batch_size=3, max_num_seqs=3, max_cache_len=64)
     prompts = rand_prompts([5, 17, 2, 9, 12, 7, 3, 11])
     sp = [SamplingParams(max_tokens=3 + 2 * i, ignore_eos=True, logprobs=2, **(
         dict(temperature=0.9, top_k=30, seed=i) if i % 2 else dict(temperature=0.0))) for i in range(8)]

@@ -211,7 +211,8 @@ def test_overlapped_steps_feed_every_token_its_true_id():
                                     drawn=[rng.randrange(20) for _ in batch.seqs], step=n_steps, out=None)
         for s, ok, row in zip(batch.seqs, rec.sampled, rec.where):
             if ok:
-                s.expect(rec.step, row)
+                if not s.expect(rec.step, row):  # as steps.launch: its last token, its blocks go back now
+                    sched.finish(s)
                 truth[s.seq_id].append(rec.drawn[row])
         if prev is not None:
             read(prev)

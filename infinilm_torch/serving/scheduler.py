@@ -14,8 +14,9 @@ is the whole prompt's prefill or one decode token.
 Both split a step in two halves — ``schedule()`` and ``update(batch)`` once the step is queued — and
 ``update`` ignores sequences that finished or were aborted meanwhile. A step's sampled ids may arrive after
 the next step has been planned (overlapped steps): a sequence then runs with a placeholder for its newest
-token, a sequence whose only pending token is its last (max_tokens) is not scheduled, and only blocks of
-known tokens enter the prefix cache (``commit``, again once the ids arrive).
+token, a sequence whose pending token is its last (max_tokens) leaves the scheduler when that step is
+queued (``finish``; it would not be scheduled again), and only blocks of known tokens enter the prefix cache
+(``commit``, again once the ids arrive).
 """
 from __future__ import annotations
 
@@ -145,7 +146,9 @@ class PagedScheduler:
     def commit(self, seq: Sequence) -> None:
         """Enter ``seq``'s full computed blocks of known tokens into the prefix cache."""
         upto = min(seq.num_computed, len(seq.prompt) + len(seq.out))
-        if upto >= (seq.hashed_blocks + 1) * self.bm.block_size:  # a block was filled (most steps fill none)
+        # A block was filled (most steps fill none), and the sequence still holds its blocks (not preempted,
+        # nor out of the scheduler with its last token in flight).
+        if upto >= (seq.hashed_blocks + 1) * self.bm.block_size and seq.in_running:
             seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, upto, seq.hashed_blocks)
 
     def finish(self, seq: Sequence) -> None:

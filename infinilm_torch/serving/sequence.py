@@ -67,13 +67,16 @@ class Sequence:
         """Leading tokens whose ids the host knows (the rest are placeholders)."""
         return len(self.prompt) + len(self.out)
 
-    def expect(self, step: int, row: int) -> None:
+    def expect(self, step: int, row: int) -> bool:
         """Step ``step`` samples this sequence's next token in output row ``row``. Unless that token is the last
-        one (max_tokens), a placeholder makes it schedulable before its id reaches the host."""
+        one (max_tokens), a placeholder makes it schedulable before its id reaches the host; returns whether
+        the sequence has more to compute."""
         self.num_pending += 1
         if len(self.out) + self.num_pending < self.max_tokens:
             self.tokens.append(PLACEHOLDER)
             self.feed = (step, row)
+            return True
+        return False
 
     def resolve(self, token: int) -> None:
         """The oldest pending token has arrived: it replaces its placeholder (or is appended)."""

@@ -120,8 +120,10 @@ def launch(core, batch: Batch, prev: Optional[Launched], non_blocking: bool) -> 
     where = [s.slot for s in seqs] if batch.rows is not None else list(range(len(seqs)))  # output row of each
     rec = Launched(batch, out, where, core.scheduler.update(batch), on_host, k, core.steps)
     for s, ok, row in zip(seqs, rec.sampled, where):
-        if ok:
-            s.expect(rec.step, row)
+        if ok and not s.expect(rec.step, row):
+            # Its last token is drawn: it computes nothing more, so its row or blocks serve the next step
+            # (whose writes run after this one's), as in the synchronous loop; it finishes when the id is read.
+            core.scheduler.finish(s)
     return rec
 
 
