@@ -8,7 +8,6 @@ the overlap (step n + 1 is queued from step n's device ids before the host has r
 comparison really ran overlapped steps.
 """
 import dataclasses
-import os
 import threading
 import types
 
@@ -61,13 +60,15 @@ def make(path, **kw):
 
 
 def summary(outs, values=True):
-    """Everything a caller sees; ``values=False`` leaves the logprob values out (ranks and ids stay)."""
+    """Everything a caller sees; ``values=False`` leaves out logprob values and prefix-cache hits (which
+    depend on when blocks were freed)."""
     def lps(c):
         if c.logprobs is None:
             return None
         return [{t: (v.logprob if values else None, v.rank) for t, v in e.items()} for e in c.logprobs]
-    return [[(c.index, c.token_ids, c.text, c.finish_reason, c.stop_reason,
-              c.cumulative_logprob if values else None, lps(c)) for c in o.outputs] for o in outs]
+    return [([(c.index, c.token_ids, c.text, c.finish_reason, c.stop_reason,
+               c.cumulative_logprob if values else None, lps(c)) for c in o.outputs],
+             o.num_cached_tokens if values else None) for o in outs]
 
 
 def logprob_values(outs):
@@ -160,6 +161,11 @@ def test_same_steps_give_bit_equal_logprobs(model_dir, cache):
         dict(temperature=0.9, top_k=30, seed=i) if i % 2 else dict(temperature=0.0))) for i in range(8)]
     sync, _ = both(llm, prompts, sp)
     assert [len(o.outputs[0].token_ids) for o in sync] == [3 + 2 * i for i in range(8)]
+    if cache == "paged":  # also under preemption, with prompts sharing a cached head
+        llm = make(model_dir, cache="paged", max_kv_memory_bytes=14 * BLOCK_BYTES)
+        head = rand_prompts([9])[0]
+        sync, _ = both(llm, [head + p for p in prompts[:6]], sp[:6])
+        assert llm._core.scheduler.num_preemptions > 0 and any(o.num_cached_tokens for o in sync)
 
 
 def test_eos_finishes_equal_sync(tmp_path, model_dir):
@@ -295,5 +301,3 @@ def test_smollm2_text_equal_sync():
               SamplingParams(temperature=0.9, seed=8, max_tokens=24, stop=[","])]
         sync, _ = both(llm, prompts, sp, exact=False)
         assert any(o.outputs[0].text.strip() for o in sync)
-        if os.environ.get("SHOW"):
-            print([o.outputs[0].text for o in sync])

@@ -208,14 +208,18 @@ def test_overlapped_steps_feed_every_token_its_true_id():
             assert fed[at:at + n] == truth[s.seq_id][st:st + n], (s.seq_id, st, n)
             at += n
         rec = types.SimpleNamespace(batch=batch, sampled=sched.update(batch), where=list(range(len(batch.seqs))),
-                                    drawn=[rng.randrange(20) for _ in batch.seqs], step=n_steps, out=None)
+                                    drawn=[rng.randrange(20) for _ in batch.seqs], step=n_steps, out=None,
+                                    last=[])
         for s, ok, row in zip(batch.seqs, rec.sampled, rec.where):
             if ok:
-                if not s.expect(rec.step, row):  # as steps.launch: its last token, its blocks go back now
-                    sched.finish(s)
+                if not s.expect(rec.step, row):
+                    rec.last.append(s)
                 truth[s.seq_id].append(rec.drawn[row])
         if prev is not None:
             read(prev)
+        for s in rec.last:  # as steps.release: its last token is drawn, its blocks go back before the next plan
+            if not s.finished:
+                sched.finish(s)
         prev = rec
         for s in sched.running:  # hashed blocks hold true tokens only
             h = None

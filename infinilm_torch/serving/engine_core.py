@@ -230,6 +230,7 @@ class EngineCore:
             self._inflight = steps.launch(self, batch, prev, non_blocking=self.async_scheduling)
             if prev is not None:
                 steps.finish(self, prev)
+            steps.release(self, self._inflight)
             if not self.async_scheduling:
                 self._complete()
         finally:

@@ -14,8 +14,8 @@ is the whole prompt's prefill or one decode token.
 Both split a step in two halves — ``schedule()`` and ``update(batch)`` once the step is queued — and
 ``update`` ignores sequences that finished or were aborted meanwhile. A step's sampled ids may arrive after
 the next step has been planned (overlapped steps): a sequence then runs with a placeholder for its newest
-token, a sequence whose pending token is its last (max_tokens) leaves the scheduler when that step is
-queued (``finish``; it would not be scheduled again), and only blocks of known tokens enter the prefix cache
+token, a sequence whose pending token is its last (max_tokens) leaves the scheduler before the next plan
+(``finish``; it would not be scheduled again), and only blocks of known tokens enter the prefix cache
 (``commit``, again once the ids arrive).
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ order). Steps whose ids the host needs before the next launch are not overlapped
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import torch
@@ -32,6 +32,7 @@ class Launched:
     on_host: List[bool]        # per batch entry: the host draws that token (from the returned logits)
     k: Optional[int]           # logprobs asked for (the largest k of the batch)
     step: int = 0              # its number (EngineCore.steps after it)
+    last: List = field(default_factory=list)  # sequences whose last token (max_tokens) it draws
 
 
 def _i64(x) -> torch.Tensor:
@@ -121,10 +122,17 @@ def launch(core, batch: Batch, prev: Optional[Launched], non_blocking: bool) -> 
     rec = Launched(batch, out, where, core.scheduler.update(batch), on_host, k, core.steps)
     for s, ok, row in zip(seqs, rec.sampled, where):
         if ok and not s.expect(rec.step, row):
-            # Its last token is drawn: it computes nothing more, so its row or blocks serve the next step
-            # (whose writes run after this one's), as in the synchronous loop; it finishes when the id is read.
-            core.scheduler.finish(s)
+            rec.last.append(s)
     return rec
+
+
+def release(core, rec: Launched) -> None:
+    """Sequences whose last token ``rec`` draws compute nothing more: their rows or blocks serve the next step
+    (whose writes run after ``rec``'s), as in the synchronous loop; they finish when the ids are read. Called
+    once the step before ``rec`` has been read (its ids complete their prefix-cache blocks)."""
+    for s in rec.last:
+        if not s.finished:
+            core.scheduler.finish(s)
 
 
 def finish(core, rec: Launched) -> None:
