@@ -37,9 +37,13 @@ WL="--num-seqs 256 --min-len 100 --max-input-len 1024 --max-output-len 256"
 timeout "$(left 250)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG $WL \
   --baseline hf-cb --baseline hf-generate --hf-batch-size 64 2>&1 | tr '\r' '\n' | grep -v "Warning\|warn(\|Converting\|Loading" | tee "$OUT/throughput.log"
 el "throughput rc=${PIPESTATUS[0]}"
-# The same engine at 64 requests: per-step and host ms at a smaller batch (no baselines).
-timeout "$(left 60)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 64 --min-len 100 \
-  --max-input-len 1024 --max-output-len 256 2>&1 | tail -n 1 | tee -a "$OUT/throughput.log"
+# The same engine at 64 requests: per-step and host ms at a smaller batch (no baselines), the front end's
+# synchronous and overlapped (async scheduling) loops in interleaved rounds, with their medians.
+timeout "$(left 90)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 64 --min-len 100 \
+  --max-input-len 1024 --max-output-len 256 --scheduling both --rounds 3 2>&1 | tail -n 7 | tee -a "$OUT/throughput.log"
+# Batch-1 decode through the front end (one request, 314 new tokens at seed 0), both loops: the idle gap between steps.
+timeout "$(left 60)" python -m infinilm_torch bench-throughput --model /tmp/llama1b $ENG --num-seqs 1 --min-len 16 \
+  --max-input-len 16 --max-output-len 512 --scheduling both --rounds 3 2>&1 | tail -n 7 | tee -a "$OUT/throughput.log"
 
 python -m infinilm_torch serve --model /tmp/llama1b $ENG --port 8011 > "$OUT/serve.log" 2>&1 &
 SRV=$!

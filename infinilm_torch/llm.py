@@ -28,13 +28,17 @@ class LLM(frontend.GenerateMixin):
     cache: "static" (``max_batch_size`` rows of ``max_cache_len`` tokens; grown on demand) or "paged"
     (``max_kv_memory_bytes`` split into blocks of ``block_size`` tokens; scheduler with preemption,
     chunked prefill under ``max_step_tokens`` (vLLM: ``max_num_batched_tokens``) and prefix caching).
+
+    async_scheduling: keep one engine step in flight (the next step is queued before the host reads this one's
+    ids; same outputs). None: the environment's ``INFINILM_ASYNC_SCHEDULING`` (0 / 1), else on wherever the
+    engine can feed sampled ids back on the device. ``llm.async_scheduling`` may be switched between calls.
     """
 
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, *, device=None, dtype=None,
                  cache: str = "static", max_batch_size: int = 8, max_cache_len: Optional[int] = None,
                  block_size: int = 16, max_kv_memory_bytes: Optional[int] = None, max_num_seqs: int = 64,
                  max_step_tokens: Optional[int] = None, max_num_batched_tokens: Optional[int] = None,
-                 enable_prefix_caching: bool = True,
+                 enable_prefix_caching: bool = True, async_scheduling: Optional[bool] = None,
                  tp_size: int = 1, progress: bool = True, tokenizer: Any = "auto",
                  _fields: Optional[Dict[str, Any]] = None, _state: Any = None):
         from infinilm_torch.lib import _infinilm
@@ -80,7 +84,7 @@ class LLM(frontend.GenerateMixin):
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             if self.tokenizer.eos_token_id not in self.eos_token_ids:
                 self.eos_token_ids.append(self.tokenizer.eos_token_id)
-        self._core = frontend.make_core(self)
+        self._core = frontend.make_core(self, frontend.async_scheduling_arg(async_scheduling, self._lib))
 
     # ---- construction helpers -------------------------------------------------------------------------
     @classmethod
@@ -136,6 +140,14 @@ class LLM(frontend.GenerateMixin):
             self.max_cache_len = max(tokens, self.max_cache_len)
             self.engine.reset_cache(self._cache_config())
             self._sync_cache_geometry()
+
+    @property
+    def async_scheduling(self) -> bool:
+        return self._core.async_scheduling
+
+    @async_scheduling.setter
+    def async_scheduling(self, on: bool) -> None:
+        self._core.async_scheduling = frontend.async_scheduling_arg(on, self._lib)
 
     def reset_cache(self) -> None:
         """Drop every cached block (the prefix cache included); waits for the engine loop to be between steps."""

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from infinilm_torch import SamplingParams
-from infinilm_torch.serving import sampler
+from infinilm_torch.serving import sampler, steps
 from infinilm_torch.serving.block_manager import BlockManager
-from infinilm_torch.serving.engine_core import EngineCore
 from infinilm_torch.serving.outputs import check_stop_strings
 from infinilm_torch.serving.scheduler import PagedScheduler
 from infinilm_torch.serving.sequence import Sequence
@@ -29,10 +28,9 @@ def test_paged_inputs_equal_per_token_reference():
     sched = PagedScheduler(bm, max_num_seqs=64, max_step_tokens=300)
     for n in [rng.randint(1, 60) for _ in range(24)]:
         sched.add(_seq([rng.randrange(100) for _ in range(n)]))
-    core = types.SimpleNamespace(scheduler=sched)
     for step in range(12):  # chunked prefills mixed with decodes, then decodes only
         batch = sched.schedule()
-        got = EngineCore._inputs(core, batch)
+        got = steps.step_inputs(sched, batch)
         ids, pos, slots = [], [], []
         for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
             ids += s.tokens[st:st + n]
@@ -148,3 +146,89 @@ def test_bench_throughput_with_transformers_baselines(tmp_path, capsys):
     counts = {int(line.split(" req ")[1].split(" tok ")[0]) for line in rows.values()}
     assert len(counts) == 1 and counts.pop() >= 12 * 4, out
     assert "errors" not in rows[[k for k in rows if "generate_batch" in k][0]], out
+
+
+def test_bench_throughput_times_both_schedulings(tmp_path, capsys):
+    """--scheduling both: interleaved sync and async rounds of the same workload, each producing every token,
+    and a line with their medians."""
+    pytest.importorskip("transformers")
+    from infinilm_torch.__main__ import main
+    from test_serving import tiny_model
+
+    path = tiny_model(str(tmp_path / "tiny"))
+    rc = main(["bench-throughput", "--model", path, "--num-seqs", "6", "--min-len", "3", "--max-input-len", "20",
+               "--max-output-len", "8", "--block-size", "4", "--scheduling", "both", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [line for line in out.splitlines() if " req " in line]
+    assert [r.split("  ")[0] for r in rows] == ["infinilm_torch LLM (sync)", "infinilm_torch LLM (async)",
+                                                "infinilm_torch LLM (async)", "infinilm_torch LLM (sync)"], out
+    assert len({r.split(" req ")[1].split(" tok ")[0] for r in rows}) == 1, out
+    assert "median tok/s" in out and "async/sync" in out, out
+
+
+def test_overlapped_steps_feed_every_token_its_true_id():
+    """The host side of async scheduling, with a simulated engine: each step draws random ids that the host
+    reads one step later. Every token a step feeds (from input_ids, or from the previous step's ids through
+    prev_token_index) must be the sequence's true token at that position, across chunked prefill, preemption
+    (few blocks), stop ids and max_tokens; only blocks of true tokens are hashed, and every block comes back."""
+    rng = random.Random(1)
+    bm = BlockManager(40, 4)
+    sched = PagedScheduler(bm, max_num_seqs=64, max_step_tokens=48)
+    seqs = []
+    for i in range(24):
+        req = types.SimpleNamespace(request_id=str(i), stream=False)
+        p = SamplingParams(max_tokens=rng.randint(1, 24))
+        seqs.append(Sequence(req, 0, [rng.randrange(20) for _ in range(rng.randint(1, 50))], p, 0, 4096, [7]))
+        sched.add(seqs[-1])
+    truth = {s.seq_id: list(s.prompt) for s in seqs}
+    prev, n_fed, n_steps = None, 0, 0
+
+    def read(rec):  # what steps.finish does with the ids
+        for s, ok, row in zip(rec.batch.seqs, rec.sampled, rec.where):
+            if ok and not s.finished:
+                s.resolve(rec.drawn[row])
+                sched.finish(s) if s.finished else sched.commit(s)
+
+    while sched.has_work() or prev is not None:
+        batch = sched.schedule()
+        if not batch.seqs:
+            read(prev)
+            prev = None
+            continue
+        n_steps += 1
+        inp = steps.step_inputs(sched, batch, prev)
+        ids = inp["input_ids"].view(-1).tolist()
+        index = inp["prev_token_index"].tolist() if "prev_token_index" in inp else [-1] * len(ids)
+        assert ("prev_output" in inp) == any(i >= 0 for i in index)
+        fed = [prev.drawn[i] if i >= 0 else t for t, i in zip(ids, index)]
+        n_fed += sum(i >= 0 for i in index)
+        at = 0
+        for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
+            assert fed[at:at + n] == truth[s.seq_id][st:st + n], (s.seq_id, st, n)
+            at += n
+        rec = types.SimpleNamespace(batch=batch, sampled=sched.update(batch), where=list(range(len(batch.seqs))),
+                                    drawn=[rng.randrange(20) for _ in batch.seqs], step=n_steps, out=None,
+                                    last=[])
+        for s, ok, row in zip(batch.seqs, rec.sampled, rec.where):
+            if ok:
+                if not s.expect(rec.step, row):
+                    rec.last.append(s)
+                truth[s.seq_id].append(rec.drawn[row])
+        if prev is not None:
+            read(prev)
+        for s in rec.last:  # as steps.release: its last token is drawn, its blocks go back before the next plan
+            if not s.finished:
+                sched.finish(s)
+        prev = rec
+        for s in sched.running:  # hashed blocks hold true tokens only
+            h = None
+            for b in range(s.hashed_blocks):
+                h = bm.chain_hash(h, truth[s.seq_id][b * 4:(b + 1) * 4])
+                assert bm.hash_of[s.blocks[b]] == h
+    assert all(s.finished for s in seqs) and bm.num_free == 40 and sum(bm.ref) == 0
+    assert sched.num_preemptions > 0 and n_fed > 50
+    assert {s.finish_reason for s in seqs} == {"stop", "length"}
+    for s in seqs:  # the outputs are the true ids up to the finish
+        assert s.out == truth[s.seq_id][len(s.prompt):len(s.prompt) + len(s.out)]
+        assert len(s.out) == s.max_tokens or s.out[-1] == 7

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import statistics
 import time
 from typing import List
 
@@ -30,6 +31,10 @@ def add_parsers(sub, engine_args) -> None:
     t.add_argument("--hf-attn", default="paged|sdpa", help="hf-cb's attn_implementation")
     t.add_argument("--hf-cb-blocks", type=_int_at_least(1), default=None,
                    help="hf-cb's cache pages (default: transformers sizes it from free memory)")
+    t.add_argument("--scheduling", choices=("default", "async", "sync", "both"), default="default",
+                   help="the engine loop's steps: overlapped (async), one at a time (sync), both in one run "
+                        "(interleaved rounds, medians); default: the LLM's (INFINILM_ASYNC_SCHEDULING, else async)")
+    t.add_argument("--rounds", type=_int_at_least(1), default=1, help="timed runs per scheduling mode")
     s = sub.add_parser("bench-serving", help="online load against a running server (see serve)")
     s.add_argument("--base-url", default="http://127.0.0.1:8000")
     s.add_argument("--model", default=None, help="model id to send (default: the server's first)")
@@ -64,6 +69,26 @@ def _line(name, n, tokens, seconds, extra=""):
           flush=True)
 
 
+def _run_llm(llm, prompts, params, want: int, label: str) -> float:
+    """One timed LLM.generate of the workload (prefix cache emptied first); prints its row, returns tok/s."""
+    core = llm._core
+    # The same prompts again must not find their blocks cached; the wait also ends any step still in flight.
+    core.call(lambda: core.scheduler.bm.reset() if hasattr(core.scheduler, "bm") else None)
+    t0, c0 = time.perf_counter(), (core.steps, core.step_s, core.forward_s, core.wait_s)
+    res = llm.generate(prompts, params, use_tqdm=False)
+    dt = time.perf_counter() - t0
+    core.call(lambda: None)
+    steps = max(1, core.steps - c0[0])
+    step_ms, fwd_ms, wait_ms = (1e3 * (now - then) / steps for now, then in
+                                zip((core.step_s, core.forward_s, core.wait_s), c0[1:]))
+    got = sum(len(r.outputs[0].token_ids) for r in res)
+    assert got == want, (got, want)
+    pre = getattr(core.scheduler, "num_preemptions", 0)
+    _line(label, len(prompts), got, dt, f"  ({steps} steps, {pre} preemptions; per step {step_ms:.2f} ms: "
+          f"{fwd_ms:.2f} in forward, {wait_ms:.2f} waiting for ids, {step_ms - fwd_ms - wait_ms:.2f} host)")
+    return got / dt
+
+
 def bench_throughput(args) -> int:
     from infinilm_torch import SamplingParams
     from infinilm_torch.__main__ import make_llm
@@ -75,26 +100,25 @@ def bench_throughput(args) -> int:
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
     print(f"model {model}: {len(prompts)} requests, prompts {args.min_len}..{args.max_input_len}, outputs "
           f"{args.min_len}..{args.max_output_len} tokens, {args.cache} cache on {llm.device}")
-    core = llm._core
-    core.call(lambda: None)  # the warm-up's last step has fully ended (its time is counted) before the counters are read
-    t0, steps0, step_s0, fwd_s0 = time.perf_counter(), core.steps, core.step_s, core.forward_s
-    res = llm.generate(prompts, params, use_tqdm=False)
-    dt = time.perf_counter() - t0
-    core.call(lambda: None)
-    steps = max(1, core.steps - steps0)
-    step_ms, fwd_ms = 1e3 * (core.step_s - step_s0) / steps, 1e3 * (core.forward_s - fwd_s0) / steps
-    got = sum(len(r.outputs[0].token_ids) for r in res)
-    assert got == sum(outs), (got, sum(outs))
-    pre = getattr(llm._core.scheduler, "num_preemptions", 0)
-    _line("infinilm_torch LLM", len(prompts), got, dt, f"  ({steps} steps, {pre} preemptions; per step {step_ms:.2f} ms, "
-          f"{fwd_ms:.2f} in forward, {step_ms - fwd_ms:.2f} host)")
+    modes = {"default": [llm.async_scheduling], "async": [True], "sync": [False], "both": [False, True]}
+    modes = modes[args.scheduling]
+    rates = {m: [] for m in modes}
+    for r in range(args.rounds):
+        for mode in modes if r % 2 == 0 else modes[::-1]:  # alternate the order: drift hits both alike
+            llm.async_scheduling = mode
+            label = "infinilm_torch LLM" + (f" ({'async' if mode else 'sync'})" if len(modes) > 1 else "")
+            rates[mode].append(_run_llm(llm, prompts, params, sum(outs), label))
+    if len(modes) > 1:
+        med = {m: statistics.median(v) for m, v in rates.items()}
+        print(f"{'median tok/s':<34} sync {med[False]:.1f}, async {med[True]:.1f}: async/sync "
+              f"{med[True] / med[False]:.3f}x over {args.rounds} round(s)", flush=True)
     wanted = set(args.baseline or ())
     if not wanted - {"none"}:
         return 0
     from infinilm_torch.serving import bench_hf
 
     device, dtype = llm.device, llm.dtype
-    del llm, res, core
+    del llm
     bench_hf.free()  # the engine's cache leaves the device before transformers sizes its own
     runs = []
     if wanted & {"hf", "hf-cb"}:

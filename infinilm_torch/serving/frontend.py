@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import os
 import queue
 import sys
 import time
@@ -48,13 +49,32 @@ def check_engine_args(cache, block_size, max_batch_size, max_cache_len, max_kv_m
     return max_step_tokens or max_num_batched_tokens or 8192
 
 
-def make_core(llm) -> EngineCore:
+ASYNC_ENV = "INFINILM_ASYNC_SCHEDULING"
+
+
+def async_scheduling_arg(value, lib) -> bool:
+    """LLM's async_scheduling: a bool, or None for the environment's choice (else on when the engine can)."""
+    able = hasattr(lib.InferEngine.Input(), "prev_output")
+    if value is None:
+        env = os.environ.get(ASYNC_ENV, "").strip().lower()
+        if env not in ("", "0", "1", "false", "true", "off", "on"):
+            raise ValueError(f"{ASYNC_ENV} must be 0 or 1, got {os.environ[ASYNC_ENV]!r}")
+        value = able if env == "" else env in ("1", "true", "on")
+    if not isinstance(value, bool):
+        raise TypeError(f"LLM: async_scheduling must be a bool or None, got {value!r}")
+    if value and not able:
+        raise ValueError("LLM: async_scheduling=True needs an engine whose Input takes prev_output (rebuild the "
+                         "extension)")
+    return value
+
+
+def make_core(llm, async_scheduling: bool = False) -> EngineCore:
     if llm.cache_kind == "static":
         sched = StaticScheduler(llm.max_batch_size, llm.max_cache_len, llm._grow_static)
     else:
         sched = PagedScheduler(BlockManager(llm.num_blocks, llm.block_size, llm.enable_prefix_caching),
                                llm.max_num_seqs, llm.max_step_tokens)
-    return EngineCore(llm, sched)
+    return EngineCore(llm, sched, async_scheduling)
 
 
 def _token_ids(prompt, what: str) -> List[int]:

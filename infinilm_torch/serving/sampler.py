@@ -96,14 +96,16 @@ def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor, ks: List[int]) -> Li
     return out
 
 
-def _penalized(p) -> bool:
+def penalized(p) -> bool:
     return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
 
 def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> dict:
     """The per-request sampling tensors of an engine Input that takes them (temperatures, seeds, penalties ...);
     a None entry (an idle static-cache row) samples greedily. Penalties and the token ids they read are sent
-    only when some row has one (the engine skips them otherwise; building them costs a pass over every token)."""
+    only when some row has one (the engine skips them otherwise; building them costs a pass over every token).
+    A row's draw is its token number len(out) + num_pending (tokens of steps in flight count); the penalties'
+    output ids are the host's, so the serving loop does not overlap steps while a penalized request runs."""
     ps = [s.params if s is not None else None for s in seqs]
 
     def col(get, idle, dtype=torch.float32):
@@ -113,10 +115,11 @@ def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> di
         top_ks=col(lambda p: max(p.top_k, 0), 0, torch.int64),
         top_ps=col(lambda p: p.top_p, 1.0),
         min_ps=col(lambda p: p.min_p, 0.0),
-        seeds=torch.tensor([step_seed(s.seed, len(s.out)) if s is not None else 0 for s in seqs], dtype=torch.int64),
+        seeds=torch.tensor([step_seed(s.seed, len(s.out) + s.num_pending) if s is not None else 0 for s in seqs],
+                           dtype=torch.int64),
         return_logprobs=-1 if logprobs is None else int(logprobs),
     )
-    if any(p is not None and _penalized(p) for p in ps):
+    if any(p is not None and penalized(p) for p in ps):
         out.update(
             repetition_penalties=col(lambda p: p.repetition_penalty, 1.0),
             presence_penalties=col(lambda p: p.presence_penalty, 0.0),

@@ -11,9 +11,12 @@ longest cached prefix. One sequence that fits the cache alone always makes progr
 StaticScheduler: the static cache's rows; a sequence holds one row from admission to its end, and a row
 is the whole prompt's prefill or one decode token.
 
-Both split a step in two halves — ``schedule()`` and ``update(batch)`` after the engine returns — and
-``update`` ignores sequences that finished or were aborted meanwhile, so the sampled ids of a step may
-arrive after the next step has been planned (their extra token is dropped).
+Both split a step in two halves — ``schedule()`` and ``update(batch)`` once the step is queued — and
+``update`` ignores sequences that finished or were aborted meanwhile. A step's sampled ids may arrive after
+the next step has been planned (overlapped steps): a sequence then runs with a placeholder for its newest
+token, a sequence whose pending token is its last (max_tokens) leaves the scheduler before the next plan
+(``finish``; it would not be scheduled again), and only blocks of known tokens enter the prefix cache
+(``commit``, again once the ids arrive).
 """
 from __future__ import annotations
 
@@ -92,6 +95,8 @@ class PagedScheduler:
             if not seq.in_running:  # preempted below as a victim
                 continue
             n = min(seq.num_tokens - seq.num_computed, budget)
+            if n == 0:  # its next token is its last and still in flight: nothing left to compute
+                continue
             need = bm.blocks_for(seq.num_computed + n) - len(seq.blocks)
             while need > bm.num_free:
                 victim = self.running[-1]
@@ -134,9 +139,17 @@ class PagedScheduler:
                 sampled.append(False)
                 continue
             seq.num_computed += n
-            seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, seq.num_computed, seq.hashed_blocks)
+            self.commit(seq)
             sampled.append(seq.num_computed == seq.num_tokens)
         return sampled
+
+    def commit(self, seq: Sequence) -> None:
+        """Enter ``seq``'s full computed blocks of known tokens into the prefix cache."""
+        upto = min(seq.num_computed, len(seq.prompt) + len(seq.out))
+        # A block was filled (most steps fill none), and the sequence still holds its blocks (not preempted,
+        # nor out of the scheduler with its last token in flight).
+        if upto >= (seq.hashed_blocks + 1) * self.bm.block_size and seq.in_running:
+            seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, upto, seq.hashed_blocks)
 
     def finish(self, seq: Sequence) -> None:
         if seq.in_running:
@@ -179,8 +192,10 @@ class StaticScheduler:
             seq.num_computed = 0
             self.running.append(seq)
             seq.in_running = True
-        batch = Batch(rows=[None] * (max(used) + 1 if used else 0))
-        for seq in sorted(self.running, key=lambda s: s.slot):
+        # A sequence whose last token is in flight has nothing left to compute: its row idles (or is left out).
+        todo = [s for s in sorted(self.running, key=lambda s: s.slot) if s.num_tokens > s.num_computed]
+        batch = Batch(rows=[None] * (todo[-1].slot + 1 if todo else 0))
+        for seq in todo:
             batch.rows[seq.slot] = seq
             batch.add(seq, seq.num_tokens - seq.num_computed)
         return batch
@@ -194,6 +209,9 @@ class StaticScheduler:
             seq.num_computed += n
             out.append(True)
         return out
+
+    def commit(self, seq: Sequence) -> None:
+        pass  # no prefix cache
 
     def finish(self, seq: Sequence) -> None:
         if seq.in_running:

@@ -1,4 +1,8 @@
-"""Sequence: one generation (a request with n > 1 has n of them) — its tokens, cache state and stop checks."""
+"""Sequence: one generation (a request with n > 1 has n of them) — its tokens, cache state and stop checks.
+
+With overlapped steps a sampled token may be known only on the device when the next step is planned: it is
+``pending`` (counted, not in ``out``) and its place in ``tokens`` holds ``PLACEHOLDER`` until ``resolve``.
+"""
 from __future__ import annotations
 
 import itertools
@@ -8,6 +12,7 @@ from infinilm_torch.serving.params import Logprob, SamplingParams
 
 _ids = itertools.count()
 _MASK = (1 << 63) - 1
+PLACEHOLDER = -1  # a token sampled by a step still in flight (its id is fed to the next step on the device)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -38,6 +43,8 @@ class Sequence:
         self.text = ""
         self.inc_text, self.prefix_offset, self.read_offset = "", 0, 0  # incremental detokenization state
         self.num_cached_prompt = 0
+        self.num_pending = 0                   # sampled by steps in flight, not read yet
+        self.feed = (-1, 0)                    # (step, output row) whose id the PLACEHOLDER ending tokens takes
         # None: up to the longest sequence that can run (explicit values are checked against it on admission).
         self.max_tokens = params.max_tokens if params.max_tokens is not None else max(1, max_len - len(prompt) + 1)
         self.stop_ids = set(stop_ids)
@@ -55,9 +62,39 @@ class Sequence:
         """Cache positions this sequence needs at most (its last token is never fed back)."""
         return len(self.prompt) + self.max_tokens - 1
 
+    @property
+    def num_known(self) -> int:
+        """Leading tokens whose ids the host knows (the rest are placeholders)."""
+        return len(self.prompt) + len(self.out)
+
+    def expect(self, step: int, row: int) -> bool:
+        """Step ``step`` samples this sequence's next token in output row ``row``. Unless that token is the last
+        one (max_tokens), a placeholder makes it schedulable before its id reaches the host; returns whether
+        the sequence has more to compute."""
+        self.num_pending += 1
+        if len(self.out) + self.num_pending < self.max_tokens:
+            self.tokens.append(PLACEHOLDER)
+            self.feed = (step, row)
+            return True
+        return False
+
+    def resolve(self, token: int) -> None:
+        """The oldest pending token has arrived: it replaces its placeholder (or is appended)."""
+        self.num_pending -= 1
+        i = self.num_known
+        if i < len(self.tokens):
+            self.tokens[i] = token
+            self.out.append(token)
+            self._check_stop(token)
+        else:
+            self.append(token)
+
     def append(self, token: int) -> None:
         self.out.append(token)
         self.tokens.append(token)
+        self._check_stop(token)
+
+    def _check_stop(self, token: int) -> None:
         if token in self.stop_ids and len(self.out) > self.params.min_tokens:
             self.finish_reason, self.stop_reason = "stop", token
         elif len(self.out) >= self.max_tokens:
