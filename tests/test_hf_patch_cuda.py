@@ -20,6 +20,7 @@ from infinilm_torch.hf import attention  # noqa: E402
 from test_hf_patch import (  # noqa: E402,F401
     COMMON, FAMILIES, GREEDY, assert_bf16_rule, assert_no_breaks_from_us, calls, make_model)
 import test_hf_patch_cells as cells  # noqa: E402
+from engine_utils import spread_weights  # noqa: E402
 
 DEV = os.environ.get("INFINILM_HF_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -64,7 +65,7 @@ def test_cuda_logits_fp32(family, calls):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cuda_logits_bf16(family):
-    assert_bf16_rule(gpu_model(family), gpu_prompt(4, 32)[0])
+    assert_bf16_rule(spread_weights(gpu_model(family)), gpu_prompt(8, 32)[0])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
