@@ -205,17 +205,17 @@ def summary(results):
             what += f" rc={r['rc']} {r['signal'] or ''}"
         elif what == "fail":
             what += ": " + r["error"].splitlines()[0][:300]
-        lines.append(f"{'/'.join(cell)}{' [' + r['variant'] + ']' if r.get('variant') else ''}: {what}"
+        lines.append(f"{'/'.join(cell)}: {what}"
                      f"{' (%.0f s)' % r['seconds'] if 'seconds' in r else ''}")
     return "\n".join(lines)
 
 
-def diagnose(cell, device, seed, batches=(1, 3, 8, 32), jobs=3):
+def diagnose(cell, device, seed, batches=(1, 3, 8, 32), jobs=3, script=None):
     """A crashed cell once per variant, `jobs` children at a time; {variant: result}."""
     from concurrent.futures import ThreadPoolExecutor
     out = {}
     with ThreadPoolExecutor(jobs) as pool:
-        futs = {v: pool.submit(run_cells, [cell], device, seed, v, (), batches) for v in VARIANTS}
+        futs = {v: pool.submit(run_cells, [cell], device, seed, v, (), batches, script) for v in VARIANTS}
         for v, f in futs.items():
             r = f.result()[tuple(cell)]
             out[v] = {**r, "variant": v}
@@ -249,7 +249,7 @@ import json, os, signal, sys
 spec = json.loads(sys.argv[1])
 for cell in spec["cells"]:
     print("CELL " + json.dumps({"cell": cell, "status": "start"}), flush=True)
-    if cell[0] == "crash":
+    if cell[0] == "crash" and spec["variant"] != "no_static_launcher":
         os.kill(os.getpid(), signal.SIGSEGV)
     print("CELL " + json.dumps({"cell": cell, "status": "ok"}), flush=True)
 """
@@ -265,6 +265,9 @@ def test_a_crashing_cell_is_reported_and_the_rest_run(tmp_path):
     assert crash["status"] == "crash" and crash["signal"] == "SIGSEGV", crash
     assert "Fatal Python error: Segmentation fault" in crash["stderr"], crash["stderr"]
     assert "crash/x/y: crash rc=-11 SIGSEGV" in summary(res)
+    diag = diagnose(("crash", "x", "y"), "cpu", 0, script=str(script))
+    assert set(diag) == set(VARIANTS) and diag["no_static_launcher"]["status"] == "ok", diag
+    assert all(d["status"] == "crash" for v, d in diag.items() if v != "no_static_launcher"), diag
 
 
 if __name__ == "__main__":

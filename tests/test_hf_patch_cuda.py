@@ -53,6 +53,57 @@ def rel_tol(ref, scale):
     return dict(atol=scale * ref.abs().max().item(), rtol=scale)
 
 
+# ---- the matrix: batch x cache x compile mode x family, one patched model reused across batch sizes -----------
+# Compiled cells run in child processes (tests/test_hf_patch_cells.py), so that a crash in inductor or CUDA graphs
+# fails its own cell with its signal and stderr; the first crashed cell of a run is run again once per diagnosis
+# variant (inductor options, each patched part left out, the unpatched model). Eager cells run here. First in the
+# file, compiled first: under xdist the longest tests start first.
+
+MATRIX_FAMILIES = FAMILIES if DEV == "cuda" else ["llama"]
+COMPILED_MODES = ["auto-compile", "reduce-overhead"] if DEV == "cuda" else ["auto-compile"]
+MATRIX_BATCHES = [1, 3, 8, 32] if DEV == "cuda" else [1, 3]
+
+
+def _first(kind, tmp_path_factory):
+    """True for the first cell of the session (all xdist workers) that ended in `kind`: only that one is diagnosed."""
+    base = tmp_path_factory.getbasetemp()
+    marker = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / f"hf_cells_diagnosed_{kind}"
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
+@pytest.mark.parametrize("family", MATRIX_FAMILIES)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("mode", COMPILED_MODES)
+def test_cuda_matrix_compiled(family, cache, mode, _fresh_seed, tmp_path_factory):
+    """Each cell in a child process (see tests/test_hf_patch_cells.py for what a cell checks). The first crashed
+    (or timed-out) cell and the first failed one of the session are run again once per diagnosis variant."""
+    cell = (family, cache, mode)
+    res = cells.run_cells([cell], DEV, _fresh_seed, bf16_families=("llama",), batches=MATRIX_BATCHES)
+    r = res[cell]
+    if r["status"] == "ok":
+        return
+    crashed = r["status"] in ("crash", "timeout")
+    msg = cells.summary(res) + "\n" + (r["stderr"] if crashed else r["error"])
+    if _first("crash" if crashed else "fail", tmp_path_factory):
+        diag = cells.diagnose(cell, DEV, _fresh_seed, batches=MATRIX_BATCHES)
+        msg += "\ndiagnosis (the same cell, one change each):\n" + cells.summary(
+            {(*cell, v): d for v, d in diag.items()})
+    pytest.fail(msg, pytrace=False)
+
+
+@pytest.mark.parametrize("family", MATRIX_FAMILIES)
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cuda_matrix_eager(family, cache):
+    cells.run_cell(family, cache, "eager", DEV, MATRIX_BATCHES)
+
+
+# ---- single checks ---------------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cuda_logits_fp32(family, calls):
     ref, model = gpu_pair(family)
@@ -139,51 +190,3 @@ def test_cuda_engine_from_hf_model(cache):
     outs = llm.generate(ids.tolist(), infinilm_torch.SamplingParams(max_tokens=32, temperature=0, ignore_eos=True))
     got = [o.outputs[0].token_ids for o in outs]
     assert got == want.tolist()
-
-
-# ---- the matrix: batch x cache x compile mode x family, one patched model reused across batch sizes -----------
-# Eager cells run here; compiled cells run in child processes (tests/test_hf_patch_cells.py), so that a crash in
-# inductor or CUDA graphs fails its own cell with its signal and stderr. The first crashed cell of a run is run
-# again once per diagnosis variant (inductor options, each patched part left out, the unpatched model).
-
-MATRIX_FAMILIES = FAMILIES if DEV == "cuda" else ["llama"]
-COMPILED_MODES = ["auto-compile", "reduce-overhead"] if DEV == "cuda" else ["auto-compile"]
-MATRIX_BATCHES = [1, 3, 8, 32] if DEV == "cuda" else [1, 3]
-
-
-@pytest.mark.parametrize("family", MATRIX_FAMILIES)
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
-def test_cuda_matrix_eager(family, cache):
-    cells.run_cell(family, cache, "eager", DEV, MATRIX_BATCHES)
-
-
-def _first_crash(tmp_path_factory):
-    """True for the first crashed cell of the session (all xdist workers): only that one is diagnosed."""
-    base = tmp_path_factory.getbasetemp()
-    marker = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "hf_cells_diagnosed"
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-        return True
-    except FileExistsError:
-        return False
-
-
-@pytest.mark.parametrize("family", MATRIX_FAMILIES)
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
-@pytest.mark.parametrize("mode", COMPILED_MODES)
-def test_cuda_matrix_compiled(family, cache, mode, _fresh_seed, tmp_path_factory):
-    """Each cell in a child process (see tests/test_hf_patch_cells.py for what a cell checks)."""
-    cell = (family, cache, mode)
-    res = cells.run_cells([cell], DEV, _fresh_seed, bf16_families=("llama",), batches=MATRIX_BATCHES)
-    r = res[cell]
-    if r["status"] == "ok":
-        return
-    msg = cells.summary(res)
-    if r["status"] in ("crash", "timeout"):
-        msg += "\n" + r["stderr"]
-        if _first_crash(tmp_path_factory):
-            msg += "\ndiagnosis (the same cell, one change each):\n" + cells.summary(
-                {(*cell, v): d for v, d in cells.diagnose(cell, DEV, _fresh_seed, batches=MATRIX_BATCHES).items()})
-    else:
-        msg += "\n" + r["error"]
-    pytest.fail(msg, pytrace=False)
