@@ -163,7 +163,9 @@ def run_cells(cells, device, seed, variant=None, bf16_families=(), batches=(1, 3
     Returns {cell: {"status": "ok"|"fail"|"crash"|"timeout", ...}}."""
     cells = [tuple(c) for c in cells]
     results, remaining = {}, list(cells)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)}
+    # tests/ and the repository root (an in-place build is imported from there, as `python -m pytest` does)
+    path = (HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "4")  # four pytest workers share the host's cores
     while remaining:
         spec = dict(cells=remaining, device=device, seed=seed, variant=variant, bf16_families=list(bf16_families),
