@@ -1,7 +1,8 @@
 """HF transformers patching on CUDA: patched vs unpatched tiny Llama/Qwen2/Mistral/Qwen3 with head size 64 (the
 CUDA attention kernels' sizes), fp32 and bf16, both caches, sampling, the batch x cache x compile-mode matrix
 (eager, generate's compile, "reduce-overhead" CUDA graphs; one model reused across batch sizes, left padding
-included), and an engine built from the HF model on the GPU.
+included; compiled cells in child processes, see tests/test_hf_patch_cells.py), and an engine built from the HF
+model on the GPU.
 
 ``INFINILM_HF_TEST_DEVICE=cpu`` runs the same file on the CPU kernels with the CUDA head-size limits and a
 smaller matrix (aot_eager for the compiled modes): a dry run of the test logic on a machine without a GPU, part
