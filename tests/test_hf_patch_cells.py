@@ -88,6 +88,15 @@ def _apply_variant(variant):
     return {}
 
 
+def _stage(what):
+    """The child's last stage before a crash ends up in the parent's report."""
+    if _IN_CHILD:
+        print("STAGE " + what, flush=True)
+
+
+_IN_CHILD = False
+
+
 def run_cell(family, cache, mode, device, batches, variant=None, bf16=False):
     """fp32: the patched (compiled) model's greedy tokens equal the eager unpatched model's at every batch size
     (rows 1, 3, .. left-padded), one model across the batches, never the recompile limit. bf16 (llama in the
@@ -108,6 +117,7 @@ def run_cell(family, cache, mode, device, batches, variant=None, bf16=False):
         for batch in batches:
             ids, mask = (t.to(device) for t in cell_prompt(batch))
             want = ref.generate(ids, attention_mask=mask, **gen, disable_compile=True)
+            _stage(f"fp32 batch {batch}, {torch._dynamo.utils.counters['stats'].get('unique_graphs', 0)} graphs so far")
             got = model.generate(ids, attention_mask=mask, **gen, **kw)
             assert torch.equal(got, want), f"{family} {cache} {mode} batch {batch}: tokens differ\n{got}\n{want}"
         graphs = counters["stats"].get("unique_graphs", 0)
@@ -128,6 +138,7 @@ def _bf16_compiled_matches_eager(ref, mode, cache, device, parts):
     extra = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 48}
     eager16 = ours16.generate(ids, attention_mask=mask, **one, **extra, disable_compile=True).logits
     kw = generate_kwargs(ours16, mode, cache, device)
+    _stage("bf16 batch 3")
     out = ours16.generate(ids, attention_mask=mask, **one, **kw).logits
     ours16.__dict__.pop("forward", None)
     for got, want in zip(out, eager16):
@@ -180,8 +191,10 @@ def run_cells(cells, device, seed, variant=None, bf16_families=(), batches=(1, 3
             proc.kill()
             out, err = proc.communicate()
             timed_out = True
-        started = None
+        started, stage = None, None
         for line in out.splitlines():
+            if line.startswith("STAGE "):
+                stage = line[6:]
             if not line.startswith("CELL "):
                 continue
             rec = json.loads(line[5:])
@@ -194,7 +207,8 @@ def run_cells(cells, device, seed, variant=None, bf16_families=(), batches=(1, 3
             started = remaining[0]  # the child died before its first cell (import, CUDA init)
         if started is not None:
             results[started] = {"status": "timeout" if timed_out else "crash", "rc": proc.returncode,
-                                "signal": _signal_name(proc.returncode), "stderr": _crash_excerpt(err)}
+                                "signal": _signal_name(proc.returncode), "stage": stage,
+                                "stderr": _crash_excerpt(err)}
         remaining = [c for c in remaining if c not in results]
     return results
 
@@ -204,7 +218,7 @@ def summary(results):
     for cell, r in results.items():
         what = r["status"]
         if what in ("crash", "timeout"):
-            what += f" rc={r['rc']} {r['signal'] or ''}"
+            what += f" rc={r['rc']} {r['signal'] or ''} at: {r.get('stage')}"
         elif what == "fail":
             what += ": " + r["error"].splitlines()[0][:300]
         lines.append(f"{'/'.join(cell)}: {what}"
@@ -226,6 +240,8 @@ def diagnose(cell, device, seed, batches=(1, 3, 8, 32), jobs=3, script=None):
 
 def _child(spec):
     import random
+    global _IN_CHILD
+    _IN_CHILD = True
     if spec["device"] == "cpu":
         cuda_limits_on_cpu()
     for family, cache, mode in spec["cells"]:
@@ -252,6 +268,7 @@ spec = json.loads(sys.argv[1])
 for cell in spec["cells"]:
     print("CELL " + json.dumps({"cell": cell, "status": "start"}), flush=True)
     if cell[0] == "crash" and spec["variant"] != "no_static_launcher":
+        print("STAGE batch 8", flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
     print("CELL " + json.dumps({"cell": cell, "status": "ok"}), flush=True)
 """
@@ -266,7 +283,7 @@ def test_a_crashing_cell_is_reported_and_the_rest_run(tmp_path):
     crash = res[("crash", "x", "y")]
     assert crash["status"] == "crash" and crash["signal"] == "SIGSEGV", crash
     assert "Fatal Python error: Segmentation fault" in crash["stderr"], crash["stderr"]
-    assert "crash/x/y: crash rc=-11 SIGSEGV" in summary(res)
+    assert "crash/x/y: crash rc=-11 SIGSEGV at: batch 8" in summary(res)
     diag = diagnose(("crash", "x", "y"), "cpu", 0, script=str(script))
     assert set(diag) == set(VARIANTS) and diag["no_static_launcher"]["status"] == "ok", diag
     assert all(d["status"] == "crash" for v, d in diag.items() if v != "no_static_launcher"), diag
