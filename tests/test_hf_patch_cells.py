@@ -22,8 +22,9 @@ SHAPE = dict(hidden_size=256, intermediate_size=384)  # 4 heads of 64 (the CUDA 
 RECOMPILE_LIMIT = 8  # one model over 4 batch sizes: a few graphs per step kind; a recompile per step exceeds it
 CELL_TIMEOUT_S = float(os.environ.get("INFINILM_HF_CELL_TIMEOUT", "240"))
 # What a crashed cell is run again with, each in its own child: answers "ours or torch's" in one run.
-VARIANTS = ["no_static_launcher", "no_cudagraph_trees", "no_graph_partition", "no_part:attention",
-            "no_part:rms_norm", "no_part:rope", "no_part:swiglu", "no_part:fused_add_norm", "unpatched"]
+VARIANTS = ["no_static_launcher", "no_cudagraph_trees", "no_graph_partition", "backend_cudagraphs",
+            "no_part:attention", "no_part:rms_norm", "no_part:rope", "no_part:swiglu", "no_part:fused_add_norm",
+            "unpatched"]
 
 
 def cell_model(family, device, dtype=torch.float32, **overrides):
@@ -64,19 +65,26 @@ def generate_kwargs(model, mode, cache, device):
     if mode == "eager":
         return {**kw, "disable_compile": True}
     backend = {} if device == "cuda" else {"backend": "aot_eager"}
+    graphs = device == "cuda" and _BACKEND[0] is None  # inductor's CUDA graphs (the mode) apply
+    if _BACKEND[0] is not None:
+        backend = {"backend": _BACKEND[0]}
     if mode == "auto-compile" and cache == "static":
-        cfg = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead" if device == "cuda" else "default",
-                                         **backend)
+        cfg = transformers.CompileConfig(fullgraph=True, mode="reduce-overhead" if graphs else "default", **backend)
         cfg._compile_all_devices = True
         return {**kw, "compile_config": cfg}
-    torch_mode = {"mode": "reduce-overhead"} if mode == "reduce-overhead" and device == "cuda" else {}
+    torch_mode = {"mode": "reduce-overhead"} if mode == "reduce-overhead" and graphs else {}
     model.forward = torch.compile(model.forward, fullgraph=True, **torch_mode, **backend)
     return {**kw, "disable_compile": True}
+
+
+_BACKEND = [None]  # a torch.compile backend replacing inductor (variant backend_cudagraphs)
 
 
 def _apply_variant(variant):
     """Inductor options of a variant (before any compile); returns patch() parts for the no_part variants."""
     cfg = torch._inductor.config
+    if variant == "backend_cudagraphs":  # CUDA graph trees over aot_eager: no Triton kernels, no launcher
+        _BACKEND[0] = "cudagraphs"
     if variant == "no_static_launcher" and hasattr(cfg, "use_static_cuda_launcher"):
         cfg.use_static_cuda_launcher = False
     elif variant == "no_cudagraph_trees":
@@ -226,7 +234,7 @@ def summary(results):
     return "\n".join(lines)
 
 
-def diagnose(cell, device, seed, batches=(1, 3, 8, 32), jobs=3, script=None):
+def diagnose(cell, device, seed, batches=(1, 3, 8, 32), jobs=4, script=None):
     """A crashed cell once per variant, `jobs` children at a time; {variant: result}."""
     from concurrent.futures import ThreadPoolExecutor
     out = {}
