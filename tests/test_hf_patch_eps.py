@@ -1,4 +1,5 @@
-"""HF patching keeps each norm's own eps: a non-default rms_norm_eps with hidden states small enough that eps matters."""
+"""HF patching keeps each norm's own eps: a non-default rms_norm_eps with hidden states small enough that eps matters;
+and the bf16 accuracy rule fails for a wrong eps or a wrong rope."""
 import copy
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import infinilm_torch  # noqa: E402
-from test_hf_patch import COMMON, FAMILIES, calls, make_model  # noqa: E402,F401
+from test_hf_patch import (  # noqa: E402,F401
+    COMMON, FAMILIES, assert_bf16_rule, calls, make_model, prompt, rule_model)
 
 EPS = 1e-2
 HIDDEN = COMMON["hidden_size"]
@@ -84,3 +86,19 @@ def test_norm_module_eps_unit():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(want, _rms(x, ref_norm.weight, EPS), atol=1e-5, rtol=1e-4)
 
+
+@pytest.mark.parametrize("mutation", ["eps", "rope"])
+def test_bf16_rule_catches_wrong_math(mutation, monkeypatch):
+    """The rule fails for kernels that are wrong by more than rounding: a norm eps of 1e-2 for 1e-5, rope with the
+    GPT-J pairing for NeoX."""
+    from infinilm_torch.hf import layers
+    if mutation == "eps":
+        monkeypatch.setattr(layers, "_eps", lambda norm: 1e-2)
+    else:
+        def gptj(t, positions, table, other):
+            qt, kt = t.transpose(1, 2), other.transpose(1, 2)
+            for b in range(qt.shape[0]):
+                torch.ops.infinilm.rotary_embedding(positions[b], qt[b], kt[b], table, False)
+        monkeypatch.setattr(layers, "_rotate_inplace", gptj)
+    with pytest.raises(AssertionError, match="bf16 relative error"):
+        assert_bf16_rule(rule_model("llama", hidden_size=256, intermediate_size=384), prompt(8, 32)[0])
