@@ -55,8 +55,8 @@ def rel_tol(ref, scale):
 
 
 # ---- the matrix: batch x cache x compile mode x family, one patched model reused across batch sizes -----------
-# Compiled cells run in child processes (tests/test_hf_patch_cells.py), one child per family for all its cells (a
-# fresh child after a crash), so that a crash in inductor or CUDA graphs fails its own cell with its signal and
+# Compiled cells run in child processes (tests/test_hf_patch_cells.py), one child per group of cells (a fresh
+# child after a crash), so that a crash in inductor or CUDA graphs fails its own cell with its signal and
 # stderr. Compiling dominates: the default run compiles a few cells of one family over two batch sizes;
 # INFINILM_HF_FULL_MATRIX=1 runs every family x cache x mode over batch 1, 3, 8, 32 (one child per family, in
 # parallel under xdist), INFINILM_HF_DIAGNOSE=1 runs the first crashed and the first failed cell again once per
@@ -71,8 +71,8 @@ if FULL:
                 for f in FAMILIES}
     COMPILED_BATCHES = MATRIX_BATCHES
 elif DEV == "cuda":  # generate's hook (CUDA graphs), torch.compile reduce-overhead, inductor over a dynamic cache
-    COMPILED = {"llama": [("llama", "static", "auto-compile"), ("llama", "static", "reduce-overhead"),
-                          ("llama", "dynamic", "auto-compile")]}
+    COMPILED = {"llama-static": [("llama", "static", "auto-compile"), ("llama", "static", "reduce-overhead")],
+                "llama-dynamic": [("llama", "dynamic", "auto-compile")]}  # two children, in parallel under xdist
     COMPILED_BATCHES = [1, 3]
 else:
     COMPILED = {"llama": [("llama", "static", "auto-compile"), ("llama", "dynamic", "auto-compile")]}
@@ -90,10 +90,10 @@ def _first(kind, tmp_path_factory):
         return False
 
 
-@pytest.mark.parametrize("family", sorted(COMPILED))
-def test_cuda_matrix_compiled(family, _fresh_seed, tmp_path_factory):
-    """A family's compiled cells in one child process (see tests/test_hf_patch_cells.py for what a cell checks)."""
-    todo = COMPILED[family]
+@pytest.mark.parametrize("group", sorted(COMPILED))
+def test_cuda_matrix_compiled(group, _fresh_seed, tmp_path_factory):
+    """A group of compiled cells in one child process (see tests/test_hf_patch_cells.py for what a cell checks)."""
+    todo = COMPILED[group]
     res = cells.run_cells(todo, DEV, _fresh_seed, bf16_families=("llama",) if FULL else (), batches=COMPILED_BATCHES)
     print(cells.summary(res))  # seconds per cell (-rP shows them): what the next run can plan with
     bad = [c for c in todo if res[c]["status"] != "ok"]
