@@ -55,14 +55,28 @@ def rel_tol(ref, scale):
 
 
 # ---- the matrix: batch x cache x compile mode x family, one patched model reused across batch sizes -----------
-# Compiled cells run in child processes (tests/test_hf_patch_cells.py), so that a crash in inductor or CUDA graphs
-# fails its own cell with its signal and stderr; the first crashed cell of a run is run again once per diagnosis
-# variant (inductor options, each patched part left out, the unpatched model). Eager cells run here. First in the
-# file, compiled first: under xdist the longest tests start first.
+# Compiled cells run in child processes (tests/test_hf_patch_cells.py), one child per group of cells (a fresh
+# child after a crash), so that a crash in inductor or CUDA graphs fails its own cell with its signal and
+# stderr. Compiling dominates: the default run compiles a few cells of one family over two batch sizes;
+# INFINILM_HF_FULL_MATRIX=1 runs every family x cache x mode over batch 1, 3, 8, 32 (one child per family, in
+# parallel under xdist), INFINILM_HF_DIAGNOSE=1 runs the first crashed and the first failed cell again once per
+# diagnosis variant (inductor options, each patched part left out, the unpatched model). Eager cells run here.
 
+FULL = DEV == "cuda" and os.environ.get("INFINILM_HF_FULL_MATRIX") == "1"
+DIAGNOSE = os.environ.get("INFINILM_HF_DIAGNOSE") == "1"
 MATRIX_FAMILIES = FAMILIES if DEV == "cuda" else ["llama"]
-COMPILED_MODES = ["auto-compile", "reduce-overhead"] if DEV == "cuda" else ["auto-compile"]
 MATRIX_BATCHES = [1, 3, 8, 32] if DEV == "cuda" else [1, 3]
+if FULL:
+    COMPILED = {f: [(f, c, m) for m in ("auto-compile", "reduce-overhead") for c in ("static", "dynamic")]
+                for f in FAMILIES}
+    COMPILED_BATCHES = MATRIX_BATCHES
+elif DEV == "cuda":  # generate's hook (CUDA graphs), torch.compile reduce-overhead, inductor over a dynamic cache
+    COMPILED = {"llama-static": [("llama", "static", "auto-compile"), ("llama", "static", "reduce-overhead")],
+                "llama-dynamic": [("llama", "dynamic", "auto-compile")]}  # two children, in parallel under xdist
+    COMPILED_BATCHES = [1, 3]
+else:
+    COMPILED = {"llama": [("llama", "static", "auto-compile"), ("llama", "dynamic", "auto-compile")]}
+    COMPILED_BATCHES = [1, 3]
 
 
 def _first(kind, tmp_path_factory):
@@ -76,23 +90,24 @@ def _first(kind, tmp_path_factory):
         return False
 
 
-@pytest.mark.parametrize("family", MATRIX_FAMILIES)
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
-@pytest.mark.parametrize("mode", COMPILED_MODES)
-def test_cuda_matrix_compiled(family, cache, mode, _fresh_seed, tmp_path_factory):
-    """Each cell in a child process (see tests/test_hf_patch_cells.py for what a cell checks). The first crashed
-    (or timed-out) cell and the first failed one of the session are run again once per diagnosis variant."""
-    cell = (family, cache, mode)
-    res = cells.run_cells([cell], DEV, _fresh_seed, bf16_families=("llama",), batches=MATRIX_BATCHES)
-    r = res[cell]
-    if r["status"] == "ok":
+@pytest.mark.parametrize("group", sorted(COMPILED))
+def test_cuda_matrix_compiled(group, _fresh_seed, tmp_path_factory):
+    """A group of compiled cells in one child process (see tests/test_hf_patch_cells.py for what a cell checks)."""
+    todo = COMPILED[group]
+    res = cells.run_cells(todo, DEV, _fresh_seed, bf16_families=("llama",) if FULL else (), batches=COMPILED_BATCHES)
+    print(cells.summary(res))  # seconds per cell (-rP shows them): what the next run can plan with
+    bad = [c for c in todo if res[c]["status"] != "ok"]
+    if not bad:
         return
-    crashed = r["status"] in ("crash", "timeout")
-    msg = cells.summary(res) + "\n" + (r["stderr"] if crashed else r["error"])
-    if _first("crash" if crashed else "fail", tmp_path_factory):
-        diag = cells.diagnose(cell, DEV, _fresh_seed, batches=MATRIX_BATCHES)
-        msg += "\ndiagnosis (the same cell, one change each):\n" + cells.summary(
-            {(*cell, v): d for v, d in diag.items()})
+    msg = cells.summary(res)
+    for cell in bad:
+        r = res[cell]
+        crashed = r["status"] in ("crash", "timeout")
+        msg += f"\n---- {'/'.join(cell)}\n" + (r["stderr"] if crashed else r["error"])
+        if DIAGNOSE and _first("crash" if crashed else "fail", tmp_path_factory):
+            diag = cells.diagnose(cell, DEV, _fresh_seed, batches=COMPILED_BATCHES)
+            msg += "\ndiagnosis (the same cell, one change each):\n" + cells.summary(
+                {(*cell, v): d for v, d in diag.items()})
     pytest.fail(msg, pytrace=False)
 
 
