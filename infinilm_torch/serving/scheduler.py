@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional
 
 from infinilm_torch.serving.block_manager import BlockManager
+from infinilm_torch.serving.block_table import BlockTable
 from infinilm_torch.serving.sequence import Sequence
 
 
@@ -60,6 +61,7 @@ class PagedScheduler:
         self.waiting: Deque[Sequence] = collections.deque()
         self.running: List[Sequence] = []
         self.num_preemptions = 0
+        self.table = BlockTable()
 
     def check_fits(self, seq: Sequence) -> None:
         need = self.bm.blocks_for(seq.final_len)
@@ -80,6 +82,7 @@ class PagedScheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         _leave(self.running, seq)
+        self.table.drop(seq)
         self.bm.free(seq.blocks)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
@@ -119,6 +122,7 @@ class PagedScheduler:
             if not bm.can_take(cached, need):
                 break
             bm.take(cached)
+            self.table.drop(seq)
             seq.blocks = list(cached) + bm.allocate(need)
             seq.num_computed, seq.hashed_blocks = done, len(cached)
             if not seq.out:  # first admission: count prompt tokens found in the prefix cache
@@ -154,9 +158,11 @@ class PagedScheduler:
     def finish(self, seq: Sequence) -> None:
         if seq.in_running:
             _leave(self.running, seq)
+            self.table.drop(seq)
             self.bm.free(seq.blocks)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+            self.table.drop(seq)
             self.bm.free(seq.blocks)
 
 

@@ -33,6 +33,8 @@ class Sequence:
         self.tokens: List[int] = list(prompt)  # prompt + out: what the cache must hold (minus the newest token)
         self.num_computed = 0                  # tokens whose KV is in the cache
         self.blocks: List[int] = []
+        self.table_row: Optional[int] = None   # its row of the scheduler's BlockTable (paged cache)
+        self.table_len = 0                     # leading blocks written into that row
         self.hashed_blocks = 0                 # leading blocks already registered in the prefix cache
         self.slot: Optional[int] = None        # static cache row
         self.in_running = False                # in its scheduler's running list

@@ -73,7 +73,7 @@ def step_inputs(scheduler, batch: Batch, prev: Optional[Launched] = None) -> dic
     for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
         ids += s.tokens[st:st + n]
     starts, lengths = _i64(batch.starts), _i64(batch.lengths)
-    tables = sampler.padded([s.blocks for s in batch.seqs], pad=0)
+    tables = scheduler.table.gather(batch.seqs)
     if len(ids) == len(batch.seqs):  # decodes only: one token per sequence, at its cache length
         rows, pos = torch.arange(len(ids)), starts.clone()
     else:
