@@ -110,13 +110,20 @@ def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> di
 
     def col(get, idle, dtype=torch.float32):
         return torch.tensor([get(p) if p is not None else idle for p in ps], dtype=dtype)
+    if None in ps:
+        floats = [(p.temperature, p.top_p, p.min_p) if p is not None else (0.0, 1.0, 0.0) for p in ps]
+        seeds = [step_seed(s.seed, len(s.out) + s.num_pending) if s is not None else 0 for s in seqs]
+    else:  # (the paged cache's case: no idle rows; plain comprehensions, this runs every step)
+        floats = [(p.temperature, p.top_p, p.min_p) for p in ps]
+        seeds = [step_seed(s.seed, len(s.out) + s.num_pending) for s in seqs]
+    temps, top_ps, min_ps = torch.tensor(floats, dtype=torch.float32).t().contiguous() if floats else \
+        (torch.zeros(0),) * 3
     out = dict(
-        temperatures=col(lambda p: p.temperature, 0.0),
+        temperatures=temps,
         top_ks=col(lambda p: max(p.top_k, 0), 0, torch.int64),
-        top_ps=col(lambda p: p.top_p, 1.0),
-        min_ps=col(lambda p: p.min_p, 0.0),
-        seeds=torch.tensor([step_seed(s.seed, len(s.out) + s.num_pending) if s is not None else 0 for s in seqs],
-                           dtype=torch.int64),
+        top_ps=top_ps,
+        min_ps=min_ps,
+        seeds=torch.tensor(seeds, dtype=torch.int64),
         return_logprobs=-1 if logprobs is None else int(logprobs),
     )
     if any(p is not None and penalized(p) for p in ps):

@@ -92,25 +92,32 @@ class PagedScheduler:
         bm, batch = self.bm, Batch()
         budget = self.max_step_tokens
         preempted = False
-        for seq in list(self.running):
+        bs, seqs, starts, lengths = bm.block_size, batch.seqs, batch.starts, batch.lengths
+        for seq in list(self.running):  # (inlined: this loop runs once per running sequence and step)
             if budget == 0:
                 break
             if not seq.in_running:  # preempted below as a victim
                 continue
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            c = seq.num_computed
+            n = len(seq.tokens) - c
+            if n > budget:
+                n = budget
             if n == 0:  # its next token is its last and still in flight: nothing left to compute
                 continue
-            need = bm.blocks_for(seq.num_computed + n) - len(seq.blocks)
-            while need > bm.num_free:
-                victim = self.running[-1]
-                self._preempt(victim)
-                preempted = True
-                if victim is seq:
+            need = -(-(c + n) // bs) - len(seq.blocks)
+            if need > 0:  # most decode steps fill no block
+                while need > bm.num_free:
+                    victim = self.running[-1]
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is seq:
+                        break
+                if not seq.in_running:
                     break
-            if not seq.in_running:
-                break
-            seq.blocks += bm.allocate(need)
-            batch.add(seq, n)
+                seq.blocks += bm.allocate(need)
+            seqs.append(seq)
+            starts.append(c)
+            lengths.append(n)
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             seq = self.waiting[0]
@@ -137,14 +144,15 @@ class PagedScheduler:
 
     def update(self, batch: Batch) -> List[bool]:
         """Account the step's computed tokens; per batch entry, whether its sampled token is a real next token."""
-        sampled = []
+        sampled, bs = [], self.bm.block_size
         for seq, n in zip(batch.seqs, batch.lengths):
-            if seq.finished or not seq.in_running:
+            if seq.finish_reason is not None or not seq.in_running:
                 sampled.append(False)
                 continue
-            seq.num_computed += n
-            self.commit(seq)
-            sampled.append(seq.num_computed == seq.num_tokens)
+            c = seq.num_computed = seq.num_computed + n
+            if min(c, len(seq.prompt) + len(seq.out)) >= (seq.hashed_blocks + 1) * bs:  # commit's own test
+                self.commit(seq)
+            sampled.append(c == len(seq.tokens))
         return sampled
 
     def commit(self, seq: Sequence) -> None:

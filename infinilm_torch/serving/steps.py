@@ -167,7 +167,21 @@ def finish(core, rec: Launched) -> None:
     now = time.perf_counter()
     touched = {}
     decode = core.llm.decode
+    sched = core.scheduler
+    bs = sched.bm.block_size if hasattr(sched, "bm") else None  # paged: commit's own test inlined below
     for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
+        req = s.request
+        if lps[j] is None and not s.params.stop and not req.stream:  # the common case, with the calls inlined
+            s.resolve(tok)
+            if req.first_token is None:
+                req.first_token = now
+            touched[req.request_id] = req
+            if s.finish_reason is not None:
+                check_stop_strings(s, decode)
+                sched.finish(s)
+            elif bs is None or min(s.num_computed, len(s.prompt) + len(s.out)) >= (s.hashed_blocks + 1) * bs:
+                sched.commit(s)
+            continue
         if lps[j] is not None and s.logprobs is not None:
             lp, rank, top = lps[j]
             entry = {t: Logprob(v, None) for t, v in top.items()}
@@ -186,7 +200,7 @@ def finish(core, rec: Launched) -> None:
             core.scheduler.commit(s)
         touched[s.request.request_id] = s.request
     for rid, req in touched.items():
-        done = all(s.finished for s in req.seqs)
+        done = req.seqs[0].finish_reason is not None if len(req.seqs) == 1 else all(s.finished for s in req.seqs)
         if done:
             core.retire(rid)
         if done or req.stream:
