@@ -89,7 +89,7 @@ def run(path: str, running: int, args) -> dict:
         steps.append(time.perf_counter() - t0)
         fwds.append(timed.fwd - f0)
     if prof:
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(args.profile)
+        pstats.Stats(prof).sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(args.profile)
     host = [s - f for s, f in zip(steps, fwds)]
     ms = 1e3
     return dict(running=running, step=ms * statistics.median(steps), fwd=ms * statistics.median(fwds),

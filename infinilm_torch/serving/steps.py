@@ -70,8 +70,21 @@ def step_inputs(scheduler, batch: Batch, prev: Optional[Launched] = None) -> dic
     # Paged: token-level tensors from per-sequence ones (no Python loop over tokens).
     bs = scheduler.bm.block_size
     ids: List[int] = []
+    src: List[int] = []  # per sequence: _feed_row (inlined: this loop runs once per sequence and step)
+    pstep = prev.step if prev is not None else None
     for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
-        ids += s.tokens[st:st + n]
+        t = s.tokens
+        end = st + n
+        if n == 1:
+            ids.append(t[st])
+        else:
+            ids += t[st:end]
+        if end == len(t) and t[-1] == PLACEHOLDER:
+            if s.feed[0] != pstep:
+                _feed_row(s, end, prev)  # raises
+            src.append(s.feed[1])
+        else:
+            src.append(-1)
     starts, lengths = _i64(batch.starts), _i64(batch.lengths)
     tables = scheduler.table.gather(batch.seqs)
     if len(ids) == len(batch.seqs):  # decodes only: one token per sequence, at its cache length
@@ -84,7 +97,6 @@ def step_inputs(scheduler, batch: Batch, prev: Optional[Launched] = None) -> dic
     ids_t = _i64(ids)
     out = dict(input_ids=ids_t.view(1, -1), position_ids=pos, cache_lengths=starts, input_lengths=lengths,
                slot_mapping=slots, block_tables=tables)
-    src = [_feed_row(s, st + n, prev) for s, st, n in zip(batch.seqs, batch.starts, batch.lengths)]
     if any(r >= 0 for r in src):
         index = torch.full((len(ids),), -1, dtype=torch.int64)
         index[torch.cumsum(lengths, 0) - 1] = _i64(src)
@@ -144,12 +156,15 @@ def finish(core, rec: Launched) -> None:
     t0 = time.perf_counter()
     out.wait()
     core.wait_s += time.perf_counter() - t0
-    ids = out.output_ids.view(-1)[where]
     live_seqs = [seqs[i] for i in live]
-    ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs]
-    tokens = ids[live].clone()
+    if rec.batch.rows is None and len(live) == len(where):  # paged, every row live: the rows in order
+        tokens = out.output_ids.view(-1)[:len(where)].clone()
+    else:
+        tokens = out.output_ids.view(-1)[where][live].clone()
     lps: List[Optional[tuple]] = [None] * len(live)
-    host_j = [j for j, i in enumerate(live) if rec.on_host[i]]
+    has_lp = rec.k is not None  # some row asked for logprobs
+    ks = [s.params.logprobs if s.params.logprobs is not None else 0 for s in live_seqs] if has_lp else None
+    host_j = [j for j, i in enumerate(live) if rec.on_host[i]] if any(rec.on_host) else []
     if host_j:
         lg = out.logits[[where[live[j]] for j in host_j]]
         hs = [live_seqs[j] for j in host_j]
@@ -158,7 +173,8 @@ def finish(core, rec: Launched) -> None:
         if any(q.params.logprobs is not None for q in hs):
             for j, r in zip(host_j, sampler.logprobs_of(lg, drawn, [ks[j] for j in host_j])):
                 lps[j] = r
-    eng_j = [j for j, i in enumerate(live) if not rec.on_host[i] and live_seqs[j].params.logprobs is not None]
+    eng_j = [j for j, i in enumerate(live) if not rec.on_host[i] and live_seqs[j].params.logprobs is not None] \
+        if has_lp else []
     if eng_j:
         res = engine_logprobs(out, [where[live[j]] for j in eng_j], [int(tokens[j]) for j in eng_j],
                               [ks[j] for j in eng_j])
