@@ -42,6 +42,7 @@ class Request:
     seqs: List[Sequence] = field(default_factory=list)
     arrival: float = field(default_factory=time.perf_counter)
     first_token: Optional[float] = None
+    prompt_out: Optional[List[int]] = None  # one copy of prompt_token_ids that its outputs share (not per step)
 
 
 _cores: "weakref.WeakSet[EngineCore]" = weakref.WeakSet()

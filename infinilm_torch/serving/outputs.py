@@ -66,4 +66,8 @@ def request_output(req, finished: bool, decode) -> RequestOutput:
     if finished:
         m["finished"] = time.perf_counter()
     cached = req.seqs[0].num_cached_prompt if req.seqs else 0
-    return RequestOutput(req.request_id, req.prompt, list(req.prompt_token_ids), outs, finished, cached, m)
+    # A streamed request's outputs share one copy of its prompt ids (copying them every step is most of the
+    # cost of an output); the engine's own list is never handed out.
+    if getattr(req, "prompt_out", None) is None:
+        req.prompt_out = list(req.prompt_token_ids)
+    return RequestOutput(req.request_id, req.prompt, req.prompt_out, outs, finished, cached, m)
