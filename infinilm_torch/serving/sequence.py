@@ -50,6 +50,8 @@ class Sequence:
         # None: up to the longest sequence that can run (explicit values are checked against it on admission).
         self.max_tokens = params.max_tokens if params.max_tokens is not None else max(1, max_len - len(prompt) + 1)
         self.stop_ids = set(stop_ids)
+        # Plain greedy without logprobs: the engine's argmax serves it (read every step; params do not change).
+        self.simple = params.greedy and params.plain and params.logprobs is None
 
     @property
     def finished(self) -> bool:

@@ -112,10 +112,12 @@ def launch(core, batch: Batch, prev: Optional[Launched], non_blocking: bool) -> 
     # samples (from the returned logits) rows still under min_tokens (stop ids masked) and, without an engine
     # sampler, every non-greedy row. The choice depends on the row alone, so a seeded row's draw does not
     # depend on its batch.
-    simple = [s.params.greedy and s.params.plain and s.params.logprobs is None for s in seqs]
+    simple = [s.simple for s in seqs]
     engine_sampling = core.engine_per_request and not all(simple)
-    on_host = [len(s.out) + s.num_pending < s.params.min_tokens or (not simple[i] and not engine_sampling)
-               for i, s in enumerate(seqs)]
+    if engine_sampling:  # (the same rule, with its second half known to be False)
+        on_host = [len(s.out) + s.num_pending < s.params.min_tokens for s in seqs]
+    else:
+        on_host = [len(s.out) + s.num_pending < s.params.min_tokens or not simple[i] for i, s in enumerate(seqs)]
     k = max((s.params.logprobs for s in seqs if s.params.logprobs is not None), default=None)
     # Logprob rows on the engine path also fetch logits: the chosen token's rank needs the whole row.
     want_logits = any(on_host) or (engine_sampling and k is not None)
