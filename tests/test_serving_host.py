@@ -204,9 +204,15 @@ def test_overlapped_steps_feed_every_token_its_true_id():
         fed = [prev.drawn[i] if i >= 0 else t for t, i in zip(ids, index)]
         n_fed += sum(i >= 0 for i in index)
         at = 0
+        width = max(len(s.blocks) for s in batch.seqs)
+        # the persistent block-table rows equal each sequence's current blocks after preemptions and finishes
+        assert inp["block_tables"].tolist() == [s.blocks + [0] * (width - len(s.blocks)) for s in batch.seqs]
+        slots = []
         for s, st, n in zip(batch.seqs, batch.starts, batch.lengths):
             assert fed[at:at + n] == truth[s.seq_id][st:st + n], (s.seq_id, st, n)
+            slots += [bm.slot(s.blocks, q) for q in range(st, st + n)]
             at += n
+        assert inp["slot_mapping"].tolist() == slots
         rec = types.SimpleNamespace(batch=batch, sampled=sched.update(batch), where=list(range(len(batch.seqs))),
                                     drawn=[rng.randrange(20) for _ in batch.seqs], step=n_steps, out=None,
                                     last=[])
