@@ -189,13 +189,14 @@ def finish(core, rec: Launched) -> None:
     bs = sched.bm.block_size if hasattr(sched, "bm") else None  # paged: commit's own test inlined below
     for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
         req = s.request
-        if lps[j] is None and not s.params.stop and not req.stream:  # the common case, with the calls inlined
+        if lps[j] is None:  # the common case (no logprobs), with the calls and their early returns inlined
             s.resolve(tok)
+            if s.finish_reason is not None or req.stream or s.params.stop:
+                check_stop_strings(s, decode)
             if req.first_token is None:
                 req.first_token = now
             touched[req.request_id] = req
             if s.finish_reason is not None:
-                check_stop_strings(s, decode)
                 sched.finish(s)
             elif bs is None or min(s.num_computed, len(s.prompt) + len(s.out)) >= (s.hashed_blocks + 1) * bs:
                 sched.commit(s)
