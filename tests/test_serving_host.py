@@ -238,3 +238,14 @@ def test_overlapped_steps_feed_every_token_its_true_id():
     for s in seqs:  # the outputs are the true ids up to the finish
         assert s.out == truth[s.seq_id][len(s.prompt):len(s.prompt) + len(s.out)]
         assert len(s.out) == s.max_tokens or s.out[-1] == 7
+
+
+def test_step_seeds_equal_step_seed():
+    """The tensor form of a draw's seed (engine_fields) equals the per-sequence one, for any int seed."""
+    from infinilm_torch.serving.sequence import _MASK, step_seed, step_seeds
+
+    rng = random.Random(5)
+    seeds = [rng.randrange(-(1 << 80), 1 << 80) for _ in range(3000)] + [0, -1, (1 << 63) - 1, 1 << 63, -(1 << 63)]
+    at = [rng.randrange(1 << 24) for _ in seeds]
+    got = step_seeds(torch.tensor([x & _MASK for x in seeds]), torch.tensor(at)).tolist()
+    assert got == [step_seed(x, s) for x, s in zip(seeds, at)]

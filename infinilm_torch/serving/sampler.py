@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from infinilm_torch.serving.sequence import Sequence, step_seed
+from infinilm_torch.serving.sequence import Sequence, step_seed, step_seeds
 
 
 def padded(rows: List[List[int]], pad: int = -1) -> torch.Tensor:
@@ -115,15 +115,16 @@ def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> di
         seeds = [step_seed(s.seed, len(s.out) + s.num_pending) if s is not None else 0 for s in seqs]
     else:  # (the paged cache's case: no idle rows; plain comprehensions, this runs every step)
         floats = [(p.temperature, p.top_p, p.min_p) for p in ps]
-        seeds = [step_seed(s.seed, len(s.out) + s.num_pending) for s in seqs]
+        seeds = step_seeds(torch.tensor([s.seed63 for s in seqs], dtype=torch.int64),
+                           torch.tensor([len(s.out) + s.num_pending for s in seqs], dtype=torch.int64))
     temps, top_ps, min_ps = torch.tensor(floats, dtype=torch.float32).t().contiguous() if floats else \
         (torch.zeros(0),) * 3
     out = dict(
         temperatures=temps,
-        top_ks=col(lambda p: max(p.top_k, 0), 0, torch.int64),
+        top_ks=torch.tensor([(p.top_k if p.top_k > 0 else 0) if p is not None else 0 for p in ps], dtype=torch.int64),
         top_ps=top_ps,
         min_ps=min_ps,
-        seeds=torch.tensor(seeds, dtype=torch.int64),
+        seeds=seeds if isinstance(seeds, torch.Tensor) else torch.tensor(seeds, dtype=torch.int64),
         return_logprobs=-1 if logprobs is None else int(logprobs),
     )
     if any(p is not None and penalized(p) for p in ps):

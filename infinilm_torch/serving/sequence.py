@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 from typing import Dict, List, Optional
 
+import torch
+
 from infinilm_torch.serving.params import Logprob, SamplingParams
 
 _ids = itertools.count()
@@ -23,11 +25,28 @@ def step_seed(seed: int, step: int) -> int:
     return x ^ (x >> 29)
 
 
+def _signed(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_A, _B, _C, _D = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB,
+                                       0xD6E8FEEBDA00E26B))
+
+
+def step_seeds(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``step_seed`` over int64 tensors (products wrap mod 2**64; the 63-bit mask makes the low bits the same)."""
+    x = (seeds * _A + steps * _B + _C) & _MASK
+    x ^= x >> 31
+    x = (x * _D) & _MASK
+    return x ^ (x >> 29)
+
+
 class Sequence:
     def __init__(self, request, index: int, prompt: List[int], params: SamplingParams, seed: int, max_len: int,
                  stop_ids: List[int]):
         self.seq_id = next(_ids)
         self.request, self.index, self.params, self.seed = request, index, params, seed
+        self.seed63 = seed & _MASK  # what step_seed reads of it (fits an int64 tensor: step_seeds)
         self.prompt = prompt
         self.out: List[int] = []
         self.tokens: List[int] = list(prompt)  # prompt + out: what the cache must hold (minus the newest token)
