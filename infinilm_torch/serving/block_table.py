@@ -35,6 +35,9 @@ class BlockTable:
     def gather(self, seqs) -> torch.Tensor:
         """[len(seqs), longest] int64: each sequence's block ids, 0 padded (a new tensor)."""
         rows, width = [], 1
+        at_r: List[int] = []  # new entries (row, column, block id), written in one indexed store below
+        at_c: List[int] = []
+        vals: List[int] = []
         for s in seqs:
             n = len(s.blocks)
             if n > width:
@@ -50,7 +53,12 @@ class BlockTable:
                                        f"without its block-table row being dropped")
                 if n > self.t.shape[1]:
                     self._grow(0, max(n, 2 * self.t.shape[1]))
-                self.t[r, s.table_len:n] = torch.tensor(s.blocks[s.table_len:n], dtype=torch.int64)
+                at_r += [r] * (n - s.table_len)
+                at_c += range(s.table_len, n)
+                vals += s.blocks[s.table_len:n]
                 s.table_len = n
             rows.append(r)
+        if vals:
+            self.t[torch.tensor(at_r, dtype=torch.int64), torch.tensor(at_c, dtype=torch.int64)] = \
+                torch.tensor(vals, dtype=torch.int64)
         return self.t[torch.tensor(rows, dtype=torch.int64), :width]
