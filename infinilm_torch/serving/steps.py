@@ -97,9 +97,12 @@ def step_inputs(scheduler, batch: Batch, prev: Optional[Launched] = None) -> dic
     ids_t = _i64(ids)
     out = dict(input_ids=ids_t.view(1, -1), position_ids=pos, cache_lengths=starts, input_lengths=lengths,
                slot_mapping=slots, block_tables=tables)
-    if any(r >= 0 for r in src):
-        index = torch.full((len(ids),), -1, dtype=torch.int64)
-        index[torch.cumsum(lengths, 0) - 1] = _i64(src)
+    if max(src, default=-1) >= 0:
+        if len(ids) == len(src):  # decodes only: each sequence's one token is its last
+            index = _i64(src)
+        else:
+            index = torch.full((len(ids),), -1, dtype=torch.int64)
+            index[torch.cumsum(lengths, 0) - 1] = _i64(src)
         ids_t.clamp_(min=0)
         out.update(prev_output=prev.out, prev_token_index=index)
     return out
