@@ -205,15 +205,15 @@ static void decode_short(int sms) {
         });
       }
       decode_split_plan(1, HK * decode_ctas_per_kv_head(HQ / HK, DType::kBFloat16), bound, sms, &p.splits,
-                        &p.part_size, DType::kBFloat16, D);
+                        &p.part_size, DType::kBFloat16, D, &p.warps);
       t[5] = time_graph(L, [&](int i) {
         DecodeParams pi = p;
         pi.k_cache = kc[i];
         pi.v_cache = vc[i];
         CHECK(launch_paged_decode(pi, DType::kBFloat16, D, g_stream));
       });
-      std::printf("%6d %8d | %8.2f %8.2f %8.2f %8.2f %8.2f | %8.2f (splits %d)\n", len, bound, t[0], t[1], t[2], t[3],
-                  t[4], t[5], p.splits);
+      std::printf("%6d %8d | %8.2f %8.2f %8.2f %8.2f %8.2f | %8.2f (splits %d, %d warps)\n", len, bound, t[0], t[1],
+                  t[2], t[3], t[4], t[5], p.splits, p.warps);
     }
   }
 }

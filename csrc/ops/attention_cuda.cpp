@@ -180,7 +180,8 @@ at::Tensor paged_attention_decode_cuda(const at::Tensor& query, const at::Tensor
   ka::DecodeParams p{};
   fill_common(p, q, key_cache, value_cache, block_tables, sl, scale, log_bs, window_left, softcap);
   p.rows = static_cast<int>(rows);
-  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, &p.splits, &p.part_size, dt, static_cast<int>(d));
+  ka::decode_split_plan(rows, ctas_per_row, bound, num_sms, &p.splits, &p.part_size, dt, static_cast<int>(d),
+                        &p.warps);
   const int forced = forced_decode_splits();
   if (forced != 0) {
     p.splits = std::abs(forced);

@@ -18,9 +18,9 @@ namespace infinilm {
 namespace cuda {
 namespace attn {
 
-// W: warps per CTA, decode_tc_warps(D) by default; a small grid (short batch) takes twice as many with a
-// 2-deep ring: a warp's tiles are walked one after another (~1 us each on an H200 at batch 1), so more warps
-// per CTA make a short context cheaper without the global split merge.
+// W: warps per CTA, decode_tc_warps(D) by default; a small grid (decode_split_plan's choice, DecodeParams::warps)
+// takes twice as many with a 2-deep ring: a warp's tiles are walked one after another (~1 us each on an H200 at
+// batch 1), so more warps per CTA make a short context cheaper without the global split merge.
 template <int D, int W = decode_tc_warps(D)>
 struct DecodeTcShape {
   static constexpr int kTile = 16;                           // tokens per MMA step
@@ -278,18 +278,13 @@ inline cudaError_t launch_decode_tc_dw(const DecodeParams& p, const dim3 grid, c
   return cudaSuccess;
 }
 
-// CTAs at or below which a launch takes the wide CTAs (most SMs would idle anyway).
-constexpr int64_t kDecodeWideMaxCtas = 64;
-
 template <typename T, int D>
 inline cudaError_t launch_decode_tc_d(const DecodeParams& p, cudaStream_t stream) {
   const int chunks = (p.hq / p.hk + 15) / 16;
   const dim3 grid(p.rows, p.hk * chunks, p.splits);
   constexpr int W = decode_tc_warps(D);
-  // Wide only where a split has more tiles than the default CTA has warps (a bound of 64 tokens gains nothing).
-  const bool wide = static_cast<int64_t>(grid.x) * grid.y * grid.z <= kDecodeWideMaxCtas && p.part_size > 16 * W;
-  const cudaError_t err = wide ? launch_decode_tc_dw<T, D, 2 * W>(p, grid, stream)
-                               : launch_decode_tc_dw<T, D, W>(p, grid, stream);
+  const cudaError_t err = p.warps > W ? launch_decode_tc_dw<T, D, 2 * W>(p, grid, stream)
+                                      : launch_decode_tc_dw<T, D, W>(p, grid, stream);
   if (err != cudaSuccess) return err;
   if (p.splits > 1 && p.counters == nullptr) paged_decode_merge_kernel<T, D><<<dim3(p.rows, p.hq), 64, 0, stream>>>(p);
   return cudaGetLastError();

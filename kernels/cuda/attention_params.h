@@ -42,6 +42,8 @@ struct DecodeParams {
   // [num_blocks, Hk, block_size, D] layout. capacity: tokens a block-table row holds (0 = max_blocks << log_bs).
   int64_t block_stride, head_stride, capacity;
   int rows, num_reqs, hq, hk, log_bs, max_blocks, splits, part_size;
+  // Warps per tensor-core decode CTA (decode_split_plan's choice); 0 = decode_tc_warps(head_dim).
+  int warps = 0;
   bool bt64, sl64, qsl64;
   float scale_log2;  // scale * log2(e): scores live in base-2 units so exp2f does the exponentials
   // A query at position p sees keys [p - window_left, p] (FlashAttention's window_size[0]; HF's
@@ -92,19 +94,28 @@ inline int decode_ctas_per_kv_head(int group, DType dt) {
   return (group + hpc - 1) / hpc;
 }
 
-// Splits per row. Tensor cores: about 2 CTAs (8 warps) per SM, no warp walking fewer than 64 tokens; FMAs
-// (float32): about 4 one-split CTAs per SM, no split shorter than 64 tokens. At most 256 splits; part_size
-// is a multiple of 64 tokens per warp. History: on an H100 (benchmarks/decode_sweep.cu, bf16, Llama-3-8B
-// shapes, one-warp CTAs) about 4 warps per SM was within 1-2% of the best split count at B=1/ctx 4k and
-// 32k, B=8 and B=32 at ctx 4k; the multi-warp CTAs keep that per-warp work.
+// Rows x CTAs per row at or below which tensor-core decode CTAs take twice decode_tc_warps(head_dim) warps
+// (batch 1 with 8 KV heads, batch 2 with 8, ...): a warp walks its tiles one after another (~1 µs each on an
+// H200), so a small grid gains from more warps per CTA instead of more CTAs and a larger split merge.
+constexpr int64_t kDecodeWideMaxBase = 16;
+
+// Splits per row. Tensor cores: about 8 warps per SM (2 CTAs of 4, or 1 of 8 for a small grid), rounded down to
+// whole CTAs so the grid does not spill into a second, nearly empty wave; no warp walking fewer than 64 tokens
+// of a default CTA (splits of at least 256 tokens for head_dim <= 128). FMAs (float32): about 4 one-split CTAs
+// per SM, no split shorter than 64 tokens. At most 256 splits; part_size a multiple of the unit. *warps: the
+// tensor-core CTA's warps (null: not wanted; the launch then uses decode_tc_warps). History: on an H100
+// (benchmarks/decode_sweep.cu, bf16, Llama-3-8B shapes, one-warp CTAs) about 4 warps per SM was within 1-2% of
+// the best split count at B=1/ctx 4k and 32k, B=8 and B=32 at ctx 4k; on an H200 (benchmarks/gemv_sweep.cu,
+// d 64, B=1) 8-warp CTAs cut ctx 200 from 6.75 to 5.56 µs and ctx 512 from 11.6 to 9.2 µs.
 inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, int num_sms, int* splits,
-                              int* part_size, DType dt = DType::kBFloat16, int head_dim = 128) {
+                              int* part_size, DType dt = DType::kBFloat16, int head_dim = 128, int* warps_out = nullptr) {
   const bool tc = decode_uses_tensor_cores(dt);
-  const int64_t warps = tc ? decode_tc_warps(head_dim) : 1;
-  const int64_t target = tc ? (8 * static_cast<int64_t>(num_sms)) / warps : 4 * static_cast<int64_t>(num_sms);
-  const int64_t unit = 64 * warps;
   const int64_t base = rows * ctas_per_row > 0 ? rows * ctas_per_row : 1;
-  int64_t s = (target + base - 1) / base;
+  const int64_t dflt = tc ? decode_tc_warps(head_dim) : 1;
+  const int64_t warps = tc && base <= kDecodeWideMaxBase ? 2 * dflt : dflt;
+  const int64_t target = tc ? (8 * static_cast<int64_t>(num_sms)) / warps : 4 * static_cast<int64_t>(num_sms);
+  const int64_t unit = 64 * dflt;
+  int64_t s = target / base;
   const int64_t cap = (max_len + unit - 1) / unit;
   s = s > cap ? cap : s;
   s = s > 256 ? 256 : (s < 1 ? 1 : s);
@@ -113,6 +124,7 @@ inline void decode_split_plan(int64_t rows, int ctas_per_row, int64_t max_len, i
   s = max_len > 0 ? (max_len + part - 1) / part : 1;
   *splits = static_cast<int>(s < 1 ? 1 : s);
   *part_size = static_cast<int>(part);
+  if (warps_out != nullptr) *warps_out = tc ? static_cast<int>(warps) : 0;
 }
 
 // A block of any length (not a power of two) is addressed with this shift: one block per request, so the
