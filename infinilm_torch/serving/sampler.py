@@ -110,13 +110,14 @@ def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> di
 
     def col(get, idle, dtype=torch.float32):
         return torch.tensor([get(p) if p is not None else idle for p in ps], dtype=dtype)
-    if None in ps:
-        floats = [(p.temperature, p.top_p, p.min_p) if p is not None else (0.0, 1.0, 0.0) for p in ps]
-        seeds = [step_seed(s.seed, len(s.out) + s.num_pending) if s is not None else 0 for s in seqs]
-    else:  # (the paged cache's case: no idle rows; plain comprehensions, this runs every step)
-        floats = [(p.temperature, p.top_p, p.min_p) for p in ps]
-        seeds = step_seeds(torch.tensor([s.seed63 for s in seqs], dtype=torch.int64),
-                           torch.tensor([len(s.out) + s.num_pending for s in seqs], dtype=torch.int64))
+    live = [s for s in seqs if s is not None]
+    floats = [(p.temperature, p.top_p, p.min_p) if p is not None else (0.0, 1.0, 0.0) for p in ps]
+    seeds = step_seeds(torch.tensor([s.seed63 for s in live], dtype=torch.int64),
+                       torch.tensor([len(s.out) + s.num_pending for s in live], dtype=torch.int64))
+    if len(live) < len(seqs):  # idle static-cache rows draw nothing: seed 0
+        full = torch.zeros(len(seqs), dtype=torch.int64)
+        full[torch.tensor([s is not None for s in seqs])] = seeds
+        seeds = full
     temps, top_ps, min_ps = torch.tensor(floats, dtype=torch.float32).t().contiguous() if floats else \
         (torch.zeros(0),) * 3
     out = dict(
@@ -124,7 +125,7 @@ def engine_fields(seqs: List[Optional[Sequence]], logprobs: Optional[int]) -> di
         top_ks=torch.tensor([(p.top_k if p.top_k > 0 else 0) if p is not None else 0 for p in ps], dtype=torch.int64),
         top_ps=top_ps,
         min_ps=min_ps,
-        seeds=seeds if isinstance(seeds, torch.Tensor) else torch.tensor(seeds, dtype=torch.int64),
+        seeds=seeds,
         return_logprobs=-1 if logprobs is None else int(logprobs),
     )
     if any(p is not None and penalized(p) for p in ps):
