@@ -217,10 +217,15 @@ def print_rows(rows, ceil):
               f"{r['baseline_us']:9.1f} {r['speedup']:7.2f}")
 
 
-def main():
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("decode", "prefill"), help="run one half of the grid")
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     ceil = measure_ceilings()
-    rows = bench_paged_attention_decode(ceil) + bench_paged_attention_prefill(ceil)
+    rows = [] if args.only == "prefill" else bench_paged_attention_decode(ceil)
+    rows += [] if args.only == "decode" else bench_paged_attention_prefill(ceil)
     print_rows(rows, ceil)
 
 
