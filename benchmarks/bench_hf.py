@@ -5,7 +5,8 @@
     python benchmarks/bench_hf.py --device cuda --shapes llama-3.2-1b --modes compiled-dynamic compiled
 
 Random weights with the model's shapes. "prefill ms" is one generate() of a single token; "decode tok/s" is
-batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token). Modes: eager with transformers'
+batch * (new_tokens - 1) / (time of new_tokens tokens - time of 1 token), the median over ``--repeats`` rounds
+that time the models of a cell in turn; the bracketed ratio is the median of the per-round ratios. Modes: eager with transformers'
 dynamic cache and with a static cache; "compiled" with a static cache is generate's own compile hook (fullgraph,
 mode="reduce-overhead": CUDA graphs on CUDA, what transformers' automatic compile uses; inductor "default" on
 CPU). "compiled" with a dynamic cache compiles the decode steps with inductor mode "default" (no CUDA graphs:
@@ -17,13 +18,18 @@ Compiled cells run cell by cell (hf, infinilm, liger in turn for each cache and 
 ``--budget-s`` leaves same-cell pairs; every cell not measured is listed at the end with the reason. Liger rows
 (``apply_liger_kernel_to_llama`` with rope, rms_norm and swiglu, as Liger patches inference) run only where
 ``liger_kernel`` imports (Triton, CUDA); its rope patch replaces transformers' module function for every model in
-the process, so a Liger copy is made only after the other models were patched.
+the process, so a Liger copy is made only after the other models were patched. Liger 0.8.5's op dispatcher is
+wrapped in ``torch.compiler.disable``, which no ``fullgraph=True`` compile traces: its compiled cells compile with
+``fullgraph=False`` (graph breaks around each Liger op), the only way it runs compiled.
+``--profile`` adds, per measured cell, a torch.profiler summary of one generate(): µs of GPU time per decode step
+by kernel family, GPU busy share and host wall time per step.
 """
 import argparse
 import copy
 import faulthandler
 import functools
 import os
+import statistics
 import sys
 import time
 
@@ -67,14 +73,14 @@ def build(shapes, device, dtype):
     return model
 
 
-def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, clock=time.perf_counter):
+def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, clock=time.perf_counter, fullgraph=True):
     from transformers import CompileConfig
 
     kw = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
     if cache == "static":
         kw.update(cache_implementation="static", max_cache_len=cache_len)
     if mode == "compiled" and cache == "static":
-        cfg = CompileConfig(fullgraph=True, mode="reduce-overhead" if ids.is_cuda else "default")
+        cfg = CompileConfig(fullgraph=fullgraph, mode="reduce-overhead" if ids.is_cuda else "default")
         cfg._compile_all_devices = True
         kw.update(compile_config=cfg)
     else:
@@ -91,7 +97,7 @@ def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, cloc
     return best
 
 
-def compiled_decode(model, on: bool):
+def compiled_decode(model, on: bool, fullgraph=True):
     """Install (or remove) the compiled dynamic-cache forward: torch.compile(model.forward, fullgraph=True,
     dynamic=True), inductor mode "default", for one-token steps; prefill stays eager. Kept on the model across
     its cells (the graph of a batch size is reused)."""
@@ -100,7 +106,7 @@ def compiled_decode(model, on: bool):
         return
     if "_bench_compiled" not in model.__dict__:
         eager = model.forward
-        model._bench_compiled = (eager, torch.compile(eager, fullgraph=True, dynamic=True))
+        model._bench_compiled = (eager, torch.compile(eager, fullgraph=fullgraph, dynamic=True))
     eager, compiled = model._bench_compiled
 
     @functools.wraps(eager)  # generate() checks its kwargs against the forward's signature
@@ -137,10 +143,11 @@ def main():
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
                     help="columns to run (compiling takes minutes on a 1B model: split runs over calls if needed)")
     ap.add_argument("--models", nargs="+", default=["hf", "infinilm", "liger"], choices=["hf", "infinilm", "liger"])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timing rounds per cell (models interleaved)")
     ap.add_argument("--budget-s", type=float, default=270.0,
                     help="skip compiled cells not started within this many seconds of the start (0: no limit)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--profile", action="store_true", help="CUDA: per cell, GPU time per kernel family of a decode step")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: this process's CPU time, steadier than wall time on a shared CPU machine")
     args = ap.parse_args()
@@ -178,43 +185,89 @@ def main():
     results, missing = {}, []
     start = time.perf_counter()
     ropes = Ropes()
+    profiles = {}
 
-    def run(name, mode, cache, bsz):
-        model, ids = models[name], prompts[bsz]
-        if mode == "compiled" and args.budget_s and time.perf_counter() - start > args.budget_s:
-            missing.append((name, mode, cache, bsz, f"skipped: --budget-s {args.budget_s:.0f} spent"))
-            print(f"{name} {mode} {cache} batch {bsz}: {missing[-1][-1]}", flush=True)
-            return
+    ratios = {}  # (name, mode, cache, bsz) -> median over rounds of (rate / hf's rate in the same round)
+
+    def prepare(name, mode, cache, bsz):
+        """Select the model's rope function and compiled forward; returns its generate() timer."""
+        model = models[name]
         ropes.select(name)
-        compiled_decode(model, mode == "compiled" and cache == "dynamic")
-        try:
-            t0 = time.perf_counter()
-            timed_generate(model, ids, new, mode, cache, cache_len, 1)  # warm-up (and compile)
-            warm = time.perf_counter() - t0
-            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-            t1 = timed_generate(model, ids, 1, mode, cache, cache_len, args.repeats, clock)
-            tn = timed_generate(model, ids, new, mode, cache, cache_len, args.repeats, clock)
-            if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
-                print(f"# {name} {mode} {cache} batch {bsz}: compiled again while timed (a recompile per step?)")
-        except Exception as e:  # noqa: BLE001 - a cell that fails is reported, the table goes on
-            missing.append((name, mode, cache, bsz, f"FAILED {type(e).__name__}: {str(e)[:300]}"))
-            print(f"{name} {mode} {cache} batch {bsz}: {missing[-1][-1]}", flush=True)
-            return
-        finally:
-            compiled_decode(model, False)
-        decode = bsz * (new - 1) / max(tn - t1, 1e-9)
-        results[(name, mode, cache, bsz)] = decode
-        ref = results.get(("hf", mode, cache, bsz), decode)
-        eager = results.get(("hf", "eager", "dynamic", bsz))
-        print(fmt.format(name, mode, cache, str(bsz), f"{1e3 * t1:.1f}", f"{decode:.1f}", f"{decode / ref:.2f}x",
-                         f"{decode / eager:.2f}x" if eager else "-", f"{warm:.1f}"), flush=True)
+        fg = name != "liger"  # Liger's dispatcher is compiler.disable'd: no fullgraph trace exists
+        compiled_decode(model, mode == "compiled" and cache == "dynamic", fullgraph=fg)
+        return functools.partial(timed_generate, model, prompts[bsz], mode=mode, cache=cache, cache_len=cache_len,
+                                 fullgraph=fg)
+
+    def fail(name, mode, cache, bsz, why):
+        missing.append((name, mode, cache, bsz, why))
+        print(f"{name} {mode} {cache} batch {bsz}: {why}", flush=True)
+
+    def run_cell(names, mode, cache, bsz):
+        """Warm every model up (compiling where the mode does), then `--repeats` rounds that time each model in
+        turn (the round's first model rotates): a cell's ratios compare runs seconds apart, not minutes, which
+        matters where the host bounds the step (a shared CPU drifts)."""
+        warm, live = {}, []
+        for name in names:
+            if mode == "compiled" and args.budget_s and time.perf_counter() - start > args.budget_s:
+                fail(name, mode, cache, bsz, f"skipped: --budget-s {args.budget_s:.0f} spent")
+                continue
+            try:
+                gen = prepare(name, mode, cache, bsz)
+                t0 = time.perf_counter()
+                gen(new, repeats=1)  # warm-up (and compile)
+                gen(1, repeats=1)
+                warm[name] = time.perf_counter() - t0
+                live.append(name)
+            except Exception as e:  # noqa: BLE001 - a cell that fails is reported, the table goes on
+                fail(name, mode, cache, bsz, f"FAILED {type(e).__name__}: {str(e)[:300]}")
+            finally:
+                compiled_decode(models[name], False)
+        rates, firsts = {n: [] for n in live}, {n: [] for n in live}
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        for r in range(args.repeats):
+            for name in live[r % max(len(live), 1):] + live[:r % max(len(live), 1)]:
+                if name not in rates:
+                    continue
+                try:
+                    gen = prepare(name, mode, cache, bsz)
+                    t1 = gen(1, repeats=1, clock=clock)
+                    tn = gen(new, repeats=1, clock=clock)
+                    # A round whose n-token run was not slower than its 1-token run measured noise only.
+                    rates[name].append(bsz * (new - 1) / (tn - t1) if tn > t1 else float("nan"))
+                    firsts[name].append(t1)
+                except Exception as e:  # noqa: BLE001
+                    fail(name, mode, cache, bsz, f"FAILED while timed {type(e).__name__}: {str(e)[:300]}")
+                    del rates[name]
+                finally:
+                    compiled_decode(models[name], False)
+        if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+            print(f"# {mode} {cache} batch {bsz}: compiled again while timed (a recompile per step?)")
+        hf_rates = rates.get("hf")
+        for name, rs in rates.items():
+            key = (name, mode, cache, bsz)
+            ok = [x for x in rs if x == x]
+            if not ok:
+                fail(name, mode, cache, bsz, "no valid round (the n-token run never took longer than the 1-token run)")
+                continue
+            results[key] = statistics.median(ok)
+            spread = [x / h for x, h in zip(rs, hf_rates or []) if x == x and h == h]
+            if spread:
+                ratios[key] = statistics.median(spread)
+            eager = results.get(("hf", "eager", "dynamic", bsz))
+            vs = f"{ratios[key]:.2f}x" if key in ratios else "-"
+            print(fmt.format(name, mode, cache, str(bsz), f"{1e3 * min(firsts[name]):.1f}", f"{results[key]:.1f}", vs,
+                             f"{results[key] / eager:.2f}x" if eager else "-", f"{warm[name]:.1f}")
+                  + (f"   rounds {min(spread):.2f}-{max(spread):.2f}x ({len(spread)} valid)" if spread and name != "hf"
+                     else ""),
+                  flush=True)
+            if args.profile and cuda:
+                gen = prepare(name, mode, cache, bsz)
+                profiles[key] = profile_generate(lambda: gen(new, repeats=1), new)
+                compiled_decode(models[name], False)
 
     names = [n for n in ("hf", "infinilm") if n in args.models]
     cells = [(m, c, b) for m, c in modes for b in batches]
-    for m, c, b in [k for k in cells if k[0] == "eager"]:  # eager: model by model, Liger's after the others
-        for name in names:
-            run(name, m, c, b)
-    if "liger" in args.models:
+    if "liger" in args.models:  # made after the other models were patched (see Ropes)
         liger = liger_model(base, ropes) if cuda else None
         if liger is None:
             why = "liger_kernel does not import" if cuda else "Liger-Kernel needs CUDA (Triton)"
@@ -223,13 +276,51 @@ def main():
         else:
             models["liger"] = liger
             names.append("liger")
-            for m, c, b in [k for k in cells if k[0] == "eager"]:
-                run("liger", m, c, b)
-    # Compiled: cell by cell, the dynamic cache first (inductor default), then the static one (CUDA graphs).
-    for m, c, b in sorted((k for k in cells if k[0] == "compiled"), key=lambda k: k[1] != "dynamic"):
-        for name in names:
-            run(name, m, c, b)
-    table(results, missing, modes, batches, cuda, args, dtype, new)
+    # Eager cells first, then compiled ones: the dynamic cache (inductor default), then the static one (CUDA graphs).
+    for m, c, b in sorted(cells, key=lambda k: (k[0] == "compiled", k[0] == "compiled" and k[1] != "dynamic")):
+        run_cell(names, m, c, b)
+    table(results, ratios, missing, modes, batches, cuda, args, dtype, new)
+    for key, prof in profiles.items():
+        print_profile(" ".join(map(str, key)), prof)
+
+
+def profile_generate(fn, new_tokens):
+    """torch.profiler over one generate(): GPU µs per decode step by kernel family (prefill included, spread
+    over the steps), GPU busy share of the span, host wall per step, the top kernels."""
+    import collections
+    import json
+    import tempfile
+
+    from engine_steps import family
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t
+    path = os.path.join(tempfile.mkdtemp(), "trace.json")
+    prof.export_chrome_trace(path)
+    with open(path) as fh:
+        gpu = [e for e in json.load(fh)["traceEvents"]
+               if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    per, names = collections.Counter(), collections.Counter()
+    for e in gpu:
+        per[family(e["name"], e["cat"])] += e["dur"] / new_tokens
+        names[e["name"][:90]] += e["dur"] / new_tokens
+    span = (max(e["ts"] + e["dur"] for e in gpu) - min(e["ts"] for e in gpu)) / new_tokens if gpu else 0.0
+    return dict(families=per, busy=sum(per.values()), span=span, wall=1e6 * wall / new_tokens,
+                kernels=len(gpu) / new_tokens, top=names.most_common(8))
+
+
+def print_profile(name, p):
+    fams = ["GEMM", "attention", "norm", "rope", "silu", "cache write", "sampling", "copy", "other"]
+    print(f"\nprofile {name}: per step µs of GPU time ({p['kernels']:.0f} kernels/step), under the profiler")
+    print(" | ".join(f"{k:>11}" for k in fams))
+    print(" | ".join(f"{p['families'].get(k, 0.0):>11.1f}" for k in fams))
+    print(f"kernels {p['busy']:.1f} µs, GPU span {p['span']:.1f} µs (busy {100 * p['busy'] / max(p['span'], 1e-9):.1f}%),"
+          f" host wall {p['wall']:.1f} µs/step")
+    for n, us in p["top"]:
+        print(f"  {us:9.1f} µs  {n}")
 
 
 class Ropes:
@@ -248,21 +339,21 @@ class Ropes:
         self.ml.apply_rotary_pos_emb = self.fns.get(name, self.fns.get("hf", self.ml.apply_rotary_pos_emb))
 
 
-def table(results, missing, modes, batches, cuda, args, dtype, new):
+def table(results, ratios, missing, modes, batches, cuda, args, dtype, new):
     """One line per model, one column per (mode, cache, batch): the table of the closing note; then what was not
     measured and why."""
     cols = [(m, c, b) for m, c in modes for b in batches]
     dev = torch.cuda.get_device_name() if cuda else args.device
     print(f"\ndecode tok/s on {dev}, {args.shapes} {str(dtype).replace('torch.', '')}, {new} new tokens"
-          f" (ratio to unpatched in the same cell in brackets; compiled: dynamic cache inductor 'default' on decode"
+          f" (in brackets: median over rounds of the ratio to unpatched timed in the same round; compiled: dynamic cache inductor 'default' on decode"
           f" steps, static cache generate's hook 'reduce-overhead')")
     print(f"{'':<12}" + "".join(f"  {m[:4]}-{c[:3]}-b{b:<3}   " for m, c, b in cols))
     for name in ("hf", "infinilm", "liger"):
         if any((name, *k) in results for k in cols):
             row = []
             for k in cols:
-                v, hf = results.get((name, *k)), results.get(("hf", *k))
-                row.append("-" if v is None else f"{v:.1f}" + (f" ({v / hf:.2f}x)" if hf else ""))
+                v, x = results.get((name, *k)), ratios.get((name, *k))
+                row.append("-" if v is None else f"{v:.1f}" + (f" ({x:.2f}x)" if x is not None else ""))
             print(f"{name:<12}" + "".join(f"  {c:>17}" for c in row))
     for name, m, c, b, why in missing:
         print(f"not measured: {name} {m} {c} batch {b}: {why}")

@@ -311,3 +311,34 @@ def test_deepcopy_of_patched_model_outlives_unpatch():
         want = ref(ids).logits
         for m in (first, second):
             torch.testing.assert_close(m(ids).logits, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_compiled_forward_gets_its_static_cache_allocated_up_front(patched, monkeypatch):
+    """torch.compile(model.forward) runs the prefill compiled: a patched model's generate allocates the static cache
+    before it (marked static addresses, what CUDA graphs need); stock transformers allocates it inside the graph.
+    Tokens equal the eager unpatched model's either way."""
+    from transformers import cache_utils
+    if not hasattr(cache_utils.Cache, "early_initialization") or not hasattr(cache_utils, "StaticLayer"):
+        pytest.skip("transformers without Cache.early_initialization preallocates static caches itself")
+    where = []
+    orig = cache_utils.StaticLayer.lazy_initialization
+
+    def spy(self, *a, **k):
+        where.append("compiled" if torch.compiler.is_compiling() else "eager")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(cache_utils.StaticLayer, "lazy_initialization", spy)
+    ref = make_model("llama")
+    model = infinilm_torch.patch(copy.deepcopy(ref)) if patched else copy.deepcopy(ref)
+    ids, mask = prompt(batch=3, length=6)
+    kw = dict(GREEDY, max_new_tokens=5, min_new_tokens=5, cache_implementation="static", max_cache_len=24)
+    with torch.no_grad():
+        want = ref.generate(ids, attention_mask=mask, **kw, disable_compile=True)
+        where.clear()
+        torch._dynamo.reset()
+        model.forward = torch.compile(model.forward, fullgraph=True, backend="aot_eager")
+        got = model.generate(ids, attention_mask=mask, **kw, disable_compile=True)
+    assert torch.equal(got, want)
+    n = model.config.num_hidden_layers
+    assert where == (["eager"] * n if patched else ["compiled"] * n), where

@@ -1,5 +1,6 @@
-"""Instance binding helpers and the generate() hooks a patched model gets: static caches sized for the kernels,
-all-ones step masks dropped, and a dynamic cache's sizes marked dynamic for compiled forwards."""
+"""Instance binding helpers and the generate() hooks a patched model gets: static caches sized for the kernels
+(and allocated up front when the forward is compiled), all-ones step masks dropped, and a dynamic cache's sizes
+marked dynamic for compiled forwards."""
 from __future__ import annotations
 
 import inspect
@@ -23,10 +24,47 @@ def bind(module, name: str, fn) -> None:
 _STATIC_CACHE_HOOKS = ("_prepare_static_cache", "_get_cache")
 
 
+def _forward_compiled(model) -> bool:
+    """``model.forward`` was replaced by ``torch.compile(model.forward, ...)`` (the prefill then runs compiled)."""
+    return getattr(model.__dict__.get("forward"), "_torchdynamo_orig_callable", None) is not None
+
+
+def _head_shape(model):
+    """(kv heads, head dim) of the decoder's attention for Cache.early_initialization, or None."""
+    shape = getattr(model, "_get_static_cache_init_shape", None)
+    if shape is not None:
+        return shape()
+    cfg = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", None)
+    if not heads:
+        return None
+    return heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def allocate_up_front(model, cache, batch_size) -> None:
+    """Allocate a fresh static cache's tensors now when the forward is compiled: transformers allocates them
+    lazily on the first update, which is then inside the compiled prefill, so under ``mode="reduce-overhead"``
+    the cache lives in CUDA-graph outputs that the next replay overwrites (and stock transformers 5.17 with torch
+    2.11 crashes there). Done eagerly they are marked static addresses, as generate's own compile path has them.
+    Skipped under autocast (the cache takes the projections' dtype, unknown here) and for caches without
+    ``early_initialization``."""
+    init = getattr(cache, "early_initialization", None)
+    layers_ = getattr(cache, "layers", None)
+    if init is None or not layers_ or not isinstance(batch_size, int) or not _forward_compiled(model):
+        return
+    dev = model.device
+    if torch.is_autocast_enabled(dev.type) or all(getattr(l, "is_initialized", True) for l in layers_):
+        return
+    shape = _head_shape(model)
+    if shape is not None:
+        init(batch_size=batch_size, num_heads=shape[0], head_dim=shape[1], dtype=model.dtype, device=dev)
+
+
 def round_static_cache(model) -> None:
     """Round the static caches that ``generate`` builds for this model up to a multiple of
     ``attention.STATIC_CACHE_MULTIPLE`` tokens on devices whose kernels take power-of-two blocks (CUDA), so
-    that every step runs on our kernels instead of falling back to sdpa. Extra slots are never attended to."""
+    that every step runs on our kernels instead of falling back to sdpa. Extra slots are never attended to.
+    With a compiled forward the cache is allocated up front (:func:`allocate_up_front`)."""
     for name in _STATIC_CACHE_HOOKS:
         orig = getattr(type(model), name, None)
         sig = inspect.signature(orig) if orig is not None else None
@@ -39,7 +77,9 @@ def round_static_cache(model) -> None:
             if isinstance(n, int) and attention.LAYOUT.get(self.device.type) == "head":
                 m = attention.STATIC_CACHE_MULTIPLE
                 bound.arguments["max_cache_len"] = -(-n // m) * m
-            return _orig(*bound.args, **bound.kwargs)
+            cache = _orig(*bound.args, **bound.kwargs)
+            allocate_up_front(self, cache, bound.arguments.get("batch_size"))
+            return cache
 
         bind(model, name, sized)
         return
@@ -58,7 +98,7 @@ def prepare_inputs_for_generation(self, *args, **kwargs):
     mask = inputs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool(mask.all()):
         inputs["attention_mask"] = None
-    if getattr(self.__dict__.get("forward"), "_torchdynamo_orig_callable", None) is not None:
+    if _forward_compiled(self):
         _mark_dynamic_cache_inputs(inputs)  # only for torch.compile(model.forward): a few µs per layer
     return inputs
 
