@@ -342,3 +342,55 @@ def test_compiled_forward_gets_its_static_cache_allocated_up_front(patched, monk
     assert torch.equal(got, want)
     n = model.config.num_hidden_layers
     assert where == (["eager"] * n if patched else ["compiled"] * n), where
+
+
+class _CountGemms(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_fused_qkv_one_product_per_attention(family):
+    """q/k/v_proj share one product (qwen2: with biases); gate/up share another: 4 GEMMs a layer instead of 7,
+    same logits."""
+    ref, model = pair(family, num_hidden_layers=3)
+    ids, _ = prompt()
+    with torch.no_grad():
+        with _CountGemms() as c_ref:
+            want = ref(ids).logits
+        with _CountGemms() as c_got:
+            got = model(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+    assert (c_ref.n, c_got.n) == (3 * 7 + 1, 3 * 4 + 1)
+    attn = model.model.layers[0].self_attn
+    assert attn._infinilm_qkv.x is None and attn._infinilm_qkv.k is None  # nothing kept past the forward
+
+
+def test_fused_qkv_stays_in_sync():
+    """In-place loads and dtype round trips keep the fused weight; weights replaced outright are seen (eager) and
+    computed unfused, never from the stale fused copy."""
+    ref, model = pair("qwen2")
+    fresh = make_model("qwen2")
+    ref.load_state_dict(fresh.state_dict())
+    model.load_state_dict(fresh.state_dict())
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == attn._infinilm_qkv.w.untyped_storage().data_ptr()
+    ref, model = ref.to(torch.float64).to(torch.float32), model.to(torch.float64).to(torch.float32)
+    attn = model.model.layers[0].self_attn
+    assert attn.v_proj.bias.untyped_storage().data_ptr() == attn._infinilm_qkv.b.untyped_storage().data_ptr()
+    ids, _ = prompt()
+    tol = lambda w: dict(atol=1e-4 * w.abs().max().item(), rtol=1e-4)  # noqa: E731
+    with torch.no_grad():
+        want, got = ref(ids).logits, model(ids).logits
+        torch.testing.assert_close(got, want, **tol(want))
+        other = make_model("qwen2")
+        ref.load_state_dict(other.state_dict(), assign=True)
+        model.load_state_dict(other.state_dict(), assign=True)
+        want, got = ref(ids).logits, model(ids).logits
+        torch.testing.assert_close(got, want, **tol(want))

@@ -97,6 +97,15 @@ def unfuse_gate_up(mlp) -> None:
     del mlp._infinilm_gate_up
 
 
+def _views_of(w: torch.Tensor, *parts: torch.Tensor) -> bool:
+    """Eager check that the modules' weights are still views of the fused tensor (``load_state_dict(assign=True)``
+    or ``weight.data = ...`` replace them); under torch.compile the dtype/device checks alone apply."""
+    if torch.compiler.is_compiling():
+        return True
+    lo, hi = w.data_ptr(), w.data_ptr() + w.numel() * w.element_size()
+    return all(lo <= p.data_ptr() < hi for p in parts)
+
+
 def _fused_valid(self, x: torch.Tensor):
     fused = getattr(self, "_infinilm_gate_up", None)
     if fused is None:
@@ -105,7 +114,7 @@ def _fused_valid(self, x: torch.Tensor):
     g = self.gate_proj.weight
     # dtype/device are static under torch.compile; a mismatch means the halves were moved without us (re-fused
     # on the next eager _apply), so take the two-GEMM path meanwhile.
-    if w.dtype != g.dtype or w.device != g.device or w.dtype != x.dtype:
+    if w.dtype != g.dtype or w.device != g.device or w.dtype != x.dtype or not _views_of(w, g, self.up_proj.weight):
         return None
     return w, b
 
@@ -128,6 +137,110 @@ def mlp_apply(self, fn, *args, **kwargs):
     if "_infinilm_gate_up" in self.__dict__:
         fuse_gate_up(self)
     return out
+
+
+# ---- one q/k/v projection -----------------------------------------------------------------------------------
+
+
+class FusedQKV:
+    """The ``[Nq + Nk + Nv, H]`` weight (and bias) whose row blocks are q_proj/k_proj/v_proj's parameters (as
+    views), and the k/v outputs of the last fused product until k_proj / v_proj hand them out.
+
+    transformers' attention forward calls ``q_proj(x)``, ``k_proj(x)``, ``v_proj(x)`` in turn; with this part
+    q_proj's forward runs the one product and keeps k and v, which k_proj / v_proj return when called on the same
+    ``x`` (and compute themselves otherwise, e.g. a model that projects k first). The stash is emptied as it is
+    read, so nothing outlives the forward (nor a compiled graph's outputs)."""
+
+    def __init__(self, w, b, sizes):
+        self.w, self.b, self.sizes = w, b, sizes
+        self.x = self.k = self.v = None
+
+
+def fuse_qkv(attn) -> bool:
+    """Give attn.q_proj/k_proj/v_proj one weight tensor and bind their forwards to share one product."""
+    from infinilm_torch.hf.hooks import bind
+
+    attn._infinilm_qkv = None  # requested; _apply retries after every dtype/device move
+    lins = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
+    if any(m is None or not _plain_linear(m) for m in lins):
+        return False
+    ws = [m.weight for m in lins]
+    if len({(w.shape[1], w.dtype, w.device) for w in ws}) != 1 or ws[0].device.type == "meta":
+        return False
+    if len({m.bias is None for m in lins}) != 1:
+        return False
+    sizes = [w.shape[0] for w in ws]
+    with torch.no_grad():
+        w = torch.cat(ws, 0)
+        b = torch.cat([m.bias for m in lins], 0) if lins[0].bias is not None else None
+        off = 0
+        for m, n in zip(lins, sizes):
+            m.weight.data = w[off:off + n]
+            if b is not None:
+                m.bias.data = b[off:off + n]
+            off += n
+    fused = FusedQKV(w, b, sizes)
+    attn._infinilm_qkv = fused
+    for m, fn in zip(lins, (q_proj_forward, k_proj_forward, v_proj_forward)):
+        bind(m, "_infinilm_qkv", fused)
+        bind(m, "forward", fn)
+    return True
+
+
+def unfuse_qkv(attn) -> None:
+    """Give q_proj/k_proj/v_proj storage of their own again (undoes :func:`fuse_qkv`; forwards are restored by
+    the caller's saved attributes)."""
+    if "_infinilm_qkv" not in attn.__dict__ or "q_proj" not in attn._modules:  # not the projections' owner
+        return
+    if attn._infinilm_qkv is not None:
+        with torch.no_grad():
+            for n in ("q_proj", "k_proj", "v_proj"):
+                lin = getattr(attn, n)
+                lin.weight.data = lin.weight.data.clone()
+                if lin.bias is not None:
+                    lin.bias.data = lin.bias.data.clone()
+    del attn._infinilm_qkv
+
+
+def qkv_apply(self, fn, *args, **kwargs):
+    """Module._apply of a fused attention module: move, then fuse q/k/v again."""
+    out = torch.nn.Module._apply(self, fn, *args, **kwargs)
+    if "_infinilm_qkv" in self.__dict__:
+        fuse_qkv(self)
+    return out
+
+
+def _qkv_ok(f: FusedQKV, lin, x: torch.Tensor) -> bool:
+    w = f.w
+    return w.dtype == x.dtype and w.device == x.device and w.dtype == lin.weight.dtype and _views_of(w, lin.weight)
+
+
+def q_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
+    f = self._infinilm_qkv
+    if not _qkv_ok(f, self, x):
+        f.x = f.k = f.v = None
+        return F.linear(x, self.weight, self.bias)
+    q, k, v = F.linear(x, f.w, f.b).split(f.sizes, dim=-1)
+    f.x, f.k, f.v = x, k, v
+    return q
+
+
+def k_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
+    f = self._infinilm_qkv
+    k = f.k
+    if k is not None and f.x is x:
+        f.k = None
+        return k
+    return F.linear(x, self.weight, self.bias)
+
+
+def v_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
+    f = self._infinilm_qkv
+    v = f.v
+    if v is not None and f.x is x:
+        f.x = f.v = None
+        return v
+    return F.linear(x, self.weight, self.bias)
 
 
 # ---- rotary embedding ----------------------------------------------------------------------------------------

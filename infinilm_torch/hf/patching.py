@@ -4,7 +4,8 @@ Instance patching binds the replacement forwards on that model's modules only (s
 model can run side by side); class patching replaces the forwards on the modeling classes, like Liger's
 ``apply_liger_kernel_to_llama``. Both use the same replacement functions (``layers.py``) and the "infinilm"
 attention implementation (``attention.py``). Qwen3's per-head q/k RMSNorms are Qwen3RMSNorm modules, so the
-rms_norm part covers them. Inference only: our ops have no autograd formulas.
+rms_norm part covers them. The "qkv" part (instance patching only) gives q/k/v_proj one weight tensor and one
+product per attention (:class:`layers.FusedQKV`). Inference only: our ops have no autograd formulas.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ FAMILIES = {
     "mistral": ("transformers.models.mistral.modeling_mistral", "Mistral"),
     "qwen3": ("transformers.models.qwen3.modeling_qwen3", "Qwen3"),
 }
-PARTS = ("rms_norm", "rope", "swiglu", "fused_add_norm", "attention")
+PARTS = ("rms_norm", "rope", "swiglu", "fused_add_norm", "attention", "qkv")
 _CLASS_SUFFIX = {"rms_norm": "RMSNorm", "rope": "RotaryEmbedding", "swiglu": "MLP", "fused_add_norm": "DecoderLayer"}
 _FORWARDS = {
     "rms_norm": layers.rms_norm_forward,
@@ -213,7 +214,7 @@ def _set_attn_implementation(model, name: str) -> None:
 def patch(model, **parts):
     """Make this transformers Llama/Qwen2/Qwen3/Mistral causal LM run on torch.ops.infinilm (in place; returns it).
 
-    parts: rms_norm, rope, swiglu, fused_add_norm, attention (all True by default). Patch after loading the
+    parts: rms_norm, rope, swiglu, fused_add_norm, attention, qkv (all True by default). Patch after loading the
     weights and before torch.compile; ``unpatch(model)`` restores the original forwards, weights layout and
     attention implementation.
     """
@@ -227,7 +228,11 @@ def patch(model, **parts):
     classes = _classes(family)
     attention.register()
     state = {"family": family, "rope": False, "attn": None}
+    attn_cls = getattr(_module(family), FAMILIES[family][1] + "Attention", None)
     for m in model.modules():
+        if on["qkv"] and attn_cls is not None and type(m) is attn_cls:
+            layers.fuse_qkv(m)
+            _bind(m, "_apply", layers.qkv_apply)
         for part, cls in classes.items():
             if not on[part] or cls is None or type(m) is not cls:
                 continue
@@ -266,6 +271,7 @@ def unpatch(model):
         if saved is None:
             continue
         layers.unfuse_gate_up(m)
+        layers.unfuse_qkv(m)
         if "_infinilm_cos_sin" in m._buffers:
             del m._buffers["_infinilm_cos_sin"]
             m._non_persistent_buffers_set.discard("_infinilm_cos_sin")
