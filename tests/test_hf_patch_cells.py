@@ -24,6 +24,7 @@ CELL_TIMEOUT_S = float(os.environ.get("INFINILM_HF_CELL_TIMEOUT", "240"))
 # What a crashed cell is run again with, each in its own child: answers "ours or torch's" in one run.
 VARIANTS = ["no_static_launcher", "no_cudagraph_trees", "no_graph_partition", "backend_cudagraphs",
             "no_part:attention", "no_part:rms_norm", "no_part:rope", "no_part:swiglu", "no_part:fused_add_norm",
+            "no_part:qkv",
             "unpatched"]
 
 
