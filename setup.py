@@ -7,7 +7,7 @@ torch and stops at once saying so. The C++ standard is whatever torch.utils.cpp_
 
 CPU-only when torch has no CUDA or nvcc is absent; CUDA sources (csrc/**/*.cu) are added when both are present.
 INFINILM_CUDA=1 forces the CUDA build, INFINILM_CUDA=0 forces CPU-only. TORCH_CUDA_ARCH_LIST picks the GPU
-architectures (default: the visible GPUs', else 8.0;8.6;8.9;9.0). INFINILM_NO_EXT=1 installs the Python package
+architectures (default: the visible GPUs', Hopper as 9.0a, else 8.0;8.6;8.9;9.0). INFINILM_NO_EXT=1 installs the Python package
 alone (the Makefile then builds the extension in place with `setup.py build_ext --inplace`, which ninja keeps
 incremental). The build writes infinilm_torch/lib/_build_info.py next to the extension: the torch it was built
 against, which infinilm_torch.lib checks before loading the extension.
@@ -63,14 +63,23 @@ def _want_cuda(torch, cpp_extension) -> bool:
 
 
 def _cuda_arch_list(torch) -> str:
-    """TORCH_CUDA_ARCH_LIST as given, else the visible GPUs' architectures, else the Ampere..Hopper default."""
+    """TORCH_CUDA_ARCH_LIST as given, else the visible GPUs' architectures (Hopper as 9.0a: its wgmma kernels),
+    else the Ampere..Hopper default."""
     given = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
     if given:
         return given
     if torch.cuda.is_available():
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-        return ";".join(f"{major}.{minor}" for major, minor in caps)
+        return ";".join(f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "") for major, minor in caps)
     return DEFAULT_CUDA_ARCHS
+
+
+def nvcc_flags(arch_list: str) -> list:
+    """NVCC_FLAGS, plus INFINILM_SM90A where sm_90 devices run sm_90a code (the wgmma kernels): 9.0a in the list
+    and no plain 9.0 image the driver could load instead."""
+    archs = [a.strip() for a in arch_list.replace(" ", ";").split(";") if a.strip()]
+    sm90a = any(a.startswith("9.0a") for a in archs) and not any(a in ("9.0", "9.0+PTX") for a in archs)
+    return NVCC_FLAGS + (["-DINFINILM_SM90A"] if sm90a else [])
 
 
 def sources(with_cuda: bool):
@@ -159,7 +168,7 @@ def _extension_setup():
     )
     # No -std flag: cpp_extension adds the standard this torch's headers need, to the g++ and the nvcc commands.
     if with_cuda:
-        ext = cpp_extension.CUDAExtension(extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, **kw)
+        ext = cpp_extension.CUDAExtension(extra_compile_args={"cxx": CXX_FLAGS, "nvcc": nvcc_flags(arch_list)}, **kw)
     else:
         ext = cpp_extension.CppExtension(extra_compile_args={"cxx": CXX_FLAGS}, **kw)
     return [ext], {"build_ext": _build_ext_class(cpp_extension, info)}, _local_version(info)

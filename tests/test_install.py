@@ -169,3 +169,15 @@ def test_isolated_build_stops_at_once(tmp_path, cmd):
     built = [p for d in ("build", "infinilm_torch") if (src / d).exists() for p in (src / d).rglob("*.[os]*")
              if p.suffix in (".o", ".so")]
     assert not built, f"it compiled something: {built}"
+
+
+def test_sm90a_macro_only_where_sm90_devices_run_sm90a_code():
+    """INFINILM_SM90A (the wgmma kernels are in the device code) only when an sm_90 device cannot load a plain
+    sm_90 image instead: 9.0a listed, 9.0 not."""
+    ns = {"__file__": str(ROOT / "setup.py")}
+    src = open(ns["__file__"], encoding="utf-8").read()
+    exec(compile(src.split("\ndef main():")[0], "setup.py", "exec"), ns)
+    flags = ns["nvcc_flags"]
+    on = {a: "-DINFINILM_SM90A" in flags(a) for a in ("9.0", "9.0a", "8.0;9.0a", "9.0;9.0a", "8.0 9.0a+PTX", "8.0;8.6;8.9;9.0")}
+    assert on == {"9.0": False, "9.0a": True, "8.0;9.0a": True, "9.0;9.0a": False, "8.0 9.0a+PTX": True,
+                  "8.0;8.6;8.9;9.0": False}

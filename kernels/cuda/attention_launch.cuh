@@ -6,6 +6,10 @@
 #include "attention_decode_tc.cuh"
 #include "attention_params.h"
 #include "attention_prefill.cuh"
+#include "attention_prefill_wgmma.cuh"
+
+#include <cstdlib>
+#include <cstring>
 
 namespace infinilm {
 namespace cuda {
@@ -32,8 +36,32 @@ cudaError_t launch_paged_decode(const DecodeParams& in, DType dtype, int head_di
   return cudaErrorInvalidValue;
 }
 
+// INFINILM_CUDA_PREFILL=wgmma: the Hopper wgmma prefill (attention_prefill_wgmma.cuh) where this build has sm_90a
+// code and the device is sm_90, for the cases it implements; the mma.sync kernel otherwise. Opt-in until measured.
+inline bool prefill_wgmma_requested() {
+#if defined(__HIP_PLATFORM_AMD__) || !defined(INFINILM_SM90A)
+  return false;
+#else
+  static const bool env = [] {
+    const char* v = std::getenv("INFINILM_CUDA_PREFILL");
+    return v != nullptr && std::strcmp(v, "wgmma") == 0;
+  }();
+  if (!env) return false;
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+  return major == 9 && minor == 0;
+#endif
+}
+
 cudaError_t launch_paged_prefill(const PrefillParams& in, DType dtype, int head_dim, cudaStream_t stream) {
   const PrefillParams p = with_layout_defaults(in, head_dim);
+  if (prefill_wgmma_requested() && (dtype == DType::kFloat16 || dtype == DType::kBFloat16)) {
+    const cudaError_t e = dtype == DType::kBFloat16 ? launch_paged_prefill_wgmma_t<__nv_bfloat16>(p, head_dim, stream)
+                                                    : launch_paged_prefill_wgmma_t<__half>(p, head_dim, stream);
+    if (e != cudaErrorNotSupported) return e;
+  }
   switch (dtype) {
     case DType::kFloat16: return launch_paged_prefill_t<__half>(p, head_dim, stream);
     case DType::kBFloat16: return launch_paged_prefill_t<__nv_bfloat16>(p, head_dim, stream);
