@@ -102,7 +102,7 @@ int main() {
     ka::PrefillParams pr = p, pw = p;
     pr.out = o_ref;
     pw.out = o_wg;
-    CHECK(ka::launch_paged_prefill(pr, ka::DType::kBFloat16, D, 0));
+    CHECK(ka::launch_paged_prefill_t<bf16>(pr, D, 0));  // the mma.sync kernel itself, whatever INFINILM_CUDA_PREFILL says
     CHECK(ka::launch_paged_prefill_wgmma_t<bf16>(pw, D, 0));
     CHECK(cudaDeviceSynchronize());
     std::vector<bf16> a(T * HQ * D), b(T * HQ * D);
@@ -130,7 +130,7 @@ int main() {
       CHECK(cudaEventElapsedTime(&ms, e0, e1));
       return 1e3 * ms / reps;
     };
-    const double us_ref = time([&] { ka::launch_paged_prefill(pr, ka::DType::kBFloat16, D, 0); });
+    const double us_ref = time([&] { ka::launch_paged_prefill_t<bf16>(pr, D, 0); });
     const double us_wg = time([&] { ka::launch_paged_prefill_wgmma_t<bf16>(pw, D, 0); });
     const double pairs = double(n) * (double(c.S) * c.prefix + double(c.S) * (c.S + 1) / 2);
     const double flops = 4 * pairs * D * HQ;
