@@ -44,6 +44,8 @@ import infinilm_torch  # noqa: E402
 SHAPES = {
     "tiny": dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=4, max_position_embeddings=2048),
+    "tiny-qwen3": dict(family="qwen3", vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048),
     # meta-llama/Llama-3.2-1B
     "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
@@ -51,7 +53,19 @@ SHAPES = {
                          rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                           "original_max_position_embeddings": 8192}),
+    # Qwen/Qwen3-0.6B (per-head q/k RMSNorms, head_dim 128 != hidden / heads)
+    "qwen3-0.6b": dict(family="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=40960, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                       rope_theta=1000000.0),
 }
+# transformers class prefix and modeling module of each family; Liger's patch function
+FAMILIES = {"llama": ("Llama", "llama", "apply_liger_kernel_to_llama"),
+            "qwen3": ("Qwen3", "qwen3", "apply_liger_kernel_to_qwen3")}
+
+
+def family_of(shapes):
+    return SHAPES[shapes].get("family", "llama")
 
 
 MODES = {"eager-dynamic": ("eager", "dynamic"), "eager-static": ("eager", "static"),
@@ -59,11 +73,14 @@ MODES = {"eager-dynamic": ("eager", "dynamic"), "eager-static": ("eager", "stati
 
 
 def build(shapes, device, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
+    prefix = FAMILIES[family_of(shapes)][0]
+    cfg = {k: v for k, v in SHAPES[shapes].items() if k != "family"}
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlamaForCausalLM(LlamaConfig(**SHAPES[shapes])).to(dtype).eval()
+        model = getattr(transformers, prefix + "ForCausalLM")(getattr(transformers, prefix + "Config")(**cfg))
+        model = model.to(dtype).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -117,16 +134,16 @@ def compiled_decode(model, on: bool, fullgraph=True):
     model.forward = forward
 
 
-def liger_model(base, ropes):
+def liger_model(base, ropes, family="llama"):
     """A copy of base patched by Liger-Kernel 0.8.5 the way it patches inference, or None where it is missing."""
     try:
-        from liger_kernel.transformers import apply_liger_kernel_to_llama
+        import liger_kernel.transformers as lt
+        apply = getattr(lt, FAMILIES[family][2])
     except Exception as e:  # noqa: BLE001 - not installed, or no Triton/CUDA
         print(f"# liger rows skipped: liger_kernel does not import ({type(e).__name__}: {str(e)[:120]})", flush=True)
         return None
     model = copy.deepcopy(base)
-    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=model)
+    apply(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
     ropes.keep("liger")
     return model
 
@@ -184,7 +201,7 @@ def main():
     cache_len = plen + new
     results, missing = {}, []
     start = time.perf_counter()
-    ropes = Ropes()
+    ropes = Ropes(family_of(args.shapes))
     profiles = {}
 
     ratios = {}  # (name, mode, cache, bsz) -> median over rounds of (rate / hf's rate in the same round)
@@ -268,7 +285,7 @@ def main():
     names = [n for n in ("hf", "infinilm") if n in args.models]
     cells = [(m, c, b) for m, c in modes for b in batches]
     if "liger" in args.models:  # made after the other models were patched (see Ropes)
-        liger = liger_model(base, ropes) if cuda else None
+        liger = liger_model(base, ropes, family_of(args.shapes)) if cuda else None
         if liger is None:
             why = "liger_kernel does not import" if cuda else "Liger-Kernel needs CUDA (Triton)"
             missing += [("liger", *k, why) for k in cells]
@@ -327,9 +344,10 @@ class Ropes:
     """transformers' module-level apply_rotary_pos_emb as each model needs it: Liger's patch replaces it for every
     model of the process; the others get back the function they were patched with (graphs guard on it)."""
 
-    def __init__(self):
-        from transformers.models.llama import modeling_llama as ml
-        self.ml, self.fns = ml, {}
+    def __init__(self, family="llama"):
+        import importlib
+        mod = FAMILIES[family][1]
+        self.ml, self.fns = importlib.import_module(f"transformers.models.{mod}.modeling_{mod}"), {}
         self.keep("hf")  # before Liger's patch: transformers' own, or our dispatcher, which serves both
 
     def keep(self, name):
