@@ -1,0 +1,27 @@
+"""The HF benchmark script runs end to end on the CPU (tiny shapes, eager and compiled cells, both families) and
+prints its table: a smoke test that keeps the script working, not a speed check (speeds are never asserted)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("shapes,modes", [("tiny", ["eager-dynamic", "eager-static"]),
+                                          ("tiny-qwen3", ["eager-dynamic", "compiled"])])
+def test_bench_hf_prints_every_cell(shapes, modes):
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_hf.py"), "--shapes", shapes, "--batch", "1", "2",
+           "--modes", *modes, "--models", "hf", "infinilm", "--new-tokens", "4", "--repeats", "2", "--threads", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    table = out.stdout.split("decode tok/s on cpu", 1)
+    assert len(table) == 2, out.stdout[-2000:]
+    lines = table[1].splitlines()
+    assert len(lines[1].split()) == 2 * len(modes), lines[1]  # one column per mode x batch
+    rows = {line.split()[0] for line in lines[2:] if line.split()[:1] in (["hf"], ["infinilm"])}
+    assert rows == {"hf", "infinilm"}
+    # Timings are noise-prone on a shared CPU: a cell may lack a valid round, never silently.
+    assert "all cells measured" in out.stdout or "no valid round" in out.stdout
