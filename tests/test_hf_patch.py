@@ -394,3 +394,21 @@ def test_fused_qkv_stays_in_sync():
         model.load_state_dict(other.state_dict(), assign=True)
         want, got = ref(ids).logits, model(ids).logits
         torch.testing.assert_close(got, want, **tol(want))
+
+
+def test_fused_projections_survive_tracing():
+    """Under torch.compile(fullgraph=True) the q/k/v and gate/up fusions hold: 4 linear ops a layer in the graph."""
+    ref, model = pair("llama", num_hidden_layers=2)
+    ids, _ = prompt()
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(sum(1 for n in gm.graph.nodes if n.op == "call_function" and "linear" in str(n.target)))  # F.linear
+        return gm
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(model.forward, fullgraph=True, backend=backend)(ids).logits
+        want = ref(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=1e-4)
+    assert seen == [2 * 4 + 1], seen
