@@ -13,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "benchmarks/cuda_bench.cuh"
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/gemv.cuh"
@@ -20,25 +21,6 @@
 
 using bf16 = __nv_bfloat16;
 using namespace infinilm::cuda;
-
-#define CHECK(x)                                                                              \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__);    \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
-
-__global__ void fill_random(bf16* x, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    x[i] = __float2bfloat16(((h & 0xffff) / 32768.f - 1.f) * scale);
-  }
-}
 
 static cudaStream_t g_stream;
 

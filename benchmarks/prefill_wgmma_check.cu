@@ -14,32 +14,14 @@
 #include <random>
 #include <vector>
 
+#include "benchmarks/cuda_bench.cuh"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_prefill_wgmma.cuh"
 
 using bf16 = __nv_bfloat16;
 namespace ka = infinilm::cuda::attn;
 
-#define CHECK(x)                                                                           \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
-
 constexpr int HQ = 32, HK = 8, BS = 16;
-
-__global__ void fill_random(bf16* x, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    x[i] = __float2bfloat16(((h & 0xffff) / 32768.f - 1.f) * scale);
-  }
-}
 
 struct Config {
   int S, prefix, reqs, d;

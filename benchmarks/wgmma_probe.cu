@@ -12,19 +12,11 @@
 #include <random>
 #include <vector>
 
+#include "benchmarks/cuda_bench.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 using bf16 = __nv_bfloat16;
 namespace wg = infinilm::cuda::wg;
-
-#define CHECK(x)                                                                           \
-  do {                                                                                     \
-    cudaError_t e_ = (x);                                                                  \
-    if (e_ != cudaSuccess) {                                                               \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 constexpr int kMaxK = 128;
 
