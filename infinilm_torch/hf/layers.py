@@ -59,41 +59,58 @@ def _plain_linear(m) -> bool:
     return type(m) is torch.nn.Linear and m.weight.dtype in _FLOATS and type(m.weight) is torch.nn.Parameter
 
 
-def fuse_gate_up(mlp) -> bool:
-    """Store gate_proj/up_proj as two halves of one ``[2I, H]`` buffer, so one GEMM feeds silu_and_mul.
+def fuse_rows(linears):
+    """Concatenate plain Linear modules' weights (and biases) along the output dim into one tensor and make each
+    module's parameters views of its row block, so one GEMM computes all of them. In-place updates of the
+    parameters (load_state_dict, copy_) keep the fused tensor in sync. Returns ``(w, b)``, or None where the
+    modules cannot share a product (not plain Linears, in_features / dtype / device differ, biases on some only,
+    meta tensors)."""
+    if any(m is None or not _plain_linear(m) for m in linears):
+        return None
+    ws = [m.weight for m in linears]
+    if len({(w.shape[1], w.dtype, w.device) for w in ws}) != 1 or ws[0].device.type == "meta":
+        return None
+    if len({m.bias is None for m in linears}) != 1:
+        return None
+    with torch.no_grad():
+        w = torch.cat(ws, 0)
+        b = torch.cat([m.bias for m in linears], 0) if linears[0].bias is not None else None
+        off = 0
+        for m in linears:
+            n = m.weight.shape[0]
+            m.weight.data = w[off:off + n]
+            if b is not None:
+                m.bias.data = b[off:off + n]
+            off += n
+    return w, b
 
-    The halves stay the modules' own parameters (as views), so in-place weight updates (load_state_dict,
-    copy_) keep the fused buffer in sync; ``.to()``/``.half()`` re-fuse through the patched ``_apply``.
-    """
+
+def unfuse_rows(linears) -> None:
+    """Give the modules of :func:`fuse_rows` storage of their own again."""
+    with torch.no_grad():
+        for lin in linears:
+            lin.weight.data = lin.weight.data.clone()
+            if lin.bias is not None:
+                lin.bias.data = lin.bias.data.clone()
+
+
+def fuse_gate_up(mlp) -> bool:
+    """Store gate_proj/up_proj as two halves of one ``[2I, H]`` tensor (:func:`fuse_rows`), so one GEMM feeds
+    silu_and_mul; ``.to()``/``.half()`` re-fuse through the patched ``_apply``."""
     mlp._infinilm_gate_up = None  # requested; _apply retries after every dtype/device move
     g, u = getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)
-    if g is None or u is None or not (_plain_linear(g) and _plain_linear(u)):
+    if g is None or u is None or g.weight.shape != u.weight.shape:  # silu_and_mul splits the product in halves
         return False
-    if g.weight.shape != u.weight.shape or g.weight.dtype != u.weight.dtype or g.weight.device != u.weight.device:
-        return False
-    if (g.bias is None) != (u.bias is None) or g.weight.device.type == "meta":
-        return False
-    inter = g.weight.shape[0]
-    with torch.no_grad():
-        w = torch.cat([g.weight, u.weight], 0)
-        g.weight.data, u.weight.data = w[:inter], w[inter:]
-        b = None
-        if g.bias is not None:
-            b = torch.cat([g.bias, u.bias], 0)
-            g.bias.data, u.bias.data = b[:inter], b[inter:]
-    mlp._infinilm_gate_up = (w, b)
-    return True
+    mlp._infinilm_gate_up = fuse_rows([g, u])
+    return mlp._infinilm_gate_up is not None
 
 
 def unfuse_gate_up(mlp) -> None:
     """Give gate_proj/up_proj back storage of their own (undoes :func:`fuse_gate_up`)."""
     if "_infinilm_gate_up" not in mlp.__dict__:
         return
-    with torch.no_grad():
-        for lin in (mlp.gate_proj, mlp.up_proj) if mlp._infinilm_gate_up is not None else ():
-            lin.weight.data = lin.weight.data.clone()
-            if lin.bias is not None:
-                lin.bias.data = lin.bias.data.clone()
+    if mlp._infinilm_gate_up is not None:
+        unfuse_rows([mlp.gate_proj, mlp.up_proj])
     del mlp._infinilm_gate_up
 
 
@@ -156,49 +173,33 @@ class FusedQKV:
         self.x = self.k = self.v = None
 
 
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
 def fuse_qkv(attn) -> bool:
-    """Give attn.q_proj/k_proj/v_proj one weight tensor and bind their forwards to share one product."""
+    """Give attn.q_proj/k_proj/v_proj one weight tensor (:func:`fuse_rows`) and bind their forwards to share one
+    product through a :class:`FusedQKV` (``_infinilm_stash`` on each projection)."""
     from infinilm_torch.hf.hooks import bind
 
     attn._infinilm_qkv = None  # requested; _apply retries after every dtype/device move
-    lins = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
-    if any(m is None or not _plain_linear(m) for m in lins):
+    lins = [getattr(attn, n, None) for n in _QKV]
+    fused = fuse_rows(lins)
+    if fused is None:
         return False
-    ws = [m.weight for m in lins]
-    if len({(w.shape[1], w.dtype, w.device) for w in ws}) != 1 or ws[0].device.type == "meta":
-        return False
-    if len({m.bias is None for m in lins}) != 1:
-        return False
-    sizes = [w.shape[0] for w in ws]
-    with torch.no_grad():
-        w = torch.cat(ws, 0)
-        b = torch.cat([m.bias for m in lins], 0) if lins[0].bias is not None else None
-        off = 0
-        for m, n in zip(lins, sizes):
-            m.weight.data = w[off:off + n]
-            if b is not None:
-                m.bias.data = b[off:off + n]
-            off += n
-    fused = FusedQKV(w, b, sizes)
-    attn._infinilm_qkv = fused
+    attn._infinilm_qkv = FusedQKV(*fused, [m.weight.shape[0] for m in lins])
     for m, fn in zip(lins, (q_proj_forward, k_proj_forward, v_proj_forward)):
-        bind(m, "_infinilm_qkv", fused)
+        bind(m, "_infinilm_stash", attn._infinilm_qkv)
         bind(m, "forward", fn)
     return True
 
 
 def unfuse_qkv(attn) -> None:
-    """Give q_proj/k_proj/v_proj storage of their own again (undoes :func:`fuse_qkv`; forwards are restored by
-    the caller's saved attributes)."""
-    if "_infinilm_qkv" not in attn.__dict__ or "q_proj" not in attn._modules:  # not the projections' owner
+    """Give q_proj/k_proj/v_proj storage of their own again (undoes :func:`fuse_qkv`; the projections' forwards
+    come back with the caller's saved attributes)."""
+    if "_infinilm_qkv" not in attn.__dict__:
         return
     if attn._infinilm_qkv is not None:
-        with torch.no_grad():
-            for n in ("q_proj", "k_proj", "v_proj"):
-                lin = getattr(attn, n)
-                lin.weight.data = lin.weight.data.clone()
-                if lin.bias is not None:
-                    lin.bias.data = lin.bias.data.clone()
+        unfuse_rows([getattr(attn, n) for n in _QKV])
     del attn._infinilm_qkv
 
 
@@ -216,7 +217,7 @@ def _qkv_ok(f: FusedQKV, lin, x: torch.Tensor) -> bool:
 
 
 def q_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
-    f = self._infinilm_qkv
+    f = self._infinilm_stash
     if not _qkv_ok(f, self, x):
         f.x = f.k = f.v = None
         return F.linear(x, self.weight, self.bias)
@@ -225,22 +226,24 @@ def q_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def k_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
-    f = self._infinilm_qkv
-    k = f.k
-    if k is not None and f.x is x:
-        f.k = None
-        return k
+def _stashed(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    """k or v of the fused product q_proj ran on this same ``x`` (handed out once), else this projection's own."""
+    f = self._infinilm_stash
+    out = getattr(f, name)
+    if out is not None and f.x is x:
+        setattr(f, name, None)
+        if f.k is None and f.v is None:
+            f.x = None
+        return out
     return F.linear(x, self.weight, self.bias)
+
+
+def k_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return _stashed(self, x, "k")
 
 
 def v_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
-    f = self._infinilm_qkv
-    v = f.v
-    if v is not None and f.x is x:
-        f.x = f.v = None
-        return v
-    return F.linear(x, self.weight, self.bias)
+    return _stashed(self, x, "v")
 
 
 # ---- rotary embedding ----------------------------------------------------------------------------------------
