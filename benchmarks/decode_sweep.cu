@@ -8,29 +8,10 @@
 #include <random>
 #include <vector>
 
+#include "benchmarks/cuda_bench.cuh"
 #include "kernels/cuda/attention_launch.cuh"
 
 using namespace infinilm::cuda::attn;
-
-#define CHECK(x)                                                                        \
-  do {                                                                                  \
-    cudaError_t e_ = (x);                                                               \
-    if (e_ != cudaSuccess) {                                                            \
-      std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      return 1;                                                                         \
-    }                                                                                   \
-  } while (0)
-
-// Hash-based values in [-1, 1): no zeros, no NaN.
-__global__ void fill_random(__nv_bfloat16* x, int64_t n, uint32_t seed) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed;
-    h ^= h >> 15;
-    h *= 2246822519u;
-    h ^= h >> 13;
-    x[i] = __float2bfloat16((h & 0xffff) / 32768.f - 1.f);
-  }
-}
 
 int main() {
   const int HQ = 32, HK = 8, D = 128, BS = 16, LOG_BS = 4;
@@ -52,9 +33,9 @@ int main() {
     CHECK(cudaMalloc(&pml, int64_t(B) * HQ * 256 * 2 * 4));
     CHECK(cudaMalloc(&bt, int64_t(nb) * 4));
     CHECK(cudaMalloc(&sl, B * 4));
-    fill_random<<<1024, 256>>>(kc, cache_elems, 1);
-    fill_random<<<1024, 256>>>(vc, cache_elems, 2);
-    fill_random<<<64, 256>>>(q, int64_t(B) * HQ * D, 3);
+    fill_random<<<1024, 256>>>(kc, cache_elems, 1, 1.f);
+    fill_random<<<1024, 256>>>(vc, cache_elems, 2, 1.f);
+    fill_random<<<64, 256>>>(q, int64_t(B) * HQ * D, 3, 1.f);
     std::vector<int> ids(nb), lens(B, L);
     std::iota(ids.begin(), ids.end(), 0);
     std::shuffle(ids.begin(), ids.end(), std::mt19937(7));
@@ -81,7 +62,9 @@ int main() {
     p.max_blocks = L / BS;
     p.scale_log2 = 0.0883883f * kLog2e;
     int plan_s = 0, plan_part = 0;
-    decode_split_plan(B, HK * decode_ctas_per_kv_head(HQ / HK, DType::kBFloat16), L, sms, &plan_s, &plan_part);
+    // The plan's CTA shape too (8 warps for small grids): its split count is sized for it.
+    decode_split_plan(B, HK * decode_ctas_per_kv_head(HQ / HK, DType::kBFloat16), L, sms, &plan_s, &plan_part,
+                      DType::kBFloat16, D, &p.warps);
     std::vector<int> parts;
     for (int want : {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256}) {
       int part = (L + want - 1) / want;

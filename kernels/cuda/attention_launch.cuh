@@ -8,6 +8,7 @@
 #include "attention_prefill.cuh"
 #include "attention_prefill_wgmma.cuh"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -47,11 +48,18 @@ inline bool prefill_wgmma_requested() {
     return v != nullptr && std::strcmp(v, "wgmma") == 0;
   }();
   if (!env) return false;
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-  return major == 9 && minor == 0;
+  // Per device, asked once: 0 unknown, 1 sm_90, 2 other.
+  static std::atomic<signed char> is_sm90[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (is_sm90[dev].load(std::memory_order_relaxed) == 0) {
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+      return false;
+    is_sm90[dev].store(major == 9 && minor == 0 ? 1 : 2, std::memory_order_relaxed);
+  }
+  return is_sm90[dev].load(std::memory_order_relaxed) == 1;
 #endif
 }
 

@@ -1,4 +1,5 @@
-// Paged prefill attention on Hopper's warpgroup MMA (sm_90a), first version: not yet wired into the op.
+// Paged prefill attention on Hopper's warpgroup MMA (sm_90a), first version: opt-in behind
+// INFINILM_CUDA_PREFILL=wgmma (attention_launch.cuh) until measured.
 // benchmarks/prefill_wgmma_check.cu compares it with the mma.sync kernel (attention_prefill.cuh) and times
 // both; kernels/cuda/wgmma.cuh's conventions are checked first by benchmarks/wgmma_probe.cu.
 //
@@ -280,12 +281,15 @@ __global__ void __launch_bounds__(256, D > 64 ? 1 : 2) paged_prefill_wgmma_kerne
 
 // cudaErrorNotSupported where this build has no sm_90a code (the caller keeps the mma.sync kernel) or for
 // options it does not implement (window, soft-cap) and head sizes other than 64 / 128.
-// INFINILM_SM90A: defined by builds whose device code targets sm_90a (the kernel is empty elsewhere).
+// INFINILM_SM90A: defined by builds whose device code targets sm_90a (elsewhere the kernel is a trapping stub).
 template <typename T>
 inline cudaError_t launch_paged_prefill_wgmma_t(const PrefillParams& p, int head_dim, cudaStream_t stream) {
 #if !defined(INFINILM_SM90A)
+  (void)p;
+  (void)head_dim;
+  (void)stream;
   return cudaErrorNotSupported;
-#endif
+#else
   if (p.window_left >= 0 || p.softcap_log2 > 0.f) return cudaErrorNotSupported;
   if (p.tiles_upper == 0 || p.num_reqs == 0) return cudaSuccess;
   auto go = [&](auto kernel, int smem) {
@@ -299,6 +303,7 @@ inline cudaError_t launch_paged_prefill_wgmma_t(const PrefillParams& p, int head
     case 128: return go(paged_prefill_wgmma_kernel<T, 128>, PrefillWgShape<128>::kSmemBytes);
     default: return cudaErrorNotSupported;
   }
+#endif
 }
 
 }  // namespace attn
