@@ -154,6 +154,5 @@ class LLM(frontend.GenerateMixin):
         def reset():
             self.engine.reset_cache(self._cache_config(getattr(self, "max_kv_memory_bytes", None)))
             self._sync_cache_geometry()
-            if hasattr(self._core.scheduler, "bm"):
-                self._core.scheduler.bm.reset()
+            self._core.scheduler.reset_blocks()
         self._core.call(reset)

@@ -73,7 +73,7 @@ def _run_llm(llm, prompts, params, want: int, label: str) -> float:
     """One timed LLM.generate of the workload (prefix cache emptied first); prints its row, returns tok/s."""
     core = llm._core
     # The same prompts again must not find their blocks cached; the wait also ends any step still in flight.
-    core.call(lambda: core.scheduler.bm.reset() if hasattr(core.scheduler, "bm") else None)
+    core.call(core.scheduler.reset_blocks)
     t0, c0 = time.perf_counter(), (core.steps, core.step_s, core.forward_s, core.wait_s)
     res = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t0

@@ -199,8 +199,7 @@ class EngineCore:
         self._requests.clear()
         self.scheduler.waiting.clear()
         self.scheduler.running.clear()
-        if hasattr(self.scheduler, "bm"):
-            self.scheduler.bm.reset()
+        self.scheduler.reset_blocks()
 
     def _overlappable(self, prev: steps.Launched) -> bool:
         """Whether the next step may be queued before ``prev``'s ids are read."""

@@ -163,6 +163,10 @@ class PagedScheduler:
         if upto >= (seq.hashed_blocks + 1) * self.bm.block_size and seq.in_running:
             seq.hashed_blocks = self.bm.commit_full(seq.blocks, seq.tokens, upto, seq.hashed_blocks)
 
+    def reset_blocks(self) -> None:
+        """Every block free again, the prefix cache emptied (the engine's cache was reset)."""
+        self.bm.reset()
+
     def finish(self, seq: Sequence) -> None:
         if seq.in_running:
             _leave(self.running, seq)
@@ -226,6 +230,9 @@ class StaticScheduler:
 
     def commit(self, seq: Sequence) -> None:
         pass  # no prefix cache
+
+    def reset_blocks(self) -> None:
+        pass  # no block manager
 
     def finish(self, seq: Sequence) -> None:
         if seq.in_running:

@@ -17,11 +17,14 @@ _MASK = (1 << 63) - 1
 PLACEHOLDER = -1  # a token sampled by a step still in flight (its id is fed to the next step on the device)
 
 
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEEBDA00E26B)  # SplitMix64 constants
+
+
 def step_seed(seed: int, step: int) -> int:
     """The seed of a sequence's draw at its own step ``step``: a mix of both, independent of the batch."""
-    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & _MASK
+    x = (seed * _MIX[0] + step * _MIX[1] + _MIX[2]) & _MASK
     x ^= x >> 31
-    x = (x * 0xD6E8FEEBDA00E26B) & _MASK
+    x = (x * _MIX[3]) & _MASK
     return x ^ (x >> 29)
 
 
@@ -29,8 +32,7 @@ def _signed(c: int) -> int:
     return c - (1 << 64) if c >= 1 << 63 else c
 
 
-_A, _B, _C, _D = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB,
-                                       0xD6E8FEEBDA00E26B))
+_A, _B, _C, _D = (_signed(c) for c in _MIX)  # the same constants as int64 values, for step_seeds
 
 
 def step_seeds(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:

@@ -189,21 +189,9 @@ def finish(core, rec: Launched) -> None:
     touched = {}
     decode = core.llm.decode
     sched = core.scheduler
-    bs = sched.bm.block_size if hasattr(sched, "bm") else None  # paged: commit's own test inlined below
+    bs = sched.bm.block_size if hasattr(sched, "bm") else None  # paged: commit's own test, inlined below
     for j, (s, tok) in enumerate(zip(live_seqs, tokens.tolist())):
         req = s.request
-        if lps[j] is None:  # the common case (no logprobs), with the calls and their early returns inlined
-            s.resolve(tok)
-            if s.finish_reason is not None or req.stream or s.params.stop:
-                check_stop_strings(s, decode)
-            if req.first_token is None:
-                req.first_token = now
-            touched[req.request_id] = req
-            if s.finish_reason is not None:
-                sched.finish(s)
-            elif bs is None or min(s.num_computed, len(s.prompt) + len(s.out)) >= (s.hashed_blocks + 1) * bs:
-                sched.commit(s)
-            continue
         if lps[j] is not None and s.logprobs is not None:
             lp, rank, top = lps[j]
             entry = {t: Logprob(v, None) for t, v in top.items()}
@@ -212,15 +200,18 @@ def finish(core, rec: Launched) -> None:
             entry[tok] = Logprob(lp, rank)
             s.logprobs.append(entry)
             s.cumulative_logprob += lp
+        # The calls below with their early returns inlined: check_stop_strings returns at once unless the row
+        # finished, streams or has stop strings; commit unless a block filled up.
         s.resolve(tok)
-        check_stop_strings(s, decode)
-        if s.request.first_token is None:
-            s.request.first_token = now
-        if s.finished:
-            core.scheduler.finish(s)
-        else:
-            core.scheduler.commit(s)
-        touched[s.request.request_id] = s.request
+        if s.finish_reason is not None or req.stream or s.params.stop:
+            check_stop_strings(s, decode)
+        if req.first_token is None:
+            req.first_token = now
+        touched[req.request_id] = req
+        if s.finish_reason is not None:
+            sched.finish(s)
+        elif bs is None or min(s.num_computed, len(s.prompt) + len(s.out)) >= (s.hashed_blocks + 1) * bs:
+            sched.commit(s)
     for rid, req in touched.items():
         done = req.seqs[0].finish_reason is not None if len(req.seqs) == 1 else all(s.finished for s in req.seqs)
         if done:
