@@ -230,12 +230,15 @@ void bind_engine(py::module_& m) {
         "Attach a HookRegistry (None detaches); rank 0 calls its hooks during forward.");
   e.def("enable_cuda_graphs", &InferEngine::enable_cuda_graphs, py::arg("enable") = true,
         py::call_guard<py::gil_scoped_release>(),
-        "CUDA-graph replay of pure-decode steps (CUDA, tp_size 1, no hooks): on by default on CUDA unless "
+        "CUDA-graph replay of decode steps (CUDA, tp_size 1, no hooks, no penalties; prefill and mixed steps of "
+        "at most 512 tokens too under INFINILM_CUDA_GRAPHS_MIXED=1): on by default on CUDA unless "
         "INFINILM_CUDA_GRAPHS=0; False runs every step eagerly and frees the graphs. A no-op on CPU.");
   e.def_property_readonly("cuda_graphs", &InferEngine::cuda_graphs_enabled, "Whether decode steps may replay graphs.");
   e.def_property_readonly("_num_cuda_graphs", &InferEngine::num_cuda_graphs, "Graphs captured (rank 0).");
   e.def_property_readonly("_cuda_graph_replays", &InferEngine::cuda_graph_replays,
-                          "Decode steps served by a graph so far (rank 0).");
+                          "Steps served by a graph so far (rank 0).");
+  e.def_property_readonly("_eager_static_steps", &InferEngine::eager_static_steps,
+                          "Steps run eagerly on a graph's padded inputs (INFINILM_EAGER_STATIC_STEPS=1).");
   e.def_property_readonly("config", &InferEngine::config);
   e.def_property_readonly("tp_size", &InferEngine::tp_size);
   e.def_property_readonly("local_ranks", &InferEngine::local_ranks, "Group ranks this process runs.");

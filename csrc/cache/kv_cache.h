@@ -36,6 +36,8 @@ class KVCache {
   int64_t max_batch_size() const { return max_batch_size_; }
   int64_t max_cache_len() const { return max_cache_len_; }
   int64_t blocks_per_row() const { return blocks_per_row_; }
+  // Tokens one sequence can hold: a paged request may own every block, a static row its blocks_per_row.
+  int64_t capacity() const { return (paged_ ? num_blocks_ : blocks_per_row_) * block_size_; }
 
   at::Tensor& key(int64_t layer) { return k_[layer]; }
   at::Tensor& value(int64_t layer) { return v_[layer]; }

@@ -1,4 +1,5 @@
-// DecodeGraphs: CUDA-graph capture and replay of one rank's pure-decode steps (a no-op stub in CPU builds).
+// DecodeGraphs: CUDA-graph capture and replay of one rank's decode steps, and (opt-in) of small prefill and
+// mixed steps (a no-op stub in CPU builds).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,33 +11,39 @@
 
 #include "csrc/cache/kv_cache.h"
 #include "csrc/engine/batch.h"
+#include "csrc/engine/static_step.h"
 #include "csrc/models/causal_lm.h"
 
 namespace infinilm::engine {
 
-// One graph per (request count n, length bucket L): the step's inputs live in one static device buffer
-// refilled by a single H2D copy, the model forward and the sampler are replayed from the graph. No padded
-// rows: a padded row would write its K/V into a slot another request owns. The attention grid is sized from
-// L (the capture's max_seq_len), so a graph serves every step whose longest sequence fits L; L is a power of
-// two >= 512 capped at the block-table capacity, which keeps short contexts on short grids.
+// One graph per StepShape (static_step.h): the step's inputs live in one static device buffer refilled by a
+// single H2D copy, the model forward and the sampler are replayed from the graph.
+// Decode steps: one graph per (request count n, length bucket L), no padded rows. The attention grid is sized
+// from L (the capture's max_seq_len), so a graph serves every step whose longest sequence fits L; L is a power
+// of two >= 512 capped at the block-table capacity, which keeps short contexts on short grids.
+// Prefill and mixed steps (when run() is asked to): tokens and requests padded to powers of two (up to
+// kMaxMixedTokens tokens, kMaxStepRequests requests); padded tokens write no cache slot, padded rows' ids and
+// logits are dropped.
 // All calls must come from the rank's worker thread (the one that runs its model).
 class DecodeGraphs {
  public:
-  static constexpr int64_t kMaxBatch = 64;   // larger decode batches run eagerly
-  static constexpr int64_t kMaxGraphs = 32;  // beyond this many captures, new shapes run eagerly
+  static constexpr int64_t kMaxBatch = kMaxStepRequests;  // larger batches run eagerly
+  static constexpr int64_t kMaxGraphs = 32;       // beyond this many decode captures, new shapes run eagerly
+  static constexpr int64_t kMaxMixedGraphs = 16;  // the same for prefill / mixed captures
 
   DecodeGraphs();
   ~DecodeGraphs();
   DecodeGraphs(const DecodeGraphs&) = delete;
   DecodeGraphs& operator=(const DecodeGraphs&) = delete;
 
-  // Runs the validated host decode batch through a graph (capturing it on first use) and sets *ids ([n] int64)
-  // and *logits ([n, vocab] float32), both on the device and overwritten by the next replay. source (host
-  // int64 [n], or undefined) and prev (device ids): the tokens whose source >= 0 take prev[source] as their id
-  // (build_batch, take_tokens). Queues work only: no host synchronisation with the device. Returns false,
-  // having run nothing, when no graph may serve the step (the caller runs it eagerly).
+  // Runs the validated host batch through a graph (capturing it on first use) and sets *ids ([n] int64) and
+  // *logits ([n, vocab] float32), both on the device and overwritten by the next replay. source (host int64
+  // [T], or undefined) and prev (device ids): the tokens whose source >= 0 take prev[source] as their id
+  // (build_batch, take_tokens). mixed: prefill and mixed steps may be graphed too. Queues work only: no host
+  // synchronisation with the device. Returns false, having run nothing, when no graph may serve the step (the
+  // caller runs it eagerly).
   bool run(const models::CausalLM& model, cache::KVCache& cache, const models::ForwardBatch& host,
-           const SamplingParams& sp, const at::Tensor& source, const at::Tensor& prev, at::Tensor* ids,
+           const SamplingParams& sp, const at::Tensor& source, const at::Tensor& prev, bool mixed, at::Tensor* ids,
            at::Tensor* logits);
 
   // Drops every graph (they hold the cache's and the weights' addresses).
@@ -49,10 +56,10 @@ class DecodeGraphs {
   struct Graph;
   std::unique_ptr<Graph> capture(const models::CausalLM& model, cache::KVCache& cache,
                                  const models::ForwardBatch& host, const SamplingParams& sp,
-                                 const at::Tensor& source, const at::Tensor& prev, int64_t n, int64_t max_len,
+                                 const at::Tensor& source, const at::Tensor& prev, const StepShape& shape,
                                  at::Device device);
 
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<Graph>> graphs_;
+  std::map<StepShape, std::unique_ptr<Graph>> graphs_;
   int64_t replays_ = 0;
   bool failed_ = false;                                      // a capture failed: stay eager
   std::pair<unsigned long long, unsigned long long> pool_{0, 0};  // at::cuda::MempoolId_t, shared by the graphs

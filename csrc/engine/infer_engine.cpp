@@ -9,10 +9,12 @@
 #include <cstring>
 #include <exception>
 #include <future>
+#include <optional>
 #include <thread>
 #include <tuple>
 
 #include "csrc/engine/batch.h"
+#include "csrc/engine/static_step.h"
 #include "csrc/models/registry.h"
 #include "csrc/ops/ops.h"
 
@@ -20,6 +22,11 @@ namespace infinilm::engine {
 
 namespace {
 std::atomic<uint64_t> g_next_engine_id{1};  // Output.engine_id: which engine's sampled ids an Output holds
+
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
 }  // namespace
 
 void InferEngine::check_args(const models::llama::LlamaConfig& config, const distributed::DistConfig& dist,
@@ -237,17 +244,32 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly. Steps
   // with penalties run eagerly too: their token lists change width every step (a graph per width would
   // multiply the captures) and the op is cheap next to the forward. Logprobs run after the replay.
-  const bool graphed = graphs_enabled_ && world_ == 1 && host.is_decode &&
-                       !(hooks_ && hooks_->has_hooks()) && !sp.penalties;
+  // Prefill and mixed steps of at most kMaxMixedTokens tokens replay graphs too under
+  // INFINILM_CUDA_GRAPHS_MIXED=1 (opt-in until the engine's CUDA suites have run on it).
+  const bool graphed = graphs_enabled_ && world_ == 1 && !(hooks_ && hooks_->has_hooks()) && !sp.penalties;
+  const bool mixed = env_is("INFINILM_CUDA_GRAPHS_MIXED", "1");
+  // Test hook: steps a graph could serve run eagerly on the padded static inputs a graph would record (any
+  // device), so the padding is checked where no graph runs.
+  const bool static_eager = env_is("INFINILM_EAGER_STATIC_STEPS", "1") && world_ == 1 && !sp.penalties &&
+                            !(hooks_ && hooks_->has_hooks());
   for (auto& r : ranks_) begin_writes(writes, *r.cache);
   run_on_all([&](Rank& rank) {
     TORCH_CHECK(rank.worker->rank() != failing, "InferEngine: injected failure on rank ", failing);
     const at::Device dev = rank.worker->device();
     const bool first = rank.worker->rank() == 0;
     at::Tensor logits, ids;
-    const bool replayed =
-        graphed && rank.graphs && rank.graphs->run(*rank.model, *rank.cache, host, sp, source, prev, &ids, &logits);
-    if (!replayed) {
+    const bool replayed = graphed && rank.graphs &&
+                          rank.graphs->run(*rank.model, *rank.cache, host, sp, source, prev, mixed, &ids, &logits);
+    std::optional<StepShape> shape;
+    if (!replayed && static_eager) shape = step_shape(host, rank.cache->capacity(), /*mixed=*/true);
+    if (shape) {
+      StaticStep step(*shape, rank.cache->block_size(), dev);
+      step.upload(host, sp, source, prev);
+      std::tie(logits, ids) = step.run(*rank.model, *rank.cache);
+      logits = logits.narrow(0, 0, n);
+      ids = ids.narrow(0, 0, n);
+      ++eager_static_steps_;
+    } else if (!replayed) {
       models::ForwardBatch batch = to_device(host, dev);
       if (source.defined()) batch.input_ids = take_tokens(batch.input_ids, source, upload(source, dev), prev);
       logits = rank.model->forward(batch, *rank.cache, first ? hooks_.get() : nullptr);

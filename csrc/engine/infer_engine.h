@@ -52,13 +52,16 @@ class InferEngine {
   void reset_cache(std::shared_ptr<const cache::CacheConfig> cache_config = nullptr);
   // Rank 0 calls the registry's hooks during forward; null detaches it.
   void set_hook_registry(std::shared_ptr<models::debug_utils::HookRegistry> registry);
-  // CUDA-graph replay of pure-decode steps (CUDA, tp_size 1, no hooks attached, at most
-  // DecodeGraphs::kMaxBatch requests). On by default on CUDA unless INFINILM_CUDA_GRAPHS=0; off drops the graphs.
+  // CUDA-graph replay of decode steps (CUDA, tp_size 1, no hooks attached, no penalties, at most
+  // DecodeGraphs::kMaxBatch requests), and of prefill / mixed steps of at most kMaxMixedTokens tokens under
+  // INFINILM_CUDA_GRAPHS_MIXED=1. On by default on CUDA unless INFINILM_CUDA_GRAPHS=0; off drops the graphs.
   void enable_cuda_graphs(bool enable);
   bool cuda_graphs_enabled() const { return graphs_enabled_; }
   // Graphs captured and decode steps replayed so far (rank 0), for tests and benchmarks.
   int64_t num_cuda_graphs() const;
   int64_t cuda_graph_replays() const;
+  // Steps run eagerly on a graph's padded static inputs (the INFINILM_EAGER_STATIC_STEPS=1 test hook).
+  int64_t eager_static_steps() const { return eager_static_steps_; }
 
   const models::llama::LlamaConfig& config() const { return config_; }
   const distributed::DistConfig& distributed_config() const { return dist_; }
@@ -107,6 +110,7 @@ class InferEngine {
   bool graphs_enabled_ = false;
   std::atomic<bool> broken_{false};
   std::atomic<int64_t> inject_failure_rank_{-1};
+  std::atomic<int64_t> eager_static_steps_{0};
 };
 
 }  // namespace infinilm::engine

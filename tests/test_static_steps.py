@@ -1,0 +1,162 @@
+"""The padded static inputs a CUDA graph records (csrc/engine/static_step.h), run eagerly on the CPU through the
+INFINILM_EAGER_STATIC_STEPS=1 hook: decode, prefill and mixed steps padded to their graph shape (tokens and
+requests to powers of two; padded tokens write no cache slot) give the unpadded engine's tokens and logits, and
+leave its cache as the unpadded engine leaves it (later steps read it).
+
+The padding is real: the padded engine counts the steps it ran on static inputs, and the plans put a live
+request's K/V in block 0, the block padded rows read and the slot a write of a padded token would hit first.
+"""
+import pytest
+import torch
+
+from engine_utils import Input, PagedDriver, make_engine, make_hf, paged_config
+
+CFG = dict(hidden=64, layers=2, heads=4, kv_heads=2, inter=128, vocab=256, max_pos=1024)
+BLOCK, BLOCKS = 8, 160
+
+
+def _pair(monkeypatch, cache="paged", dtype=torch.float32, batch=4, seed=0):
+    torch.manual_seed(seed)
+    model = make_hf(dtype=dtype, **CFG)
+    cc = (paged_config(model, BLOCKS, BLOCK, dtype) if cache == "paged"
+          else __import__("infinilm_torch").lib._infinilm.StaticKVCacheConfig(batch, CFG["max_pos"]))
+    padded, plain = make_engine(model, dtype, cc), make_engine(model, dtype, cc)
+    return model, padded, plain
+
+
+class _Env:
+    """Forward calls of `padded` under INFINILM_EAGER_STATIC_STEPS=1, of `plain` without (read per call)."""
+
+    def __init__(self, monkeypatch, padded, plain):
+        self.mp, self.padded, self.plain = monkeypatch, padded, plain
+
+    def forward(self, which, inp):
+        if which is self.padded:
+            self.mp.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
+        else:
+            self.mp.delenv("INFINILM_EAGER_STATIC_STEPS", raising=False)
+        try:
+            return which.forward(inp)
+        finally:
+            self.mp.delenv("INFINILM_EAGER_STATIC_STEPS", raising=False)
+
+
+def _close(a, b, what, dtype):
+    assert torch.equal(a.output_ids, b.output_ids), f"{what}: tokens differ"
+    scale = b.logits.abs().max().item()
+    tol = {torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype] * scale
+    err = (a.logits - b.logits).abs().max().item()
+    assert err <= tol, f"{what}: logits differ by {err} (tolerance {tol})"
+
+
+class _Twin(PagedDriver):
+    """One request plan driven over both engines: the padded engine gets the plain engine's inputs."""
+
+    def __init__(self, env, prompts):
+        super().__init__(env.plain, prompts, BLOCKS, BLOCK)
+        self.env = env
+
+    def step(self, plan, **overrides):
+        args = dict(self.build(plan), temperature=0.0, return_logits=True)
+        args.update(overrides)
+        out_pad = self.env.forward(self.env.padded, Input(**args))
+        out = self.env.forward(self.env.plain, Input(**args))
+        for i, (r, n) in enumerate(plan):
+            q = self.reqs[r]
+            q["cached"] += n
+            if q["cached"] == len(q["tokens"]):
+                q["tokens"].append(int(out.output_ids[i, 0]))
+        return out_pad, out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_padded_paged_steps_equal_unpadded(monkeypatch, dtype):
+    _, padded, plain = _pair(monkeypatch, dtype=dtype)
+    env = _Env(monkeypatch, padded, plain)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, CFG["vocab"], (n,), generator=g).tolist() for n in (37, 5, 70, 12, 1)]
+    drv = _Twin(env, prompts)
+    drv.free.remove(0)
+    drv.free.insert(len(drv.free), 0)  # block 0 goes to the first request: padded rows read it
+    plans = [
+        [(0, 37)],                          # a lone prefill: 37 tokens -> 64 (a padding request of 27)
+        [(0, 1), (1, 5)],                   # decode beside a short prompt: 6 -> 16 tokens, 2 -> 4 requests
+        [(0, 1), (1, 1), (2, 30)],          # a chunk of a long prompt: 32 tokens, no token padding, 3 -> 4
+        [(0, 1), (1, 1), (2, 40)],          # the rest of it: 42 -> 64
+        [(0, 1), (1, 1), (2, 1), (3, 12), (4, 1)],
+        [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)],  # pure decode: the decode shape, no padding
+        [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)],
+    ]
+    for s, plan in enumerate(plans):
+        a, b = drv.step(plan)
+        _close(a, b, f"step {s} {plan}", dtype)
+    assert padded._eager_static_steps == len(plans)
+    assert plain._eager_static_steps == 0
+    for s in range(6):  # decode on, reading every block both engines wrote
+        plan = [(r, 1) for r in range(5)]
+        a, b = drv.step(plan)
+        _close(a, b, f"decode {s}", dtype)
+
+
+def test_padded_static_cache_prefill_and_decode(monkeypatch):
+    model, padded, plain = _pair(monkeypatch, cache="static", batch=3)
+    env = _Env(monkeypatch, padded, plain)
+    g = torch.Generator().manual_seed(2)
+    lens = [9, 23, 4]
+    ids = torch.zeros(3, max(lens), dtype=torch.long)
+    for b, n in enumerate(lens):
+        ids[b, :n] = torch.randint(0, CFG["vocab"], (n,), generator=g)
+    first = dict(input_ids=ids, input_lengths=torch.tensor(lens), cache_lengths=torch.zeros(3, dtype=torch.long),
+                 temperature=0.0, return_logits=True)
+    a, b = env.forward(padded, Input(**first)), env.forward(plain, Input(**first))
+    _close(a, b, "prefill", torch.float32)
+    seqs = [[int(b.output_ids[r, 0])] for r in range(3)]
+    for s in range(8):
+        inp = dict(input_ids=torch.tensor([[q[-1]] for q in seqs]), temperature=0.0, return_logits=True,
+                   cache_lengths=torch.tensor([n + s for n in lens]))
+        a, b = env.forward(padded, Input(**inp)), env.forward(plain, Input(**inp))
+        _close(a, b, f"decode {s}", torch.float32)
+        for r in range(3):
+            seqs[r].append(int(b.output_ids[r, 0]))
+    assert padded._eager_static_steps == 9
+    assert len({t for q in seqs for t in q}) >= 4, "degenerate greedy path: the comparison would prove little"
+
+
+def test_steps_no_graph_serves_run_unpadded(monkeypatch):
+    """More than 512 tokens, or more than 64 requests: no static shape, the padded engine runs them as is."""
+    _, padded, plain = _pair(monkeypatch)
+    env = _Env(monkeypatch, padded, plain)
+    g = torch.Generator().manual_seed(3)
+    drv = _Twin(env, [torch.randint(0, CFG["vocab"], (600,), generator=g).tolist()])
+    a, b = drv.step([(0, 600)])
+    _close(a, b, "600-token prefill", torch.float32)
+    assert padded._eager_static_steps == 0
+    a, b = drv.step([(0, 1)])
+    _close(a, b, "decode after it", torch.float32)
+    assert padded._eager_static_steps == 1
+
+
+def test_padded_step_with_seeded_sampling_and_prev_output(monkeypatch):
+    """Sampled rows keep their own seeds and parameters beside padded rows; ids fed from the previous step's
+    device output (prev_output) land on the right tokens of a padded mixed step (their input_ids are wrong on
+    purpose: only the device ids give the plain engine's result)."""
+    _, padded, plain = _pair(monkeypatch)
+    env = _Env(monkeypatch, padded, plain)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, CFG["vocab"], (n,), generator=g).tolist() for n in (20, 9, 14, 7)]
+    drv = _Twin(env, prompts)
+    sampling = dict(temperatures=torch.tensor([0.9, 0.0, 1.3]), top_ks=torch.tensor([20, 0, 0]),
+                    top_ps=torch.tensor([1.0, 1.0, 0.8]), min_ps=torch.tensor([0.0, 0.0, 0.05]),
+                    seeds=torch.tensor([11, 12, 13]))
+    a, b = drv.step([(0, 20), (1, 9), (2, 14)], **sampling)
+    _close(a, b, "sampled prefill", torch.float32)
+    # Mixed: requests 0-2 decode the ids just drawn, request 3's prompt arrives (7 tokens): 10 -> 16 tokens.
+    args = drv.build([(0, 1), (1, 1), (2, 1), (3, 7)])
+    args.update(temperature=0.0, return_logits=True)
+    wrong = args["input_ids"].clone()
+    wrong[0, :3] = (wrong[0, :3] + 1) % CFG["vocab"]
+    index = torch.tensor([[0, 1, 2] + [-1] * 7])
+    a2 = env.forward(padded, Input(**dict(args, input_ids=wrong, prev_output=a, prev_token_index=index)))
+    b2 = env.forward(plain, Input(**args))
+    _close(a2, b2, "mixed step fed from prev_output", torch.float32)
+    assert padded._eager_static_steps == 2
