@@ -137,7 +137,8 @@ def test_cuda_engine_files_dry_run_on_cpu():
     run will execute is at least known to run and pass on the CPU kernels."""
     here = Path(__file__).resolve().parent
     env = dict(os.environ, INFINILM_ENGINE_TEST_DEVICE="cpu")
-    files = [str(here / "test_engine_cuda.py"), str(here / "test_engine_cuda_graph_fallbacks.py")]
+    files = [str(here / f) for f in ("test_engine_cuda.py", "test_engine_cuda_graph_fallbacks.py",
+                                     "test_engine_cuda_graphs_mixed.py")]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", *files], env=env,
                           cwd=here.parent, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -5,23 +5,49 @@ Agreement is to rounding, not bitwise: a padded step runs its matrix products on
 cuBLAS may pick another kernel for another row count, with another reduction order. Attention, norms and rope
 compute each real token exactly as the eager step does. Tokens must agree wherever the eager logits are not a
 near-tie; a wrong slot, table or padding moves logits by about their whole scale.
+
+``INFINILM_ENGINE_TEST_DEVICE=cpu`` runs the file on the CPU engine (tests/test_engine.py does, in CI): the
+"graph" engine then runs the padded inputs eagerly (INFINILM_EAGER_STATIC_STEPS=1 around its calls), whose count
+must equal the replays the GPU run expects, so the plans' shapes are checked before a GPU runs them.
 """
+import contextlib
+import os
+
 import pytest
 import torch
 
 from engine_utils import Input, PagedDriver, engine_config, make_hf, paged_config
 from infinilm_torch.lib import _infinilm
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEV = os.environ.get("INFINILM_ENGINE_TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
 CFG = dict(heads=4, kv_heads=2, hidden=256, head_dim=64, inter=256)
 REL = {torch.float32: 1e-3, torch.bfloat16: 6e-2}
 
 
 def _engine(model, dtype, cache_config):
-    engine = _infinilm.InferEngine(engine_config(model.config, dtype), device_type="cuda", cache_config=cache_config)
+    engine = _infinilm.InferEngine(engine_config(model.config, dtype), device_type=DEV, cache_config=cache_config)
     for name, t in model.state_dict().items():
-        engine.load_param(name, t.cuda())
+        engine.load_param(name, t.to(DEV))
     return engine
+
+
+@contextlib.contextmanager
+def _as_graph(monkeypatch):
+    """Around the graph engine's calls: on the CPU its steps run on the padded inputs a graph would replay."""
+    if DEV != "cpu" or os.environ.get("INFINILM_CUDA_GRAPHS_MIXED") != "1":
+        yield
+        return
+    monkeypatch.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
+    try:
+        yield
+    finally:
+        monkeypatch.delenv("INFINILM_EAGER_STATIC_STEPS")
+
+
+def _served(engine):
+    """Steps a graph served (CUDA), or that ran on a graph's padded inputs (the CPU dry run)."""
+    return engine._cuda_graph_replays if DEV != "cpu" else engine._eager_static_steps
 
 
 def _pair(dtype, num_blocks=96, block_size=16, max_pos=1024):
@@ -43,15 +69,17 @@ def _agree(g, e, what, dtype):
 
 
 class _Pair(PagedDriver):
-    def __init__(self, graph, eager, prompts, num_blocks, block_size, dtype):
+    def __init__(self, graph, eager, prompts, num_blocks, block_size, dtype, monkeypatch):
         super().__init__(eager, prompts, num_blocks, block_size)
-        self.graph, self.dtype = graph, dtype
+        self.graph, self.dtype, self.mp = graph, dtype, monkeypatch
 
     def step(self, plan, **overrides):
         args = dict(self.build(plan), temperature=0.0, return_logits=True)
         args.update(overrides)
         out = self.engine.forward(Input(**args))
-        _agree(self.graph.forward(Input(**args)), out, f"plan {plan}", self.dtype)
+        with _as_graph(self.mp):
+            g = self.graph.forward(Input(**args))
+        _agree(g, out, f"plan {plan}", self.dtype)
         for i, (r, n) in enumerate(plan):
             q = self.reqs[r]
             q["cached"] += n
@@ -68,7 +96,7 @@ def _prompts(lengths):
 def test_mixed_graphs_join_leave(monkeypatch, dtype):
     monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "1")
     graph, eager = _pair(dtype)
-    d = _Pair(graph, eager, _prompts([70, 90, 37, 101, 12, 600]), 96, 16, dtype)
+    d = _Pair(graph, eager, _prompts([70, 90, 37, 101, 12, 600]), 96, 16, dtype, monkeypatch)
     d.step([(0, 70)])                          # prefill: 70 -> 128 tokens, 1 -> 2 requests: graph 1
     d.step([(0, 1), (1, 90)])                  # mixed: 91 -> 128, 2 -> 4: graph 2
     for _ in range(4):
@@ -82,23 +110,25 @@ def test_mixed_graphs_join_leave(monkeypatch, dtype):
     d.step([(1, 1), (5, 89)])                  # 90 -> 128, 2 + 1 -> 4, sequences past 512: graph 8
     for _ in range(4):
         d.step([(5, 1), (1, 1)])               # decode n = 2 in the 1024 bucket: graph 9
-    assert graph._cuda_graph_replays == 19 and eager._cuda_graph_replays == 0
-    assert graph._num_cuda_graphs == 9
+    assert _served(graph) == 19 and _served(eager) == 0
+    if DEV != "cpu":
+        assert graph._num_cuda_graphs == 9
 
 
 def test_mixed_graphs_off_by_default_and_large_steps_eager(monkeypatch):
     monkeypatch.delenv("INFINILM_CUDA_GRAPHS_MIXED", raising=False)
     graph, eager = _pair(torch.bfloat16)
-    d = _Pair(graph, eager, _prompts([70, 600]), 96, 16, torch.bfloat16)
+    d = _Pair(graph, eager, _prompts([70, 600]), 96, 16, torch.bfloat16, monkeypatch)
     d.step([(0, 70)])
-    assert graph._cuda_graph_replays == 0
+    assert graph._cuda_graph_replays == 0 and graph._eager_static_steps == 0
     d.step([(0, 1)])
-    assert graph._cuda_graph_replays == 1
+    assert graph._cuda_graph_replays == (0 if DEV == "cpu" else 1)
     monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "1")
+    before = _served(graph)
     d.step([(0, 1), (1, 600)])  # 601 tokens: more than any graph takes
-    assert graph._cuda_graph_replays == 1
+    assert _served(graph) == before
     d.step([(0, 1), (1, 1)])
-    assert graph._cuda_graph_replays == 2
+    assert _served(graph) == before + 1
 
 
 def test_mixed_graphs_sampling_and_prev_output(monkeypatch):
@@ -106,12 +136,13 @@ def test_mixed_graphs_sampling_and_prev_output(monkeypatch):
     mixed step (their input_ids wrong on purpose), non-blocking as the front end runs it."""
     monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "1")
     graph, eager = _pair(torch.float32)
-    d = _Pair(graph, eager, _prompts([20, 9, 14, 7]), 96, 16, torch.float32)
+    d = _Pair(graph, eager, _prompts([20, 9, 14, 7]), 96, 16, torch.float32, monkeypatch)
     sampling = dict(temperatures=torch.tensor([0.9, 0.0, 1.3]), top_ks=torch.tensor([20, 0, 0]),
                     top_ps=torch.tensor([1.0, 1.0, 0.8]), seeds=torch.tensor([11, 12, 13]))
     args = dict(d.build([(0, 20), (1, 9), (2, 14)]), return_logits=True, **sampling)
     e = eager.forward(Input(**args))
-    g = graph.forward(Input(**args))
+    with _as_graph(monkeypatch):
+        g = graph.forward(Input(**args))
     assert torch.equal(g.output_ids, e.output_ids), "seeded draws differ"
     for i, (r, n) in enumerate([(0, 20), (1, 9), (2, 14)]):
         d.reqs[r]["cached"] += n
@@ -120,17 +151,18 @@ def test_mixed_graphs_sampling_and_prev_output(monkeypatch):
     wrong = args["input_ids"].clone()
     wrong[0, :3] = (wrong[0, :3] + 1) % 256
     index = torch.tensor([[0, 1, 2] + [-1] * 7])
-    g2 = graph.forward(Input(**dict(args, input_ids=wrong, prev_output=g, prev_token_index=index,
-                                    non_blocking=True)))
+    with _as_graph(monkeypatch):
+        g2 = graph.forward(Input(**dict(args, input_ids=wrong, prev_output=g, prev_token_index=index,
+                                        non_blocking=True)))
     e2 = eager.forward(Input(**args))
     g2.wait()
     _agree(g2, e2, "mixed step from prev_output", torch.float32)
-    assert graph._cuda_graph_replays == 2
+    assert _served(graph) == 2
 
 
-def test_static_inputs_run_eagerly_on_cuda(monkeypatch):
-    """The padded static inputs themselves, eagerly on the GPU (INFINILM_EAGER_STATIC_STEPS=1, no graph),
-    against the unpadded eager engine (the variable is read per call: set for one engine only)."""
+def test_static_inputs_run_eagerly_on_the_device(monkeypatch):
+    """The padded static inputs themselves, eagerly on the engine's device (INFINILM_EAGER_STATIC_STEPS=1, no
+    graph), against the unpadded eager engine (the variable is read per call: set for one engine only)."""
     padded, eager = _pair(torch.bfloat16)
     padded.enable_cuda_graphs(False)
 
@@ -142,7 +174,7 @@ def test_static_inputs_run_eagerly_on_cuda(monkeypatch):
             finally:
                 monkeypatch.delenv("INFINILM_EAGER_STATIC_STEPS")
 
-    d = _Pair(_Padded(), eager, _prompts([70, 33, 5]), 96, 16, torch.bfloat16)
+    d = _Pair(_Padded(), eager, _prompts([70, 33, 5]), 96, 16, torch.bfloat16, monkeypatch)
     d.step([(0, 70), (1, 33)])
     d.step([(0, 1), (1, 1), (2, 5)])
     for _ in range(3):
