@@ -48,7 +48,10 @@ def _recorded_calls(family, dtype, cache, monkeypatch):
     model = infinilm_torch.patch(copy.deepcopy(make_model(family, head_dim=64, hidden_size=256,
                                                           intermediate_size=384)).to(DEV, dtype))
     ids = torch.randint(3, 256, (3, 7), device=DEV)
-    extra = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 37}
+    # Eager (disable_compile): transformers compiles a static cache's forward on CUDA, and inside that trace the
+    # recorder would see fake tensors, not the real arguments.
+    extra = {} if cache == "dynamic" else {"cache_implementation": "static", "max_cache_len": 37,
+                                           "disable_compile": True}
     with torch.no_grad():
         model.generate(ids, attention_mask=torch.ones_like(ids), **{**GREEDY, "max_new_tokens": 3,
                                                                       "min_new_tokens": 3}, **extra)

@@ -4,7 +4,7 @@
 // CTA of that kernel has called pdl_trigger (or exited). Until it calls pdl_wait it may only read memory no
 // earlier kernel writes (weights); pdl_wait returns when the previous kernel has finished and its writes are
 // visible. It must not write anything before pdl_wait: the caching allocator may have handed it a buffer an
-// earlier kernel still reads. Off unless INFINILM_CUDA_PDL=1 (read once) and the device is sm_90 or newer;
+// earlier kernel still reads. On where the device is sm_90 or newer unless INFINILM_CUDA_PDL=0 (read once);
 // elsewhere, and in a hipified build, pdl_launch is a plain launch and pdl_wait / pdl_trigger do nothing.
 #pragma once
 
@@ -33,7 +33,7 @@ inline bool pdl_enabled() {
 #else
   static const bool env = [] {
     const char* v = std::getenv("INFINILM_CUDA_PDL");
-    return v != nullptr && v[0] == '1';
+    return v == nullptr || v[0] != '0';
   }();
   if (!env) return false;
   int dev = 0, major = 0;
