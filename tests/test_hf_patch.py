@@ -372,6 +372,35 @@ def test_fused_qkv_one_product_per_attention(family):
     assert attn._infinilm_qkv.x is None and attn._infinilm_qkv.k is None  # nothing kept past the forward
 
 
+@pytest.mark.parametrize("qkv", [True, False])
+def test_rope_one_call_per_layer_at_batch_3(qkv, monkeypatch):
+    """Decode steps of a batch rotate q and k in one op call a layer, also when q and k are views of the fused
+    q/k/v product (their size-1 token dim has a stride of its own; a per-row fallback made it 3 calls)."""
+    from infinilm_torch.hf import layers
+
+    ref, _ = pair("llama", num_hidden_layers=3)
+    model = infinilm_torch.patch(copy.deepcopy(ref), qkv=qkv)
+    calls = []
+    real = layers._ops
+
+    class _Count:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+            if name != "rotary_embedding":
+                return fn
+            return lambda *a: (calls.append(a[1].shape[0]), fn(*a))[1]
+
+    monkeypatch.setattr(layers, "_ops", _Count())
+    ids = torch.randint(3, 200, (3, 7))
+    kw = dict(GREEDY, max_new_tokens=5, min_new_tokens=5)
+    with torch.no_grad():
+        got = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+        want = ref.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    assert torch.equal(got, want)
+    assert len(calls) == 5 * 3, calls  # 1 prefill + 4 decode forwards, 3 layers
+    assert calls[-1] == 3  # a decode call rotates the batch's 3 tokens at once
+
+
 def test_fused_qkv_stays_in_sync():
     """In-place loads and dtype round trips keep the fused weight; weights replaced outright are seen (eager) and
     computed unfused, never from the stale fused copy."""

@@ -290,13 +290,18 @@ def rotary_forward(self, x: torch.Tensor, position_ids: torch.Tensor, *args, **k
     return table, position_ids
 
 
+def _tokens_merge(t: torch.Tensor) -> bool:
+    """Whether dims 0 and 1 of ``t`` flatten into one strided dim (a view)."""
+    return t.shape[0] == 1 or t.shape[1] == 1 or t.stride(0) == t.shape[1] * t.stride(1)
+
+
 def _rotate_inplace(t: torch.Tensor, positions: torch.Tensor, table: torch.Tensor, other: torch.Tensor):
     """Rotate q ``t`` and k ``other`` (both HF ``[B, H, S, D]`` views) in place through ``[T, H, D]`` views."""
     qt, kt = t.transpose(1, 2), other.transpose(1, 2)  # [B, S, H, D]
-    bsz, seq = qt.shape[0], qt.shape[1]
+    bsz = qt.shape[0]
     # The op takes one token dim with a free stride: merge B and S when the layout allows it (the usual
-    # projection-output views), else one call per batch row.
-    if qt.stride(0) == seq * qt.stride(1) and kt.stride(0) == seq * kt.stride(1):
+    # projection-output views, and every decode step: a size-1 dim's stride is free), else one call per row.
+    if _tokens_merge(qt) and _tokens_merge(kt):
         _ops.rotary_embedding(positions.reshape(-1), qt.flatten(0, 1), kt.flatten(0, 1), table, True)
     else:
         for b in range(bsz):
