@@ -137,17 +137,26 @@ class PagedDriver:
                     input_lengths=T(il), block_tables=bt)
 
     def step(self, plan, **overrides):
+        out = self.engine.forward(Input(**self.inputs(plan, **overrides)))
+        self.advance(plan, out)
+        return out
+
+    def inputs(self, plan, **overrides):
+        """The Input fields of a step (greedy, logits returned unless overridden); allocates blocks: once a step."""
         args = dict(self.build(plan), temperature=0.0, return_logits=True)
         args.update(overrides)
-        out = self.engine.forward(Input(**args))
+        return args
+
+    def advance(self, plan, out):
+        """Book a step's output: cached counts grow; a request whose last known token ran gets the drawn one."""
         assert out.output_ids.shape == (len(plan), 1)
         for i, (r, n) in enumerate(plan):
             q = self.reqs[r]
             q["cached"] += n
-            if q["cached"] == len(q["tokens"]):  # the request's last known token ran: a new one is drawn
+            if q["cached"] == len(q["tokens"]):
                 q["tokens"].append(int(out.output_ids[i, 0]))
-                q["logits"].append(out.logits[i])
-        return out
+                if out.logits is not None:
+                    q["logits"].append(out.logits[i])
 
 
 def check_sequence(model, prompt_len, seq, logits, ref_model=None, bound=None, min_distinct=4):

@@ -77,15 +77,10 @@ class _PairDriver(PagedDriver):
         self.graph = graph
 
     def step(self, plan, **overrides):
-        args = dict(self.build(plan), temperature=0.0, return_logits=True)  # build() allocates blocks: once
-        args.update(overrides)
+        args = self.inputs(plan, **overrides)
         out = self.engine.forward(Input(**args))
         _same(self.graph.forward(Input(**args)), out, f"plan {plan}")
-        for i, (r, n) in enumerate(plan):
-            q = self.reqs[r]
-            q["cached"] += n
-            if q["cached"] == len(q["tokens"]):
-                q["tokens"].append(int(out.output_ids[i, 0]))
+        self.advance(plan, out)
         return out
 
 

@@ -74,17 +74,12 @@ class _Pair(PagedDriver):
         self.graph, self.dtype, self.mp = graph, dtype, monkeypatch
 
     def step(self, plan, **overrides):
-        args = dict(self.build(plan), temperature=0.0, return_logits=True)
-        args.update(overrides)
+        args = self.inputs(plan, **overrides)
         out = self.engine.forward(Input(**args))
         with _as_graph(self.mp):
             g = self.graph.forward(Input(**args))
         _agree(g, out, f"plan {plan}", self.dtype)
-        for i, (r, n) in enumerate(plan):
-            q = self.reqs[r]
-            q["cached"] += n
-            if q["cached"] == len(q["tokens"]):
-                q["tokens"].append(int(out.output_ids[i, 0]))
+        self.advance(plan, out)
         return out
 
 
@@ -139,15 +134,14 @@ def test_mixed_graphs_sampling_and_prev_output(monkeypatch):
     d = _Pair(graph, eager, _prompts([20, 9, 14, 7]), 96, 16, torch.float32, monkeypatch)
     sampling = dict(temperatures=torch.tensor([0.9, 0.0, 1.3]), top_ks=torch.tensor([20, 0, 0]),
                     top_ps=torch.tensor([1.0, 1.0, 0.8]), seeds=torch.tensor([11, 12, 13]))
-    args = dict(d.build([(0, 20), (1, 9), (2, 14)]), return_logits=True, **sampling)
+    plan = [(0, 20), (1, 9), (2, 14)]
+    args = dict(d.build(plan), return_logits=True, **sampling)
     e = eager.forward(Input(**args))
     with _as_graph(monkeypatch):
         g = graph.forward(Input(**args))
     assert torch.equal(g.output_ids, e.output_ids), "seeded draws differ"
-    for i, (r, n) in enumerate([(0, 20), (1, 9), (2, 14)]):
-        d.reqs[r]["cached"] += n
-        d.reqs[r]["tokens"].append(int(e.output_ids[i, 0]))
-    args = dict(d.build([(0, 1), (1, 1), (2, 1), (3, 7)]), temperature=0.0, return_logits=True)
+    d.advance(plan, e)
+    args = d.inputs([(0, 1), (1, 1), (2, 1), (3, 7)])
     wrong = args["input_ids"].clone()
     wrong[0, :3] = (wrong[0, :3] + 1) % 256
     index = torch.tensor([[0, 1, 2] + [-1] * 7])

@@ -57,15 +57,10 @@ class _Twin(PagedDriver):
         self.env = env
 
     def step(self, plan, **overrides):
-        args = dict(self.build(plan), temperature=0.0, return_logits=True)
-        args.update(overrides)
+        args = self.inputs(plan, **overrides)
         out_pad = self.env.forward(self.env.padded, Input(**args))
         out = self.env.forward(self.env.plain, Input(**args))
-        for i, (r, n) in enumerate(plan):
-            q = self.reqs[r]
-            q["cached"] += n
-            if q["cached"] == len(q["tokens"]):
-                q["tokens"].append(int(out.output_ids[i, 0]))
+        self.advance(plan, out)
         return out_pad, out
 
 
@@ -151,8 +146,7 @@ def test_padded_step_with_seeded_sampling_and_prev_output(monkeypatch):
     a, b = drv.step([(0, 20), (1, 9), (2, 14)], **sampling)
     _close(a, b, "sampled prefill", torch.float32)
     # Mixed: requests 0-2 decode the ids just drawn, request 3's prompt arrives (7 tokens): 10 -> 16 tokens.
-    args = drv.build([(0, 1), (1, 1), (2, 1), (3, 7)])
-    args.update(temperature=0.0, return_logits=True)
+    args = drv.inputs([(0, 1), (1, 1), (2, 1), (3, 7)])
     wrong = args["input_ids"].clone()
     wrong[0, :3] = (wrong[0, :3] + 1) % CFG["vocab"]
     index = torch.tensor([[0, 1, 2] + [-1] * 7])
