@@ -3,7 +3,6 @@
 // TFLOP/s of both, CUDA events over repeated launches. Torch-free; run benchmarks/wgmma_probe.cu first.
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -DINFINILM_SM90A -gencode=arch=compute_90a,code=sm_90a -I. \
 //        benchmarks/prefill_wgmma_check.cu -o /tmp/prefill_wgmma_check && /tmp/prefill_wgmma_check
-//   (-DINFINILM_WGMMA_V_LBO=1024 -DINFINILM_WGMMA_V_SBO=16 if the probe says the MN-major V reads the other way)
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -30,7 +29,7 @@ struct Config {
 int main() {
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s; V descriptor LBO=%d SBO=%d\n", prop.name, INFINILM_WGMMA_V_LBO, INFINILM_WGMMA_V_SBO);
+  std::printf("device: %s\n", prop.name);
   std::printf("%-34s %10s %10s %9s %9s %8s %12s %8s\n", "config", "mma us", "wgmma us", "mma TF/s", "wgmma TF", "x", "max|diff|/max", "differ");
   const Config configs[] = {{77, 0, 5, 64},     {300, 129, 3, 128}, {1024, 3072, 4, 128}, {2048, 0, 1, 64},
                             {2048, 0, 1, 128},  {8192, 0, 1, 64},   {8192, 0, 1, 128},    {512, 0, 16, 128}};

@@ -21,13 +21,11 @@ namespace infinilm {
 namespace cuda {
 namespace attn {
 
-// Which descriptor field strides the 8-token groups of an MN-major V tile (see wgmma.cuh): the probe decides.
-#ifndef INFINILM_WGMMA_V_LBO
-#define INFINILM_WGMMA_V_LBO 16
-#endif
-#ifndef INFINILM_WGMMA_V_SBO
-#define INFINILM_WGMMA_V_SBO 1024
-#endif
+// V's MN-major descriptor (wgmma.cuh): SBO strides the 8-token groups; LBO would stride the 64-column atoms of an
+// N > 64 wgmma (a V tile's column blocks lie BN * 128 bytes apart), unused by the N = 64 ones here.
+constexpr uint32_t kWgmmaVSbo = 1024;
+template <int BN>
+constexpr uint32_t kWgmmaVLbo = BN * 128;
 
 template <int D>
 struct PrefillWgShape {
@@ -45,8 +43,11 @@ __global__ void __launch_bounds__(256, D > 64 ? 1 : 2) paged_prefill_wgmma_kerne
   constexpr int BM = S::kBM, BN = S::kBN, CH = D / 8, NC = D / 64;
   constexpr bool kBf16 = std::is_same<T, __nv_bfloat16>::value;
   static_assert(D % 64 == 0, "64-column wgmma chunks");
-  extern __shared__ unsigned char smem_raw[];
-  unsigned char* base = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  extern __shared__ __align__(16) unsigned char smem_wg[];
+  // The swizzle works on shared-window addresses: align that address (the slack in kSmemBytes covers it; an
+  // __align__(1024) here would pad the static shared memory of every kernel in the translation unit).
+  const uint32_t raw_addr = wg::smem_addr(smem_wg);
+  unsigned char* base = smem_wg + (((raw_addr + 1023u) & ~1023u) - raw_addr);
   unsigned char* sq = base;                   // [2 warpgroups][64 rows][D], K-major SW128
   unsigned char* skv = base + S::kQBytes;     // [2 buffers][K, V][BN tokens][D], SW128
   __shared__ int s_req, s_m0;
@@ -234,13 +235,15 @@ __global__ void __launch_bounds__(256, D > 64 ? 1 : 2) paged_prefill_wgmma_kerne
     }
 #pragma unroll
     for (int c = 0; c < NC; ++c) wg::fence_operands(o[c]);
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) wg::fence_operands(a[t]);
     wg::fence();  // after the rescale of o and the packing of a: both are wgmma register operands
 #pragma unroll
     for (int t = 0; t < BN / 16; ++t) {
 #pragma unroll
       for (int c = 0; c < NC; ++c) {
         const uint64_t dv =
-            wg::make_desc(v_addr + c * BN * 128 + t * 16 * 128, INFINILM_WGMMA_V_LBO, INFINILM_WGMMA_V_SBO);
+            wg::make_desc(v_addr + c * BN * 128 + t * 16 * 128, kWgmmaVLbo<BN>, kWgmmaVSbo);
         wg::mma_rs<kBf16, 1>(o[c], a[t], dv, 1);
       }
     }
@@ -248,6 +251,8 @@ __global__ void __launch_bounds__(256, D > 64 ? 1 : 2) paged_prefill_wgmma_kerne
     wg::wait<0>();
 #pragma unroll
     for (int c = 0; c < NC; ++c) wg::fence_operands(o[c]);
+#pragma unroll
+    for (int t = 0; t < BN / 16; ++t) wg::fence_operands(a[t]);
   }
   cp_async_wait_all();
   if (!wg_live) return;
@@ -292,15 +297,24 @@ inline cudaError_t launch_paged_prefill_wgmma_t(const PrefillParams& p, int head
 #else
   if (p.window_left >= 0 || p.softcap_log2 > 0.f) return cudaErrorNotSupported;
   if (p.tiles_upper == 0 || p.num_reqs == 0) return cudaSuccess;
-  auto go = [&](auto kernel, int smem) {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (e != cudaSuccess) return e;
+  auto go = [&](auto kernel, int smem, cudaError_t attr) {
+    if (attr != cudaSuccess) return attr;
     kernel<<<dim3(p.hq, p.tiles_upper), PrefillWgShape<64>::kThreads, smem, stream>>>(p);
     return cudaGetLastError();
   };
+  // The shared-memory opt-in once per kernel and process (the device's current context; one GPU kind per run).
+  auto opt_in = [](auto kernel, int smem) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  };
   switch (head_dim) {
-    case 64: return go(paged_prefill_wgmma_kernel<T, 64>, PrefillWgShape<64>::kSmemBytes);
-    case 128: return go(paged_prefill_wgmma_kernel<T, 128>, PrefillWgShape<128>::kSmemBytes);
+    case 64: {
+      static const cudaError_t attr = opt_in(paged_prefill_wgmma_kernel<T, 64>, PrefillWgShape<64>::kSmemBytes);
+      return go(paged_prefill_wgmma_kernel<T, 64>, PrefillWgShape<64>::kSmemBytes, attr);
+    }
+    case 128: {
+      static const cudaError_t attr = opt_in(paged_prefill_wgmma_kernel<T, 128>, PrefillWgShape<128>::kSmemBytes);
+      return go(paged_prefill_wgmma_kernel<T, 128>, PrefillWgShape<128>::kSmemBytes, attr);
+    }
     default: return cudaErrorNotSupported;
   }
 #endif

@@ -8,8 +8,10 @@
 //    blocks, each `rows * 128` bytes. Descriptor: SBO = 1024 bytes (8-row groups), LBO unused; a k-step of 16
 //    elements inside a column block adds 32 bytes to the start address (the hardware swizzles the address).
 //  * MN-major, 128B swizzle (B = V in P V, stored token-major with the head dim contiguous): k-rows of 64
-//    N-elements, 8 k-rows per 1024-byte atom, same chunk permutation; which of LBO / SBO strides the 8-k-row
-//    groups is what benchmarks/wgmma_probe.cu checks on the GPU before a kernel relies on it.
+//    N-elements, 8 k-rows per 1024-byte atom, same chunk permutation. The PTX ISA's canonical layout
+//    ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)): SBO strides the 8-k-row groups (1024 bytes here), LBO the 64-element
+//    N atoms (unused while N = 64). benchmarks/wgmma_probe.cu confirmed it on the H200 (the swapped reading fails).
+//  Every tile starts on a 1024-byte boundary of the shared window, so the descriptors' base offset is 0.
 #pragma once
 
 #include <cstdint>
@@ -52,6 +54,13 @@ __device__ __forceinline__ void wait() {
 __device__ __forceinline__ void fence_operands(float (&d)[32]) {
 #pragma unroll
   for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// The same for an A fragment in registers (PTX: a register written before a wgmma that reads it as A needs the
+// wgmma.fence between them; this keeps the compiler from sinking the writes past it).
+__device__ __forceinline__ void fence_operands(uint32_t (&a)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[i])::"memory");
 }
 
 #define INFINILM_WG_D32                                                                                        \
