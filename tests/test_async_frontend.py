@@ -222,7 +222,8 @@ def test_min_tokens_and_penalties_fall_back_to_sync_steps(model_dir):
     pen = SamplingParams(temperature=0.8, seed=1, max_tokens=12, repetition_penalty=2.0, frequency_penalty=1.0)
     both(llm, prompts, [pen] * 3, overlapped=False)  # the penalties read output ids on the host: no overlap
     # mixed with others: no overlap while the penalized request runs, overlap again once it is done
-    both(llm, prompts[:2], [dataclasses.replace(pen, max_tokens=3), SamplingParams(temperature=0, max_tokens=12)])
+    both(llm, prompts[:2], [dataclasses.replace(pen, max_tokens=3), SamplingParams(temperature=0, max_tokens=12,
+                                                                                ignore_eos=True)])
     assert llm.engine.fed_while_penalized == 0 and sum(llm.engine.penalized) > 0
 
 
