@@ -15,8 +15,7 @@ CFG = dict(hidden=64, layers=2, heads=4, kv_heads=2, inter=128, vocab=256, max_p
 BLOCK, BLOCKS = 8, 160
 
 
-def _pair(monkeypatch, cache="paged", dtype=torch.float32, batch=4, seed=0):
-    torch.manual_seed(seed)
+def _pair(monkeypatch, cache="paged", dtype=torch.float32, batch=4):
     model = make_hf(dtype=dtype, **CFG)
     cc = (paged_config(model, BLOCKS, BLOCK, dtype) if cache == "paged"
           else __import__("infinilm_torch").lib._infinilm.StaticKVCacheConfig(batch, CFG["max_pos"]))
@@ -42,11 +41,15 @@ class _Env:
 
 
 def _close(a, b, what, dtype):
-    assert torch.equal(a.output_ids, b.output_ids), f"{what}: tokens differ"
+    """Logits within rounding of the padded products (other GEMM row counts); greedy tokens equal wherever the
+    plain engine's top two logits are further apart than that (fresh random weights may give near-ties)."""
     scale = b.logits.abs().max().item()
     tol = {torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype] * scale
     err = (a.logits - b.logits).abs().max().item()
     assert err <= tol, f"{what}: logits differ by {err} (tolerance {tol})"
+    top2 = b.logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * tol
+    assert torch.equal(a.output_ids[clear], b.output_ids[clear]), f"{what}: tokens differ"
 
 
 class _Twin(PagedDriver):
@@ -68,8 +71,7 @@ class _Twin(PagedDriver):
 def test_padded_paged_steps_equal_unpadded(monkeypatch, dtype):
     _, padded, plain = _pair(monkeypatch, dtype=dtype)
     env = _Env(monkeypatch, padded, plain)
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, CFG["vocab"], (n,), generator=g).tolist() for n in (37, 5, 70, 12, 1)]
+    prompts = [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (37, 5, 70, 12, 1)]
     drv = _Twin(env, prompts)
     drv.free.remove(0)
     drv.free.insert(len(drv.free), 0)  # block 0 goes to the first request: padded rows read it
@@ -96,11 +98,10 @@ def test_padded_paged_steps_equal_unpadded(monkeypatch, dtype):
 def test_padded_static_cache_prefill_and_decode(monkeypatch):
     model, padded, plain = _pair(monkeypatch, cache="static", batch=3)
     env = _Env(monkeypatch, padded, plain)
-    g = torch.Generator().manual_seed(2)
     lens = [9, 23, 4]
     ids = torch.zeros(3, max(lens), dtype=torch.long)
     for b, n in enumerate(lens):
-        ids[b, :n] = torch.randint(0, CFG["vocab"], (n,), generator=g)
+        ids[b, :n] = torch.randint(0, CFG["vocab"], (n,))
     first = dict(input_ids=ids, input_lengths=torch.tensor(lens), cache_lengths=torch.zeros(3, dtype=torch.long),
                  temperature=0.0, return_logits=True)
     a, b = env.forward(padded, Input(**first)), env.forward(plain, Input(**first))
@@ -121,8 +122,7 @@ def test_steps_no_graph_serves_run_unpadded(monkeypatch):
     """More than 512 tokens, or more than 64 requests: no static shape, the padded engine runs them as is."""
     _, padded, plain = _pair(monkeypatch)
     env = _Env(monkeypatch, padded, plain)
-    g = torch.Generator().manual_seed(3)
-    drv = _Twin(env, [torch.randint(0, CFG["vocab"], (600,), generator=g).tolist()])
+    drv = _Twin(env, [torch.randint(0, CFG["vocab"], (600,)).tolist()])
     a, b = drv.step([(0, 600)])
     _close(a, b, "600-token prefill", torch.float32)
     assert padded._eager_static_steps == 0
@@ -137,8 +137,7 @@ def test_padded_step_with_seeded_sampling_and_prev_output(monkeypatch):
     purpose: only the device ids give the plain engine's result)."""
     _, padded, plain = _pair(monkeypatch)
     env = _Env(monkeypatch, padded, plain)
-    g = torch.Generator().manual_seed(4)
-    prompts = [torch.randint(0, CFG["vocab"], (n,), generator=g).tolist() for n in (20, 9, 14, 7)]
+    prompts = [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (20, 9, 14, 7)]
     drv = _Twin(env, prompts)
     sampling = dict(temperatures=torch.tensor([0.9, 0.0, 1.3]), top_ks=torch.tensor([20, 0, 0]),
                     top_ps=torch.tensor([1.0, 1.0, 0.8]), min_ps=torch.tensor([0.0, 0.0, 0.05]),
