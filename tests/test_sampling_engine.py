@@ -206,3 +206,17 @@ def test_engine_sampling_fields_validated():
     bad(ValueError, r"'return_logprobs' .* got -2", return_logprobs=-2)
     out = engine.forward(Input(**base, temperatures=torch.tensor([0.0, 0.0])))  # the engine is still usable
     assert out.output_ids.shape == (2, 1)
+
+
+def test_engine_leaves_the_callers_sampling_tensors_alone():
+    """The engine maps greedy rows (top_k 1, temperature 0) onto its own copies: float32 CPU temperatures / top_ps
+    / min_ps and int64 top_ks / seeds come back from forward() unchanged."""
+    engine, nb, bs = paged_engine()
+    drv = PagedDriver(engine, prompts(4), nb, bs)
+    fields = dict(temperatures=torch.tensor([0.9, 0.0, 1.2, 0.7]), top_ks=torch.tensor([1, 5, 0, -1]),
+                  top_ps=torch.tensor([0.5, 0.9, 1.0, 0.3]), min_ps=torch.tensor([0.0, 0.1, 0.0, 0.2]),
+                  seeds=torch.tensor([1, 2, 3, 4]))
+    before = {k: v.clone() for k, v in fields.items()}
+    drv.step([(r, len(drv.reqs[r]["tokens"])) for r in range(4)], **fields)
+    for k, v in fields.items():
+        assert torch.equal(v, before[k]), f"{k} changed: {before[k].tolist()} -> {v.tolist()}"

@@ -55,8 +55,8 @@ def _close(a, b, what, dtype):
 class _Twin(PagedDriver):
     """One request plan driven over both engines: the padded engine gets the plain engine's inputs."""
 
-    def __init__(self, env, prompts):
-        super().__init__(env.plain, prompts, BLOCKS, BLOCK)
+    def __init__(self, env, prompts, num_blocks=BLOCKS, block_size=BLOCK):
+        super().__init__(env.plain, prompts, num_blocks, block_size)
         self.env = env
 
     def step(self, plan, **overrides):
@@ -153,3 +153,17 @@ def test_padded_step_with_seeded_sampling_and_prev_output(monkeypatch):
     b2 = env.forward(plain, Input(**args))
     _close(a2, b2, "mixed step fed from prev_output", torch.float32)
     assert padded._eager_static_steps == 2
+
+
+def test_no_static_shape_for_blocks_of_other_sizes(monkeypatch):
+    """Paged blocks whose size is not a power of two: the CUDA kernels take those only as one-column tables, so no
+    graph (and no padded step) serves them; the steps run as they are."""
+    model = make_hf(**CFG)
+    cc = paged_config(model, 64, 6)
+    padded, plain = make_engine(model, torch.float32, cc), make_engine(model, torch.float32, cc)
+    env = _Env(monkeypatch, padded, plain)
+    drv = _Twin(env, [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (9, 4)], 64, 6)
+    for plan in ([(0, 9), (1, 4)], [(0, 1), (1, 1)]):
+        a, b = drv.step(plan)
+        _close(a, b, f"plan {plan}", torch.float32)
+    assert padded._eager_static_steps == 0

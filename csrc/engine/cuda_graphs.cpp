@@ -99,9 +99,10 @@ std::unique_ptr<DecodeGraphs::Graph> DecodeGraphs::capture(const models::CausalL
 bool DecodeGraphs::run(const models::CausalLM& model, cache::KVCache& cache, const ForwardBatch& host,
                        const SamplingParams& sp, const at::Tensor& source, const at::Tensor& prev, bool mixed,
                        at::Tensor* ids, at::Tensor* logits) {
-  if (failed_) return false;
-  const std::optional<StepShape> shape = step_shape(host, cache.capacity(), mixed);
+  const std::optional<StepShape> shape = step_shape(host, cache, mixed);
   if (!shape) return false;
+  bool& failed = shape->decode ? failed_decode_ : failed_mixed_;
+  if (failed) return false;
   auto it = graphs_.find(*shape);
   if (it == graphs_.end()) {
     const int64_t of_kind = std::count_if(graphs_.begin(), graphs_.end(),
@@ -112,9 +113,11 @@ bool DecodeGraphs::run(const models::CausalLM& model, cache::KVCache& cache, con
     try {
       g = capture(model, cache, host, sp, source, prev, *shape, device);
     } catch (const std::exception& e) {
-      // The warm-up wrote only this step's own K/V, so the eager rerun is exact; later steps stay eager.
-      failed_ = true;
-      TORCH_WARN("InferEngine: CUDA-graph capture failed, steps run eagerly from now on: ", e.what());
+      // The warm-up wrote only this step's own K/V, so the eager rerun is exact; later steps of this kind
+      // (decode, or prefill / mixed) stay eager.
+      failed = true;
+      TORCH_WARN("InferEngine: CUDA-graph capture of a ", shape->decode ? "decode" : "prefill / mixed",
+                 " step failed, such steps run eagerly from now on: ", e.what());
       return false;
     }
     it = graphs_.emplace(*shape, std::move(g)).first;

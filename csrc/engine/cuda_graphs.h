@@ -61,7 +61,7 @@ class DecodeGraphs {
 
   std::map<StepShape, std::unique_ptr<Graph>> graphs_;
   int64_t replays_ = 0;
-  bool failed_ = false;                                      // a capture failed: stay eager
+  bool failed_decode_ = false, failed_mixed_ = false;         // a capture of that kind failed: stay eager
   std::pair<unsigned long long, unsigned long long> pool_{0, 0};  // at::cuda::MempoolId_t, shared by the graphs
 };
 

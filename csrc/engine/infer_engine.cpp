@@ -261,7 +261,7 @@ InferEngine::Output InferEngine::forward(const Input& input) {
     const bool replayed = graphed && rank.graphs &&
                           rank.graphs->run(*rank.model, *rank.cache, host, sp, source, prev, mixed, &ids, &logits);
     std::optional<StepShape> shape;
-    if (!replayed && static_eager) shape = step_shape(host, rank.cache->capacity(), /*mixed=*/true);
+    if (!replayed && static_eager) shape = step_shape(host, *rank.cache, /*mixed=*/true);
     if (shape) {
       StaticStep step(*shape, rank.cache->block_size(), dev);
       step.upload(host, sp, source, prev);

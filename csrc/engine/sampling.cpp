@@ -28,13 +28,14 @@ at::Tensor host_vector(const at::Tensor& t, const char* name, int64_t n) {
   return h;
 }
 
-// A float per-request tensor [n] -> contiguous float32 on the CPU.
+// A float per-request tensor [n] -> a contiguous float32 copy on the CPU (build_sampling rewrites greedy rows in
+// place: never in the caller's tensor).
 at::Tensor host_float(const at::Tensor& t, const char* name, int64_t n) {
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "InferEngine.forward: '", name,
                    "' must be a float tensor, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == n, "InferEngine.forward: '", name, "' must have shape [", n,
                     "] (one per request), got ", t.sizes());
-  return t.to(at::kCPU, at::kFloat).contiguous();
+  return t.to(at::kCPU, at::kFloat, /*non_blocking=*/false, /*copy=*/true).contiguous();
 }
 
 // Each value of a float [n] vector passes ok(v), else an error naming field, row and value.

@@ -35,9 +35,10 @@ int64_t pow2_at_least(int64_t x, int64_t lo) {
 
 }  // namespace
 
-std::optional<StepShape> step_shape(const models::ForwardBatch& host, int64_t capacity, bool mixed) {
+std::optional<StepShape> step_shape(const models::ForwardBatch& host, const cache::KVCache& cache, bool mixed) {
   const int64_t n = host.seq_lens.size(0), T = host.input_ids.size(0);
-  if (n == 0 || n > kMaxStepRequests) return std::nullopt;
+  const int64_t bs = cache.block_size(), capacity = cache.capacity();
+  if (n == 0 || n > kMaxStepRequests || (bs & (bs - 1)) != 0) return std::nullopt;
   StepShape s;
   s.decode = host.is_decode;
   if (s.decode) {

@@ -32,12 +32,12 @@ struct StepShape {
 constexpr int64_t kMaxStepRequests = 64;
 constexpr int64_t kMaxMixedTokens = 512;  // prefill and mixed steps; their token counts are bucketed
 
-// The shape that serves `host` (a validated host batch), or nullopt. capacity: the tokens one sequence can hold
-// in the cache. Decode steps keep their request count (no padded rows) and take the length bucket: the smallest
+// The shape that serves `host` (a validated host batch) in `cache`, or nullopt. Paged caches whose block size is
+// not a power of two get none (the CUDA kernels take those blocks only as one-column tables). Decode steps keep their request count (no padded rows) and take the length bucket: the smallest
 // power of two >= max(max_seq_len, 512), capped at capacity. Other steps (mixed: prefills, chunks, decodes
 // beside them) only when `mixed`: tokens rounded up to a power of two >= 16 (at most kMaxMixedTokens), requests
 // to a power of two >= the step's plus one when tokens were added (a padding request owns them).
-std::optional<StepShape> step_shape(const models::ForwardBatch& host, int64_t capacity, bool mixed);
+std::optional<StepShape> step_shape(const models::ForwardBatch& host, const cache::KVCache& cache, bool mixed);
 
 // The packed inputs of one shape and their views. Padding (rows past the step's): tokens get id 0, position
 // 0, slot -1 (no cache write) and no prev_output source; the first padded request owns the padded tokens
