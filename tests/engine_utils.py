@@ -106,6 +106,23 @@ def run_static(engine, prompts, steps, **sampling):
     return seqs, logits
 
 
+class EnvEngine:
+    """An engine whose forward() calls run with environment variables set (the engine reads its switches per
+    call), so two engines of one test can differ in them; attributes other than forward are the engine's."""
+
+    def __init__(self, engine, monkeypatch, **env):
+        self.engine, self.mp, self.env = engine, monkeypatch, env
+
+    def forward(self, inp):
+        with self.mp.context() as m:
+            for name, value in self.env.items():
+                m.setenv(name, value)
+            return self.engine.forward(inp)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
 class PagedDriver:
     """Requests over a paged engine: scattered blocks from a shuffled free list, steps of (request, n_new)."""
 

@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from engine_utils import Input, PagedDriver, engine_config, make_hf, paged_config
+from engine_utils import EnvEngine, Input, PagedDriver, engine_config, make_hf, paged_config
 from infinilm_torch.lib import _infinilm
 
 DEV = os.environ.get("INFINILM_ENGINE_TEST_DEVICE", "cuda")
@@ -35,14 +35,10 @@ def _engine(model, dtype, cache_config):
 @contextlib.contextmanager
 def _as_graph(monkeypatch):
     """Around the graph engine's calls: on the CPU its steps run on the padded inputs a graph would replay."""
-    if DEV != "cpu" or os.environ.get("INFINILM_CUDA_GRAPHS_MIXED") != "1":
+    with monkeypatch.context() as m:
+        if DEV == "cpu" and os.environ.get("INFINILM_CUDA_GRAPHS_MIXED") == "1":
+            m.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
         yield
-        return
-    monkeypatch.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
-    try:
-        yield
-    finally:
-        monkeypatch.delenv("INFINILM_EAGER_STATIC_STEPS")
 
 
 def _served(engine):
@@ -159,16 +155,8 @@ def test_static_inputs_run_eagerly_on_the_device(monkeypatch):
     graph), against the unpadded eager engine (the variable is read per call: set for one engine only)."""
     padded, eager = _pair(torch.bfloat16)
     padded.enable_cuda_graphs(False)
-
-    class _Padded:
-        def forward(self, inp):
-            monkeypatch.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
-            try:
-                return padded.forward(inp)
-            finally:
-                monkeypatch.delenv("INFINILM_EAGER_STATIC_STEPS")
-
-    d = _Pair(_Padded(), eager, _prompts([70, 33, 5]), 96, 16, torch.bfloat16, monkeypatch)
+    d = _Pair(EnvEngine(padded, monkeypatch, INFINILM_EAGER_STATIC_STEPS="1"), eager, _prompts([70, 33, 5]), 96, 16,
+              torch.bfloat16, monkeypatch)
     d.step([(0, 70), (1, 33)])
     d.step([(0, 1), (1, 1), (2, 5)])
     for _ in range(3):

@@ -9,7 +9,8 @@ request's K/V in block 0, the block padded rows read and the slot a write of a p
 import pytest
 import torch
 
-from engine_utils import Input, PagedDriver, make_engine, make_hf, paged_config
+from engine_utils import EnvEngine, Input, PagedDriver, make_engine, make_hf, paged_config
+from infinilm_torch.lib import _infinilm
 
 CFG = dict(hidden=64, layers=2, heads=4, kv_heads=2, inter=128, vocab=256, max_pos=1024)
 BLOCK, BLOCKS = 8, 160
@@ -18,26 +19,9 @@ BLOCK, BLOCKS = 8, 160
 def _pair(monkeypatch, cache="paged", dtype=torch.float32, batch=4):
     model = make_hf(dtype=dtype, **CFG)
     cc = (paged_config(model, BLOCKS, BLOCK, dtype) if cache == "paged"
-          else __import__("infinilm_torch").lib._infinilm.StaticKVCacheConfig(batch, CFG["max_pos"]))
-    padded, plain = make_engine(model, dtype, cc), make_engine(model, dtype, cc)
-    return model, padded, plain
-
-
-class _Env:
-    """Forward calls of `padded` under INFINILM_EAGER_STATIC_STEPS=1, of `plain` without (read per call)."""
-
-    def __init__(self, monkeypatch, padded, plain):
-        self.mp, self.padded, self.plain = monkeypatch, padded, plain
-
-    def forward(self, which, inp):
-        if which is self.padded:
-            self.mp.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
-        else:
-            self.mp.delenv("INFINILM_EAGER_STATIC_STEPS", raising=False)
-        try:
-            return which.forward(inp)
-        finally:
-            self.mp.delenv("INFINILM_EAGER_STATIC_STEPS", raising=False)
+          else _infinilm.StaticKVCacheConfig(batch, CFG["max_pos"]))
+    padded = EnvEngine(make_engine(model, dtype, cc), monkeypatch, INFINILM_EAGER_STATIC_STEPS="1")
+    return model, padded, make_engine(model, dtype, cc)
 
 
 def _close(a, b, what, dtype):
@@ -55,14 +39,14 @@ def _close(a, b, what, dtype):
 class _Twin(PagedDriver):
     """One request plan driven over both engines: the padded engine gets the plain engine's inputs."""
 
-    def __init__(self, env, prompts, num_blocks=BLOCKS, block_size=BLOCK):
-        super().__init__(env.plain, prompts, num_blocks, block_size)
-        self.env = env
+    def __init__(self, padded, plain, prompts, num_blocks=BLOCKS, block_size=BLOCK):
+        super().__init__(plain, prompts, num_blocks, block_size)
+        self.padded = padded
 
     def step(self, plan, **overrides):
         args = self.inputs(plan, **overrides)
-        out_pad = self.env.forward(self.env.padded, Input(**args))
-        out = self.env.forward(self.env.plain, Input(**args))
+        out_pad = self.padded.forward(Input(**args))
+        out = self.engine.forward(Input(**args))
         self.advance(plan, out)
         return out_pad, out
 
@@ -70,9 +54,8 @@ class _Twin(PagedDriver):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_padded_paged_steps_equal_unpadded(monkeypatch, dtype):
     _, padded, plain = _pair(monkeypatch, dtype=dtype)
-    env = _Env(monkeypatch, padded, plain)
     prompts = [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (37, 5, 70, 12, 1)]
-    drv = _Twin(env, prompts)
+    drv = _Twin(padded, plain, prompts)
     drv.free.remove(0)
     drv.free.insert(len(drv.free), 0)  # block 0 goes to the first request: padded rows read it
     plans = [
@@ -97,20 +80,19 @@ def test_padded_paged_steps_equal_unpadded(monkeypatch, dtype):
 
 def test_padded_static_cache_prefill_and_decode(monkeypatch):
     model, padded, plain = _pair(monkeypatch, cache="static", batch=3)
-    env = _Env(monkeypatch, padded, plain)
     lens = [9, 23, 4]
     ids = torch.zeros(3, max(lens), dtype=torch.long)
     for b, n in enumerate(lens):
         ids[b, :n] = torch.randint(0, CFG["vocab"], (n,))
     first = dict(input_ids=ids, input_lengths=torch.tensor(lens), cache_lengths=torch.zeros(3, dtype=torch.long),
                  temperature=0.0, return_logits=True)
-    a, b = env.forward(padded, Input(**first)), env.forward(plain, Input(**first))
+    a, b = padded.forward(Input(**first)), plain.forward(Input(**first))
     _close(a, b, "prefill", torch.float32)
     seqs = [[int(b.output_ids[r, 0])] for r in range(3)]
     for s in range(8):
         inp = dict(input_ids=torch.tensor([[q[-1]] for q in seqs]), temperature=0.0, return_logits=True,
                    cache_lengths=torch.tensor([n + s for n in lens]))
-        a, b = env.forward(padded, Input(**inp)), env.forward(plain, Input(**inp))
+        a, b = padded.forward(Input(**inp)), plain.forward(Input(**inp))
         _close(a, b, f"decode {s}", torch.float32)
         for r in range(3):
             seqs[r].append(int(b.output_ids[r, 0]))
@@ -121,8 +103,7 @@ def test_padded_static_cache_prefill_and_decode(monkeypatch):
 def test_steps_no_graph_serves_run_unpadded(monkeypatch):
     """More than 512 tokens, or more than 64 requests: no static shape, the padded engine runs them as is."""
     _, padded, plain = _pair(monkeypatch)
-    env = _Env(monkeypatch, padded, plain)
-    drv = _Twin(env, [torch.randint(0, CFG["vocab"], (600,)).tolist()])
+    drv = _Twin(padded, plain, [torch.randint(0, CFG["vocab"], (600,)).tolist()])
     a, b = drv.step([(0, 600)])
     _close(a, b, "600-token prefill", torch.float32)
     assert padded._eager_static_steps == 0
@@ -136,9 +117,8 @@ def test_padded_step_with_seeded_sampling_and_prev_output(monkeypatch):
     device output (prev_output) land on the right tokens of a padded mixed step (their input_ids are wrong on
     purpose: only the device ids give the plain engine's result)."""
     _, padded, plain = _pair(monkeypatch)
-    env = _Env(monkeypatch, padded, plain)
     prompts = [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (20, 9, 14, 7)]
-    drv = _Twin(env, prompts)
+    drv = _Twin(padded, plain, prompts)
     sampling = dict(temperatures=torch.tensor([0.9, 0.0, 1.3]), top_ks=torch.tensor([20, 0, 0]),
                     top_ps=torch.tensor([1.0, 1.0, 0.8]), min_ps=torch.tensor([0.0, 0.0, 0.05]),
                     seeds=torch.tensor([11, 12, 13]))
@@ -149,8 +129,8 @@ def test_padded_step_with_seeded_sampling_and_prev_output(monkeypatch):
     wrong = args["input_ids"].clone()
     wrong[0, :3] = (wrong[0, :3] + 1) % CFG["vocab"]
     index = torch.tensor([[0, 1, 2] + [-1] * 7])
-    a2 = env.forward(padded, Input(**dict(args, input_ids=wrong, prev_output=a, prev_token_index=index)))
-    b2 = env.forward(plain, Input(**args))
+    a2 = padded.forward(Input(**dict(args, input_ids=wrong, prev_output=a, prev_token_index=index)))
+    b2 = plain.forward(Input(**args))
     _close(a2, b2, "mixed step fed from prev_output", torch.float32)
     assert padded._eager_static_steps == 2
 
@@ -160,9 +140,9 @@ def test_no_static_shape_for_blocks_of_other_sizes(monkeypatch):
     graph (and no padded step) serves them; the steps run as they are."""
     model = make_hf(**CFG)
     cc = paged_config(model, 64, 6)
-    padded, plain = make_engine(model, torch.float32, cc), make_engine(model, torch.float32, cc)
-    env = _Env(monkeypatch, padded, plain)
-    drv = _Twin(env, [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (9, 4)], 64, 6)
+    padded = EnvEngine(make_engine(model, torch.float32, cc), monkeypatch, INFINILM_EAGER_STATIC_STEPS="1")
+    plain = make_engine(model, torch.float32, cc)
+    drv = _Twin(padded, plain, [torch.randint(0, CFG["vocab"], (n,)).tolist() for n in (9, 4)], 64, 6)
     for plan in ([(0, 9), (1, 4)], [(0, 1), (1, 1)]):
         a, b = drv.step(plan)
         _close(a, b, f"plan {plan}", torch.float32)
