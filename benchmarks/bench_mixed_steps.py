@@ -107,7 +107,7 @@ def main():
     gen = torch.Generator().manual_seed(0)
     fill(engine, kmax, a.context, -(-(a.context + 1) // a.block_size), a.block_size, ec.vocab_size, gen)
     if cuda:
-        base_name, base_env = "eager", {}
+        base_name, base_env = "eager", {"INFINILM_CUDA_GRAPHS_MIXED": "0"}
         new_name, new_env = "graph", {"INFINILM_CUDA_GRAPHS_MIXED": "1"}
     else:
         base_name, base_env = "plain", {}

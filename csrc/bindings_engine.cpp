@@ -231,7 +231,7 @@ void bind_engine(py::module_& m) {
   e.def("enable_cuda_graphs", &InferEngine::enable_cuda_graphs, py::arg("enable") = true,
         py::call_guard<py::gil_scoped_release>(),
         "CUDA-graph replay of decode steps (CUDA, tp_size 1, no hooks, no penalties; prefill and mixed steps of "
-        "at most 512 tokens too under INFINILM_CUDA_GRAPHS_MIXED=1): on by default on CUDA unless "
+        "at most 512 tokens too, unless INFINILM_CUDA_GRAPHS_MIXED=0): on by default on CUDA unless "
         "INFINILM_CUDA_GRAPHS=0; False runs every step eagerly and frees the graphs. A no-op on CPU.");
   e.def_property_readonly("cuda_graphs", &InferEngine::cuda_graphs_enabled, "Whether decode steps may replay graphs.");
   e.def_property_readonly("_num_cuda_graphs", &InferEngine::num_cuda_graphs, "Graphs captured (rank 0).");

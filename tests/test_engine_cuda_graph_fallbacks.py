@@ -15,6 +15,13 @@ from test_engine_cuda_graphs import CFG, _lockstep_static, _prompts
 
 DEV = os.environ.get("INFINILM_ENGINE_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEV == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _decode_graphs_only(monkeypatch):
+    """These tests count and compare decode-graph replays: prefill and mixed steps stay eager here
+    (tests/test_engine_cuda_graphs_mixed.py covers their graphs)."""
+    monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "0")
 GPU = DEV == "cuda"
 MAX_BATCH, MAX_GRAPHS = 64, 32  # DecodeGraphs::kMaxBatch, kMaxGraphs (csrc/engine/cuda_graphs.h)
 

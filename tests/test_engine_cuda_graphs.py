@@ -13,6 +13,13 @@ from engine_utils import PagedDriver, engine_config, make_hf, paged_config
 from infinilm_torch.lib import _infinilm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _decode_graphs_only(monkeypatch):
+    """These tests count and compare decode-graph replays: prefill and mixed steps stay eager here
+    (tests/test_engine_cuda_graphs_mixed.py covers their graphs)."""
+    monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "0")
 Input = _infinilm.InferEngine.Input
 CFG = dict(heads=4, kv_heads=2, hidden=256, head_dim=64, inter=256)
 STEPS = 36

@@ -1,5 +1,5 @@
 """CUDA only: prefill and mixed steps (prompts, chunks, decodes beside them) replayed from CUDA graphs under
-INFINILM_CUDA_GRAPHS_MIXED=1, padded to their graph shape, against the eager engine on the same inputs.
+default (INFINILM_CUDA_GRAPHS_MIXED=0 turns them off), padded to their graph shape, against the eager engine on the same inputs.
 
 Agreement is to rounding, not bitwise: a padded step runs its matrix products on more rows (16 -> 64, ...), and
 cuBLAS may pick another kernel for another row count, with another reduction order. Attention, norms and rope
@@ -36,7 +36,7 @@ def _engine(model, dtype, cache_config):
 def _as_graph(monkeypatch):
     """Around the graph engine's calls: on the CPU its steps run on the padded inputs a graph would replay."""
     with monkeypatch.context() as m:
-        if DEV == "cpu" and os.environ.get("INFINILM_CUDA_GRAPHS_MIXED") == "1":
+        if DEV == "cpu" and os.environ.get("INFINILM_CUDA_GRAPHS_MIXED") != "0":
             m.setenv("INFINILM_EAGER_STATIC_STEPS", "1")
         yield
 
@@ -106,20 +106,22 @@ def test_mixed_graphs_join_leave(monkeypatch, dtype):
         assert graph._num_cuda_graphs == 9
 
 
-def test_mixed_graphs_off_by_default_and_large_steps_eager(monkeypatch):
-    monkeypatch.delenv("INFINILM_CUDA_GRAPHS_MIXED", raising=False)
+def test_mixed_graphs_off_with_0_and_large_steps_eager(monkeypatch):
+    monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "0")
     graph, eager = _pair(torch.bfloat16)
-    d = _Pair(graph, eager, _prompts([70, 600]), 96, 16, torch.bfloat16, monkeypatch)
+    d = _Pair(graph, eager, _prompts([70, 600, 20]), 96, 16, torch.bfloat16, monkeypatch)
     d.step([(0, 70)])
     assert graph._cuda_graph_replays == 0 and graph._eager_static_steps == 0
     d.step([(0, 1)])
     assert graph._cuda_graph_replays == (0 if DEV == "cpu" else 1)
-    monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "1")
+    monkeypatch.delenv("INFINILM_CUDA_GRAPHS_MIXED")  # the default: mixed steps replay graphs
     before = _served(graph)
     d.step([(0, 1), (1, 600)])  # 601 tokens: more than any graph takes
     assert _served(graph) == before
     d.step([(0, 1), (1, 1)])
     assert _served(graph) == before + 1
+    d.step([(0, 1), (1, 1), (2, 20)])  # a mixed step of 22 tokens: padded to 32, replayed
+    assert _served(graph) == before + 2
 
 
 def test_mixed_graphs_sampling_and_prev_output(monkeypatch):

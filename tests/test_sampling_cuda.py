@@ -12,6 +12,13 @@ from test_sampling import uniform
 from test_sampling_extras import ref_filter, ref_penalties, token_lists
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _decode_graphs_only(monkeypatch):
+    """These tests count and compare decode-graph replays: prefill and mixed steps stay eager here
+    (tests/test_engine_cuda_graphs_mixed.py covers their graphs)."""
+    monkeypatch.setenv("INFINILM_CUDA_GRAPHS_MIXED", "0")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 

@@ -244,10 +244,10 @@ InferEngine::Output InferEngine::forward(const Input& input) {
   // Graphs replay pure-decode steps of a single rank with no hooks to call; all else runs eagerly. Steps
   // with penalties run eagerly too: their token lists change width every step (a graph per width would
   // multiply the captures) and the op is cheap next to the forward. Logprobs run after the replay.
-  // Prefill and mixed steps of at most kMaxMixedTokens tokens replay graphs too under
-  // INFINILM_CUDA_GRAPHS_MIXED=1 (opt-in until the engine's CUDA suites have run on it).
+  // Prefill and mixed steps of at most kMaxMixedTokens tokens replay (padded) graphs too, unless
+  // INFINILM_CUDA_GRAPHS_MIXED=0 (read per step) keeps them eager.
   const bool graphed = graphs_enabled_ && world_ == 1 && !(hooks_ && hooks_->has_hooks()) && !sp.penalties;
-  const bool mixed = env_is("INFINILM_CUDA_GRAPHS_MIXED", "1");
+  const bool mixed = !env_is("INFINILM_CUDA_GRAPHS_MIXED", "0");
   // Test hook: steps a graph could serve run eagerly on the padded static inputs a graph would record (any
   // device), so the padding is checked where no graph runs.
   const bool static_eager = env_is("INFINILM_EAGER_STATIC_STEPS", "1") && world_ == 1 && !sp.penalties &&

@@ -53,8 +53,8 @@ class InferEngine {
   // Rank 0 calls the registry's hooks during forward; null detaches it.
   void set_hook_registry(std::shared_ptr<models::debug_utils::HookRegistry> registry);
   // CUDA-graph replay of decode steps (CUDA, tp_size 1, no hooks attached, no penalties, at most
-  // DecodeGraphs::kMaxBatch requests), and of prefill / mixed steps of at most kMaxMixedTokens tokens under
-  // INFINILM_CUDA_GRAPHS_MIXED=1. On by default on CUDA unless INFINILM_CUDA_GRAPHS=0; off drops the graphs.
+  // DecodeGraphs::kMaxBatch requests), and of prefill / mixed steps of at most kMaxMixedTokens tokens unless
+  // INFINILM_CUDA_GRAPHS_MIXED=0. On by default on CUDA unless INFINILM_CUDA_GRAPHS=0; off drops the graphs.
   void enable_cuda_graphs(bool enable);
   bool cuda_graphs_enabled() const { return graphs_enabled_; }
   // Graphs captured and decode steps replayed so far (rank 0), for tests and benchmarks.
