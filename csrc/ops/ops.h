@@ -45,6 +45,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> logprobs_cpu(const at::Tensor& lo
 at::Tensor linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 // linear(silu_and_mul(x), w, b) with the activation folded into the skinny GEMM's input loads (<= 8 rows).
 at::Tensor silu_and_mul_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+int64_t l2_prefetch_cuda(const at::Tensor& w, int64_t max_bytes);
+void l2_prefetch_join_cuda(const at::Tensor& like);
 at::Tensor rms_norm_cuda(const at::Tensor& input, const at::Tensor& weight, double eps);
 void fused_add_rms_norm_cuda(at::Tensor& input, at::Tensor& residual, const at::Tensor& weight, double eps);
 void rotary_embedding_cuda(const at::Tensor& positions, at::Tensor& query, at::Tensor& key,
@@ -97,6 +99,17 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b 
 // linear(silu_and_mul(x), w, b) for x [T, 2K] (gate | up): the MLP's down projection; on CUDA, up to 8 rows in
 // one kernel (the activation computed as the product loads its input).
 at::Tensor silu_and_mul_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+// Asks the GPU to bring the first min(max_bytes, w's bytes, half the L2) bytes of the contiguous tensor w into
+// L2 from a side stream forked off the current stream here; returns the bytes requested (0: nothing queued; always
+// 0 on the CPU). Decode steps call it for the weights of the products after the latency-bound kernels just
+// queued. Results never depend on it. l2_prefetch_join makes the current stream wait for the side stream (a
+// graph capture needs every fork joined before it ends); a no-op when nothing was queued since the last join.
+int64_t l2_prefetch(const at::Tensor& w, int64_t max_bytes);
+void l2_prefetch_join(const at::Tensor& like);
+// INFINILM_L2_PREFETCH (read per call): 0 off; 1 (default) the attention output and MLP weights requested after
+// each decode layer's QKV product; 2 also the next layer's QKV weights after the down projection.
+int l2_prefetch_mode();
 
 // ---- device-generic wrappers: the engine calls these, never the dispatcher ---------------------------
 inline at::Tensor rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {

@@ -10,13 +10,15 @@ namespace infinilm::models::layers {
 
 at::Tensor paged_self_attention(const AttentionWeights& w, const AttentionShape& s, const at::Tensor& x,
                                 const ForwardBatch& batch, at::Tensor& k_cache, at::Tensor& v_cache,
-                                const at::Tensor& rope, const TensorParallel& tp, const Hooks& hook) {
+                                const at::Tensor& rope, const TensorParallel& tp, const Hooks& hook,
+                                const std::function<void()>& after_qkv) {
   const int64_t T = x.size(0), D = s.head_dim;
   const int64_t q = s.q_heads * D, kv = s.kv_heads * D;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const std::optional<int64_t> max_seq = batch.max_seq_len, max_q = batch.max_query_len;
 
   at::Tensor qkv = infinilm::linear(x, w.qkv_w, w.qkv_b);  // [T, q + 2 kv]
+  if (after_qkv) after_qkv();
   at::Tensor qt = qkv.narrow(1, 0, q).view({T, s.q_heads, D});
   at::Tensor kt = qkv.narrow(1, q, kv).view({T, s.kv_heads, D});
   at::Tensor vt = qkv.narrow(1, q + kv, kv).view({T, s.kv_heads, D});

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 
 #include "csrc/models/forward_batch.h"
 #include "csrc/models/layers/common.h"
@@ -25,9 +26,12 @@ struct AttentionShape {
   int64_t window_left = -1;  // sliding window: a token sees keys [p - window_left, p]; -1 = all
 };
 
-// x: the normalised hidden states [T, H]; returns o_proj's output [T, H], summed over ranks.
+// x: the normalised hidden states [T, H]; returns o_proj's output [T, H], summed over ranks. after_qkv (when
+// set) is called once the QKV product is queued, before rope, the cache write and attention (the engine queues
+// its L2 prefetches of the next weights there).
 at::Tensor paged_self_attention(const AttentionWeights& w, const AttentionShape& s, const at::Tensor& x,
                                 const ForwardBatch& batch, at::Tensor& k_cache, at::Tensor& v_cache,
-                                const at::Tensor& rope, const TensorParallel& tp, const Hooks& hook);
+                                const at::Tensor& rope, const TensorParallel& tp, const Hooks& hook,
+                                const std::function<void()>& after_qkv = {});
 
 }  // namespace infinilm::models::layers

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "csrc/ops/ops.h"
 
@@ -11,6 +12,17 @@ namespace infinilm::models::llama {
 
 namespace {
 std::string layer_name(int64_t i, const char* suffix) { return "model.layers." + std::to_string(i) + "." + suffix; }
+
+// Steps of at most this many tokens stream weights (decode steps, small mixed ones): their products are
+// bound by the bytes of the weights, and rope, attention and the norms between them leave HBM idle.
+constexpr int64_t kPrefetchMaxTokens = 64;
+
+// Bytes of weights requested into L2 at each prefetch point: INFINILM_L2_PREFETCH_MB (default 24; the CUDA side
+// also caps a request at half the L2).
+int64_t prefetch_budget() {
+  const char* v = std::getenv("INFINILM_L2_PREFETCH_MB");
+  return (v != nullptr && v[0] != '\0' ? std::atoll(v) : 24) << 20;
+}
 
 // A linear weight [out, in]: row-major, the checkpoint's own layout. (Storing it transposed made MKL's
 // batch-1 sgemv about 20% faster on the 2-core CI machine but batch-8 sgemm about 40% slower, so the plain
@@ -167,6 +179,11 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
 
   at::Tensor h = at::embedding(embed_, batch.input_ids);  // [T, H]
   hook("embed_tokens", h);
+  // L2 prefetch (ops.h): once a layer's QKV product is queued, the bytes of the products after rope and
+  // attention (o_proj, then gate/up, then down) up to the budget; in mode 2 also the next layer's QKV weights
+  // once the down projection is queued. Each request runs on a side stream beside the queued kernels.
+  const int prefetch_mode = h.is_cuda() && h.size(0) <= kPrefetchMaxTokens ? infinilm::l2_prefetch_mode() : 0;
+  const int64_t budget = prefetch_mode > 0 ? prefetch_budget() : 0;
   at::Tensor residual;
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const Layer& L = layers_[i];
@@ -179,10 +196,21 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
       infinilm::fused_add_rms_norm(h, residual, L.input_norm, c.rms_norm_eps);  // residual += h; h = norm
       x = h;
     }
+    std::function<void()> after_qkv;
+    if (prefetch_mode > 0) {
+      after_qkv = [&L, budget] {
+        int64_t left = budget;
+        for (const at::Tensor* w : {&L.attn.o_w, &L.mlp.gate_up_w, &L.mlp.down_w}) {
+          if (left < 16) break;
+          left -= infinilm::l2_prefetch(*w, left);
+        }
+      };
+    }
     at::Tensor o = layers::paged_self_attention(L.attn, shape, x, batch, cache.key(i), cache.value(i), rope_, tp,
-                                                layer_hook);
+                                                layer_hook, after_qkv);
     infinilm::fused_add_rms_norm(o, residual, L.post_norm, c.rms_norm_eps);  // residual += o; o = norm
     h = layers::gated_mlp(L.mlp, o, tp, layer_hook);
+    if (prefetch_mode >= 2 && i + 1 < c.num_hidden_layers) infinilm::l2_prefetch(layers_[i + 1].attn.qkv_w, budget);
     if (layer_hook.on()) layer_hook("output", residual + h);
   }
   // Only each request's last token needs the final norm and the lm_head.
@@ -192,6 +220,7 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
   infinilm::fused_add_rms_norm(last_h, last_res, norm_, c.rms_norm_eps);
   hook("final_norm", last_h);
   at::Tensor logits = infinilm::linear(last_h, lm_head()).to(at::kFloat);  // [n, V]
+  if (prefetch_mode > 0) infinilm::l2_prefetch_join(logits);
   hook("logits", logits);
   return logits;
 }

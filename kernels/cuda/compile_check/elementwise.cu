@@ -1,8 +1,9 @@
 // Compile check: instantiates the norm, rotary (plain and fused with the cache write), activation and cache
-// launchers for every dtype/index type.
+// launchers for every dtype/index type, and the L2 prefetch.
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cache.cuh"
 #include "kernels/cuda/norm.cuh"
+#include "kernels/cuda/prefetch.cuh"
 #include "kernels/cuda/rotary.cuh"
 #include "kernels/cuda/rotary_cache.cuh"
 
@@ -40,3 +41,6 @@ INSTANTIATE_ROPE_CACHE(__half, int32_t)
 INSTANTIATE_ROPE_CACHE(__half, int64_t)
 INSTANTIATE_ROPE_CACHE(__nv_bfloat16, int32_t)
 INSTANTIATE_ROPE_CACHE(__nv_bfloat16, int64_t)
+
+// Not a template: referenced so that the translation unit compiles its kernel.
+cudaError_t (*const prefetch_launcher)(const void*, int64_t, cudaStream_t) = ic::l2_prefetch;
