@@ -81,7 +81,7 @@ def parse_args():
     p.add_argument("--long-context", type=int, default=8192, help="CUDA: decode rows at this context (0: none)")
     p.add_argument("--long-batch", type=int, default=1)
     p.add_argument("--l2-prefetch", nargs="+", default=None, choices=["0", "1", "2"],
-                   help="CUDA: a static-cache row per INFINILM_L2_PREFETCH mode (0 off, 1 default, 2 also QKV ahead)")
+                   help="CUDA: a static-cache row per INFINILM_L2_PREFETCH mode (0 off, the default; 1; 2 also QKV ahead)")
     p.add_argument("--profile", action="store_true", help="CUDA: torch.profiler summary of batch-1 decode steps")
     a = p.parse_args()
     gpu = a.device == "cuda" and not a.model

@@ -1,6 +1,6 @@
 """CUDA only: the L2 prefetch of decode steps' weights (INFINILM_L2_PREFETCH, csrc/ops/ops.h) changes no result.
 
-The prefetch kernels run on a side stream forked after each layer's QKV product (mode 1, the default) and after
+The prefetch kernels (opt-in) run on a side stream forked after each layer's QKV product (mode 1) and after
 its down projection (mode 2), joined at the end of the forward; inside a CUDA-graph capture they are a branch
 of the graph. Each mode, eager and replayed, must give the engine without prefetch's tokens and logits bit for
 bit (the same kernels run on the same inputs), and graphs must still be captured and replayed with the forks.

@@ -107,8 +107,9 @@ at::Tensor silu_and_mul_linear(const at::Tensor& x, const at::Tensor& w, const a
 // graph capture needs every fork joined before it ends); a no-op when nothing was queued since the last join.
 int64_t l2_prefetch(const at::Tensor& w, int64_t max_bytes);
 void l2_prefetch_join(const at::Tensor& like);
-// INFINILM_L2_PREFETCH (read per call): 0 off; 1 (default) the attention output and MLP weights requested after
-// each decode layer's QKV product; 2 also the next layer's QKV weights after the down projection.
+// INFINILM_L2_PREFETCH (read per call; off by default: on the H200 it made no step faster, kernels/cuda/NOTES.md):
+// 0 off; 1 the attention output and MLP weights requested after each decode layer's QKV product; 2 also the next
+// layer's QKV weights after the down projection.
 int l2_prefetch_mode();
 
 // ---- device-generic wrappers: the engine calls these, never the dispatcher ---------------------------

@@ -8,7 +8,7 @@ namespace infinilm {
 
 int l2_prefetch_mode() {
   const char* v = std::getenv("INFINILM_L2_PREFETCH");
-  if (v == nullptr || v[0] == '\0') return 1;
+  if (v == nullptr || v[0] == '\0') return 0;
   return std::atoi(v);
 }
 

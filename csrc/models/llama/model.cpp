@@ -179,7 +179,7 @@ at::Tensor LlamaForCausalLM::forward(const ForwardBatch& batch, cache::KVCache& 
 
   at::Tensor h = at::embedding(embed_, batch.input_ids);  // [T, H]
   hook("embed_tokens", h);
-  // L2 prefetch (ops.h): once a layer's QKV product is queued, the bytes of the products after rope and
+  // L2 prefetch (ops.h, opt-in): once a layer's QKV product is queued, the bytes of the products after rope and
   // attention (o_proj, then gate/up, then down) up to the budget; in mode 2 also the next layer's QKV weights
   // once the down projection is queued. Each request runs on a side stream beside the queued kernels.
   const int prefetch_mode = h.is_cuda() && h.size(0) <= kPrefetchMaxTokens ? infinilm::l2_prefetch_mode() : 0;
