@@ -89,16 +89,18 @@ def prepare_inputs_for_generation(self, *args, **kwargs):
     """generate()'s per-step inputs with an all-ones 2D attention mask dropped (checked here, outside any
     compiled forward): no padding means the kernels' causal pattern, which a compiled forward cannot prove from
     a mask tensor whose values it does not know, and then hands to sdpa. A dynamic cache's sizes are marked
-    dynamic when the forward is compiled (see _mark_dynamic_cache_inputs)."""
+    dynamic when the forward is compiled (see _mark_dynamic_cache_inputs). Runs every decode step: a static
+    cache's step (its mask already 4D) costs two dict lookups and one attribute check here."""
     inputs = self._infinilm_orig_prepare(*args, **kwargs)
-    if not isinstance(inputs, dict) or torch.compiler.is_compiling():
-        return inputs
-    if getattr(self.config, "_attn_implementation", None) != attention.NAME:
+    if not isinstance(inputs, dict):
         return inputs
     mask = inputs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool(mask.all()):
+    if (
+        isinstance(mask, torch.Tensor) and mask.dim() == 2 and not torch.compiler.is_compiling()
+        and getattr(self.config, "_attn_implementation", None) == attention.NAME and bool(mask.all())
+    ):
         inputs["attention_mask"] = None
-    if _forward_compiled(self):
+    if _forward_compiled(self) and not torch.compiler.is_compiling():
         _mark_dynamic_cache_inputs(inputs)  # only for torch.compile(model.forward): a few µs per layer
     return inputs
 

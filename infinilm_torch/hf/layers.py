@@ -7,6 +7,7 @@ changes what a model computes, only how.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 
 import torch
@@ -34,7 +35,10 @@ def has_kernel(op: str, t: torch.Tensor) -> bool:
 
 
 def _eps(norm) -> float:
-    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+    # "eps" is looked up only where "variance_epsilon" is missing: under torch.compile a failed module attribute
+    # lookup becomes a guard that re-runs Module.__getattr__ (and raises inside it) on every call, per norm.
+    eps = getattr(norm, "variance_epsilon", None)
+    return float(getattr(norm, "eps", 1e-6) if eps is None else eps)
 
 
 def _norm_ok(norm, x: torch.Tensor) -> bool:
@@ -161,24 +165,29 @@ def mlp_apply(self, fn, *args, **kwargs):
 
 class FusedQKV:
     """The ``[Nq + Nk + Nv, H]`` weight (and bias) whose row blocks are q_proj/k_proj/v_proj's parameters (as
-    views), and the k/v outputs of the last fused product until k_proj / v_proj hand them out.
+    views), and the row count of each block.
 
     transformers' attention forward calls ``q_proj(x)``, ``k_proj(x)``, ``v_proj(x)`` in turn; with this part
-    q_proj's forward runs the one product and keeps k and v, which k_proj / v_proj return when called on the same
-    ``x`` (and compute themselves otherwise, e.g. a model that projects k first). The stash is emptied as it is
-    read, so nothing outlives the forward (nor a compiled graph's outputs)."""
+    q_proj's forward runs the one product and hangs k and v on ``x`` itself (attribute ``_infinilm_kv``), which
+    k_proj / v_proj hand out when called on that ``x`` (and compute themselves otherwise, e.g. a model that
+    projects k first). Nothing is written to this object or the modules per call: under torch.compile a write to
+    a module-owned object is a side effect that the compiled frame replays in Python after every call (three
+    setattrs and an attribute walk per layer, each decode step), while a write to the graph's own intermediate
+    ``x`` is not replayed at all. The hand-out is emptied as it is read, so nothing outlives the forward."""
 
-    def __init__(self, w, b, sizes):
-        self.w, self.b, self.sizes = w, b, sizes
-        self.x = self.k = self.v = None
+    def __init__(self, w, b, sizes, key):
+        self.w, self.b, self.sizes, self.key = w, b, sizes, key
 
 
 _QKV = ("q_proj", "k_proj", "v_proj")
+_qkv_keys = itertools.count()
 
 
 def fuse_qkv(attn) -> bool:
     """Give attn.q_proj/k_proj/v_proj one weight tensor (:func:`fuse_rows`) and bind their forwards to share one
-    product through a :class:`FusedQKV` (``_infinilm_stash`` on each projection)."""
+    product: q_proj holds the :class:`FusedQKV` (``_infinilm_stash``), k_proj/v_proj its integer key
+    (``_infinilm_qkv_key``), not the object itself: one object reached from three modules is an aliasing guard
+    per projection that a compiled forward evaluates in Python on every call; an int is a C++ equality check."""
     from infinilm_torch.hf.hooks import bind
 
     attn._infinilm_qkv = None  # requested; _apply retries after every dtype/device move
@@ -186,9 +195,11 @@ def fuse_qkv(attn) -> bool:
     fused = fuse_rows(lins)
     if fused is None:
         return False
-    attn._infinilm_qkv = FusedQKV(*fused, [m.weight.shape[0] for m in lins])
+    attn._infinilm_qkv = FusedQKV(*fused, [m.weight.shape[0] for m in lins], next(_qkv_keys))
+    bind(lins[0], "_infinilm_stash", attn._infinilm_qkv)
+    for m in lins[1:]:
+        bind(m, "_infinilm_qkv_key", attn._infinilm_qkv.key)
     for m, fn in zip(lins, (q_proj_forward, k_proj_forward, v_proj_forward)):
-        bind(m, "_infinilm_stash", attn._infinilm_qkv)
         bind(m, "forward", fn)
     return True
 
@@ -219,31 +230,32 @@ def _qkv_ok(f: FusedQKV, lin, x: torch.Tensor) -> bool:
 def q_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
     f = self._infinilm_stash
     if not _qkv_ok(f, self, x):
-        f.x = f.k = f.v = None
+        x._infinilm_kv = None
         return F.linear(x, self.weight, self.bias)
     q, k, v = F.linear(x, f.w, f.b).split(f.sizes, dim=-1)
-    f.x, f.k, f.v = x, k, v
+    x._infinilm_kv = [f.key, k, v]
     return q
 
 
-def _stashed(self, x: torch.Tensor, name: str) -> torch.Tensor:
-    """k or v of the fused product q_proj ran on this same ``x`` (handed out once), else this projection's own."""
-    f = self._infinilm_stash
-    out = getattr(f, name)
-    if out is not None and f.x is x:
-        setattr(f, name, None)
-        if f.k is None and f.v is None:
-            f.x = None
+def _stashed(self, x: torch.Tensor, i: int) -> torch.Tensor:
+    """k (i=1) or v (i=2) of the fused product this attention's q_proj ran on this same ``x`` (handed out once),
+    else this projection's own."""
+    kv = getattr(x, "_infinilm_kv", None)
+    if kv is not None and kv[0] == self._infinilm_qkv_key and kv[i] is not None:
+        out = kv[i]
+        kv[i] = None
+        if kv[3 - i] is None:
+            x._infinilm_kv = None
         return out
     return F.linear(x, self.weight, self.bias)
 
 
 def k_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return _stashed(self, x, "k")
+    return _stashed(self, x, 1)
 
 
 def v_proj_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return _stashed(self, x, "v")
+    return _stashed(self, x, 2)
 
 
 # ---- rotary embedding ----------------------------------------------------------------------------------------
