@@ -1,9 +1,9 @@
 """The CUDA table of bench_engine.py: engine vs gpt-fast's method in one run (decode, first token, 8k context,
 peak memory) and the --profile summary. Random weights of --model-shape; greedy; bf16 by default."""
-import contextlib
 import itertools
 import os
 import time
+from unittest import mock
 
 import torch
 
@@ -69,22 +69,6 @@ def gpt_fast_rows(model, wbytes, ids, new, repeats, ctx):
     return tps
 
 
-@contextlib.contextmanager
-def l2_prefetch(mode):
-    """INFINILM_L2_PREFETCH=mode around a row (None: leave the environment as it is)."""
-    old = os.environ.get("INFINILM_L2_PREFETCH")
-    if mode is not None:
-        os.environ["INFINILM_L2_PREFETCH"] = mode
-    try:
-        yield
-    finally:
-        if mode is not None:
-            if old is None:
-                os.environ.pop("INFINILM_L2_PREFETCH", None)
-            else:
-                os.environ["INFINILM_L2_PREFETCH"] = old
-
-
 def main_gpu(a, build_random):
     t_start = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -109,7 +93,8 @@ def main_gpu(a, build_random):
             row("HF generate (eager, dynamic cache)", B, a.prompt_len,
                 hf_decode_tok_s(model, ids.cuda(), a.new_tokens, "cuda"), base=base)
         for graphs, pf in itertools.product(a.cuda_graphs, a.l2_prefetch or [None]):
-            with Peak() as pk, l2_prefetch(pf):  # the mode a graph captures is the one set when it is recorded
+            # INFINILM_L2_PREFETCH=pf around the row (None: as it is): a graph keeps the mode set when it is recorded
+            with Peak() as pk, mock.patch.dict(os.environ, {} if pf is None else {"INFINILM_L2_PREFETCH": pf}):
                 engine = make_engine(ec, model, _infinilm.StaticKVCacheConfig(B, a.prompt_len + a.new_tokens + 1))
                 engine.enable_cuda_graphs(graphs == "on")
                 res = {m: best(lambda: engine_decode(engine, ids, a.new_tokens, m), a.repeats) for m in a.modes}

@@ -114,16 +114,16 @@ def timed_generate(model, ids, new_tokens, mode, cache, cache_len, repeats, cloc
     return best
 
 
-def compiled_decode(model, on: bool, fullgraph=True):
+def compiled_decode(model, on: bool, fullgraph=True, backend="inductor"):
     """Install (or remove) the compiled dynamic-cache forward: torch.compile(model.forward, fullgraph=True,
     dynamic=True), inductor mode "default", for one-token steps; prefill stays eager. Kept on the model across
-    its cells (the graph of a batch size is reused)."""
+    its cells (the graph of a batch size is reused); backend: the one the first call compiles with (tests)."""
     if not on:
         model.__dict__.pop("forward", None)
         return
     if "_bench_compiled" not in model.__dict__:
         eager = model.forward
-        model._bench_compiled = (eager, torch.compile(eager, fullgraph=fullgraph, dynamic=True))
+        model._bench_compiled = (eager, torch.compile(eager, fullgraph=fullgraph, dynamic=True, backend=backend))
     eager, compiled = model._bench_compiled
 
     @functools.wraps(eager)  # generate() checks its kwargs against the forward's signature

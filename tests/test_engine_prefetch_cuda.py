@@ -8,19 +8,11 @@ bit (the same kernels run on the same inputs), and graphs must still be captured
 import pytest
 import torch
 
-from engine_utils import EnvEngine, Input, engine_config, make_hf, paged_config
+from engine_utils import EnvEngine, Input, make_hf, paged_config
 from infinilm_torch.lib import _infinilm
-from test_engine_cuda_graphs import CFG, _PairDriver, _prompts
+from test_engine_cuda_graphs import CFG, _engine, _PairDriver, _prompts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-def _engine(model, dtype, cc, graphs):
-    engine = _infinilm.InferEngine(engine_config(model.config, dtype), device_type="cuda", cache_config=cc)
-    for name, t in model.state_dict().items():
-        engine.load_param(name, t.cuda())
-    engine.enable_cuda_graphs(graphs)
-    return engine
 
 
 @pytest.mark.parametrize("graphs", [True, False])

@@ -3,7 +3,7 @@ Python per step outside the compiled graph than the unpatched model, per layer (
 itself for free; what is left on the host each step is this Python: guards, side effects the compiled frame
 replays, generate's hooks). Counts Python calls, never times."""
 import copy
-import functools
+import os
 import sys
 
 import pytest
@@ -13,6 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 import infinilm_torch  # noqa: E402
 from test_hf_patch import make_model  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import bench_hf  # noqa: E402
 
 _inside = [0]  # > 0 while a compiled graph runs: its own Python (an FX forward here) is not host overhead
 
@@ -55,22 +58,14 @@ def _static(model, ids, n):
 
 
 def _dynamic(model, ids, n):
-    """Dynamic cache, decode steps through torch.compile(model.forward, fullgraph=True, dynamic=True) and the
-    prefill eager, as benchmarks/bench_hf.py's compiled dynamic-cache cells run them."""
-    if "_test_compiled" not in model.__dict__:
-        model._test_compiled = torch.compile(model.forward, fullgraph=True, dynamic=True, backend=_backend)
-    eager, compiled = type(model).forward.__get__(model), model._test_compiled
-
-    @functools.wraps(eager)
-    def forward(*args, **kwargs):
-        return (compiled if kwargs["input_ids"].shape[-1] == 1 else eager)(*args, **kwargs)
-
-    model.forward = forward
+    """Dynamic cache, decode steps compiled and the prefill eager: benchmarks/bench_hf.py's own switch
+    (compiled_decode), on the marking backend."""
+    bench_hf.compiled_decode(model, True, backend=_backend)
     try:
         model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                        min_new_tokens=n, pad_token_id=0, disable_compile=True)
     finally:
-        del model.forward
+        bench_hf.compiled_decode(model, False)
 
 
 def _per_step(run, model, ids, steps=8):

@@ -42,5 +42,5 @@ INSTANTIATE_ROPE_CACHE(__half, int64_t)
 INSTANTIATE_ROPE_CACHE(__nv_bfloat16, int32_t)
 INSTANTIATE_ROPE_CACHE(__nv_bfloat16, int64_t)
 
-// Not a template: referenced so that the translation unit compiles its kernel.
-cudaError_t (*const prefetch_launcher)(const void*, int64_t, cudaStream_t) = ic::l2_prefetch;
+// The L2 prefetch launcher is not a template: one caller compiles it and its kernel.
+cudaError_t prefetch_check(const void* p, int64_t bytes, cudaStream_t s) { return ic::l2_prefetch(p, bytes, s); }
